@@ -1,0 +1,135 @@
+"""The exception tree: every error sockcat raises derives from :class:`SockcatError`.
+
+Address errors are also ``ValueError``; network errors are also ``OSError`` (and the matching
+builtin subclass, so ``except ConnectionRefusedError`` and ``except TimeoutError`` keep working).
+Errors are mapped once, at the I/O boundary, by :func:`network_error`.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+
+
+class SockcatError(Exception):
+    """Base class of every error sockcat raises."""
+
+
+class AddressError(SockcatError, ValueError):
+    """A malformed address: the message quotes the whole address and names the bad part."""
+
+    def __init__(self, address: str, problem: str) -> None:
+        super().__init__(f"bad address {address!r}: {problem}")
+        self.address = address
+        self.problem = problem
+
+
+class UsageError(SockcatError, ValueError):
+    """A bad argument or option (exit status 2 on the command line)."""
+
+
+class NetworkError(SockcatError, OSError):
+    """A socket operation failed; ``errno`` is the system's, the message names the address."""
+
+    def __str__(self) -> str:
+        return str(self.strerror) if self.strerror else super().__str__()
+
+
+class ConnectionRefused(NetworkError, ConnectionRefusedError):
+    pass
+
+
+class ConnectionReset(NetworkError, ConnectionResetError):
+    pass
+
+
+class ConnectionAborted(NetworkError, ConnectionAbortedError):
+    pass
+
+
+class BrokenPipe(NetworkError, BrokenPipeError):
+    pass
+
+
+class Timeout(NetworkError, TimeoutError):
+    pass
+
+
+class SocketFileNotFound(NetworkError, FileNotFoundError):
+    pass
+
+
+class PermissionDenied(NetworkError, PermissionError):
+    pass
+
+
+class IncompleteReadError(SockcatError, EOFError):
+    """The peer closed before the requested bytes arrived; ``.partial`` holds what did."""
+
+    def __init__(self, partial: bytes, expected: int | None) -> None:
+        want = "a delimiter" if expected is None else f"{expected} bytes"
+        super().__init__(f"peer closed after {len(partial)} bytes, wanted {want}")
+        self.partial = partial
+        self.expected = expected
+
+
+class LimitOverrunError(SockcatError, ValueError):
+    """A delimited read found no delimiter within ``max_size`` bytes (the bytes stay buffered)."""
+
+    def __init__(self, max_size: int, consumed: int) -> None:
+        super().__init__(f"no delimiter within {max_size} bytes")
+        self.max_size = max_size
+        self.consumed = consumed
+
+
+_BY_ERRNO: dict[int, type[NetworkError]] = {
+    _errno.ECONNREFUSED: ConnectionRefused,
+    _errno.ECONNRESET: ConnectionReset,
+    _errno.ECONNABORTED: ConnectionAborted,
+    _errno.EPIPE: BrokenPipe,
+    _errno.ETIMEDOUT: Timeout,
+    _errno.ENOENT: SocketFileNotFound,
+    _errno.EACCES: PermissionDenied,
+    _errno.EPERM: PermissionDenied,
+}
+
+_PLAIN_WORDS: dict[int, str] = {
+    _errno.ECONNREFUSED: "connection refused",
+    _errno.ECONNRESET: "connection reset by peer",
+    _errno.EADDRINUSE: "address in use",
+    _errno.EADDRNOTAVAIL: "address not available",
+    _errno.EACCES: "permission denied",
+    _errno.EPERM: "permission denied",
+    _errno.ENOENT: "no such file or directory",
+    _errno.ETIMEDOUT: "timed out",
+    _errno.EHOSTUNREACH: "host unreachable",
+    _errno.ENETUNREACH: "network unreachable",
+    _errno.EPIPE: "broken pipe",
+    _errno.ENOTSOCK: "not a socket",
+    _errno.EPROTOTYPE: "wrong socket type",
+}
+
+
+def describe(exc: BaseException) -> str:
+    """A short human description of an OS error ("connection refused")."""
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    if isinstance(exc, OSError) and exc.errno is not None and exc.errno in _PLAIN_WORDS:
+        return _PLAIN_WORDS[exc.errno]
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror.lower() if exc.strerror[:1].isupper() else exc.strerror
+    return str(exc) or type(exc).__name__
+
+
+def network_error(exc: OSError, what: str) -> NetworkError:
+    """Map an ``OSError`` to sockcat's tree, with a message like ``connect tcp://h:1: connection refused``."""
+    if isinstance(exc, NetworkError):
+        return exc
+    code = exc.errno
+    if isinstance(exc, TimeoutError):
+        cls: type[NetworkError] = Timeout
+        code = code or _errno.ETIMEDOUT
+    else:
+        cls = _BY_ERRNO.get(code or 0, NetworkError)
+    err = cls(code or 0, f"{what}: {describe(exc)}")
+    err.__cause__ = exc
+    return err

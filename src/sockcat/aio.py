@@ -1,0 +1,491 @@
+"""The asyncio twin of sockcat's socket library: the same names, awaited.
+
+``await aio.connect(...)``, ``await aio.listen(...)``, ``await server.accept()``, ``async for conn in server``,
+``await stream.recv_line()``, ``await stream.sendall(...)``, ``await x.aclose()``, ``async with``.
+Addresses, resolution, socket set-up and framing are shared with the sync API (:mod:`sockcat._sockets`,
+:mod:`sockcat._framing`); only the waiting differs. TLS runs through ``ssl.SSLObject`` over the
+loop's socket calls, so a TLS stream can half-close (close_notify, then TCP FIN) like any other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import socket
+import ssl
+from collections.abc import AsyncIterator
+from types import TracebackType
+from typing import Any, Self
+
+from . import _sockets as _s
+from ._address import Address
+from ._errors import NetworkError, Timeout, UsageError, network_error
+from ._framing import DEFAULT_MAX_LINE, ReceiveBuffer, to_bytes
+
+__all__ = ["Datagram", "Listener", "Stream", "connect", "listen", "open_datagram"]
+
+RECV_SIZE = _s.RECV_SIZE
+
+
+async def _resolve(addr: Address, passive: bool = False) -> list[tuple[int, int, int, Any]]:
+    if addr.is_ip and addr.family == socket.AF_UNSPEC and addr.host:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(None, lambda: _s.resolve(addr, passive=passive))
+    return _s.resolve(addr, passive=passive)
+
+
+class _TLS:
+    """TLS over a non-blocking socket with memory BIOs: reads and writes never interleave bytes on the wire."""
+
+    def __init__(self, sock: socket.socket, ctx: ssl.SSLContext, server_side: bool, hostname: str | None) -> None:
+        self.sock = sock
+        self.incoming = ssl.MemoryBIO()
+        self.outgoing = ssl.MemoryBIO()
+        self.obj = ctx.wrap_bio(self.incoming, self.outgoing, server_side=server_side, server_hostname=hostname)
+        self.send_lock = asyncio.Lock()
+        self.loop = asyncio.get_running_loop()
+        self.eof = False
+
+    async def flush(self) -> None:
+        async with self.send_lock:
+            data = self.outgoing.read()
+            if data:
+                await self.loop.sock_sendall(self.sock, data)
+
+    async def _fill(self) -> None:
+        data = await self.loop.sock_recv(self.sock, RECV_SIZE)
+        if data:
+            self.incoming.write(data)
+        else:
+            self.incoming.write_eof()
+
+    async def handshake(self) -> None:
+        while True:
+            try:
+                self.obj.do_handshake()
+                await self.flush()
+                return
+            except ssl.SSLWantReadError:
+                await self.flush()
+                await self._fill()
+
+    async def recv(self, n: int) -> bytes:
+        while True:
+            if self.eof:
+                return b""
+            try:
+                data = self.obj.read(n)
+            except ssl.SSLWantReadError:
+                await self.flush()  # TLS 1.3 may owe the peer a message (key update, ticket ack)
+                await self._fill()
+                continue
+            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                self.eof = True
+                return b""
+            if self.outgoing.pending:
+                await self.flush()
+            return data
+
+    async def sendall(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            n = self.obj.write(view)
+            view = view[n:]
+            await self.flush()
+
+    async def close_notify(self) -> None:
+        with contextlib.suppress(ssl.SSLError):
+            self.obj.unwrap()
+        await self.flush()
+
+    def version(self) -> str | None:
+        return self.obj.version()
+
+
+class Stream:
+    """A connected socket with bounded buffered reads; see :class:`sockcat.Stream` for the verbs."""
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        scheme: str = "tcp",
+        *,
+        timeout: float | None = None,
+        tls: _TLS | None = None,
+    ) -> None:
+        sock.setblocking(False)
+        self.socket = sock
+        self.scheme = scheme
+        self.timeout = timeout
+        self._tls = tls
+        self._buf = ReceiveBuffer()
+        self._loop = asyncio.get_running_loop()
+        self.address = _s._safe_name(sock, scheme, peer=False)
+        self.peer = _s._safe_name(sock, scheme, peer=True)
+
+    def _where(self) -> str:
+        return str(self.peer or self.address or self.scheme)
+
+    async def _recv_raw(self, n: int) -> bytes:
+        try:
+            async with asyncio.timeout(self.timeout):
+                if self._tls is not None:
+                    return await self._tls.recv(n)
+                return await self._loop.sock_recv(self.socket, n)
+        except TimeoutError as exc:
+            raise Timeout(errno.ETIMEDOUT, f"recv from {self._where()}: timed out") from exc
+        except ssl.SSLError as exc:
+            raise NetworkError(errno.EPROTO, f"recv from {self._where()}: {_s.tls_reason(exc)}") from exc
+        except OSError as exc:
+            raise network_error(exc, f"recv from {self._where()}") from exc
+
+    async def recv(self, bufsize: int = RECV_SIZE) -> bytes:
+        if self._buf:
+            return self._buf.take_some(bufsize)
+        return await self._recv_raw(bufsize)
+
+    async def recv_exactly(self, n: int) -> bytes:
+        while (out := self._buf.take_exactly(n)) is None:
+            data = await self._recv_raw(max(RECV_SIZE, n - len(self._buf)))
+            if not data:
+                raise self._buf.incomplete(n)
+            self._buf.feed(data)
+        return out
+
+    async def recv_until(self, delim: bytes | str, *, drop: bool = False, max_size: int = DEFAULT_MAX_LINE) -> bytes:
+        d = to_bytes(delim)
+        while (out := self._buf.take_until(d, max_size, drop=drop)) is None:
+            data = await self._recv_raw(RECV_SIZE)
+            if not data:
+                raise self._buf.incomplete(None)
+            self._buf.feed(data)
+        return out
+
+    async def recv_line(self, *, drop: bool = False, max_size: int = DEFAULT_MAX_LINE) -> bytes:
+        return await self.recv_until(b"\n", drop=drop, max_size=max_size)
+
+    def unrecv(self, data: bytes) -> None:
+        self._buf.unread(data)
+
+    async def sendall(self, data: bytes | bytearray | memoryview | str) -> None:
+        payload = data.encode() if isinstance(data, str) else data
+        try:
+            async with asyncio.timeout(self.timeout):
+                if self._tls is not None:
+                    await self._tls.sendall(bytes(payload))
+                else:
+                    await self._loop.sock_sendall(self.socket, payload)
+        except TimeoutError as exc:
+            raise Timeout(errno.ETIMEDOUT, f"send to {self._where()}: timed out") from exc
+        except OSError as exc:
+            raise network_error(exc, f"send to {self._where()}") from exc
+
+    async def send_line(self, data: bytes | bytearray | memoryview | str) -> None:
+        await self.sendall(to_bytes(data) + b"\n")
+
+    async def shutdown_write(self) -> None:
+        """Half-close (a TLS stream sends close_notify first); reading goes on."""
+        if self._tls is not None:
+            with contextlib.suppress(OSError):
+                await self._tls.close_notify()
+        with contextlib.suppress(OSError):
+            self.socket.shutdown(socket.SHUT_WR)
+
+    def fileno(self) -> int:
+        return self.socket.fileno()
+
+    def getpeername(self) -> Any:
+        return self.socket.getpeername()
+
+    def getsockname(self) -> Any:
+        return self.socket.getsockname()
+
+    def setsockopt(self, level: int, option: int, value: int | bytes) -> None:
+        self.socket.setsockopt(level, option, value)
+
+    def getsockopt(self, level: int, option: int) -> int:
+        return self.socket.getsockopt(level, option)
+
+    @property
+    def tls_version(self) -> str | None:
+        return self._tls.version() if self._tls else None
+
+    def close(self) -> None:
+        self.socket.close()
+
+    async def aclose(self) -> None:
+        self.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    def __repr__(self) -> str:
+        return f"<aio.Stream {self.address} -> {self.peer}>"
+
+
+async def _attempt(info: tuple[int, int, int, Any], addr: Address, opts: Any, source: Address | None) -> socket.socket:
+    fam, kind, proto, sa = info
+    sock = _s._prepare(fam, kind, proto, opts, source, str(addr))
+    try:
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, sa)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+async def _happy_eyeballs(
+    infos: list[tuple[int, int, int, Any]], addr: Address, opts: Any, source: Address | None
+) -> socket.socket:
+    """RFC 8305: a new attempt every 250 ms or as soon as one fails; the first to connect wins."""
+    errors: list[OSError] = []
+    tasks: list[asyncio.Task[socket.socket]] = []
+    winner: socket.socket | None = None
+    try:
+        for info in infos:
+            tasks.append(asyncio.ensure_future(_attempt(info, addr, opts, source)))
+            await asyncio.wait(
+                [t for t in tasks if not t.done()] or tasks,
+                timeout=_s.HAPPY_EYEBALLS_DELAY,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            winner = _first_success(tasks, errors)
+            if winner is not None:
+                return winner
+        while winner is None and any(not t.done() for t in tasks):
+            await asyncio.wait([t for t in tasks if not t.done()], return_when=asyncio.FIRST_COMPLETED)
+            winner = _first_success(tasks, errors)
+        if winner is not None:
+            return winner
+    finally:
+        for t in tasks:
+            if not t.done():
+                t.cancel()
+            elif winner is not None and not t.cancelled() and t.exception() is None and t.result() is not winner:
+                t.result().close()
+    errors = [t.exception() for t in tasks if not t.cancelled() and isinstance(t.exception(), OSError)]  # type: ignore[misc]
+    if len(errors) == 1:
+        raise errors[0]
+    raise errors[-1] from ExceptionGroup("every address failed", errors)
+
+
+def _first_success(tasks: list[asyncio.Task[socket.socket]], errors: list[OSError]) -> socket.socket | None:
+    for t in tasks:
+        if t.done() and not t.cancelled() and t.exception() is None:
+            return t.result()
+    return None
+
+
+async def connect(
+    address: Address | str,
+    *,
+    timeout: float | None = None,
+    connect_timeout: float | None = None,
+    source: Address | str | None = None,
+    sockopts: _s.SockOpts = None,
+    ssl_context: ssl.SSLContext | None = None,
+    sni: str | None = None,
+) -> Stream:
+    """Connect to a stream address; the asyncio twin of :func:`sockcat.connect`."""
+    addr = Address.parse(address)
+    src = Address.parse(source) if source is not None else None
+    opts = _s._opts(sockopts)
+    ct = timeout if connect_timeout is None else connect_timeout
+    try:
+        async with asyncio.timeout(ct):
+            infos = await _resolve(addr)
+            if len(infos) == 1:
+                sock = await _attempt(infos[0], addr, opts, src)
+            else:
+                sock = await _happy_eyeballs(infos, addr, opts, src)
+    except (NetworkError, UsageError):
+        raise
+    except OSError as exc:
+        raise network_error(exc, f"connect {addr}") from exc.__cause__
+    tls = None
+    if addr.is_tls:
+        from ._tls import client_context
+
+        ctx = ssl_context or client_context()
+        hostname = sni if sni is not None else (addr.host or None)
+        tls = _TLS(sock, ctx, False, hostname)
+        await _handshake(tls, sock, f"TLS handshake with {addr}", ct)
+    return Stream(sock, addr.scheme, timeout=timeout, tls=tls)
+
+
+async def _handshake(tls: _TLS, sock: socket.socket, what: str, timeout: float | None) -> None:
+    try:
+        async with asyncio.timeout(timeout if timeout is not None else _s.TLS_HANDSHAKE_TIMEOUT):
+            await tls.handshake()
+    except ssl.SSLError as exc:
+        sock.close()
+        raise NetworkError(errno.EPROTO, f"{what}: {_s.tls_reason(exc)}") from exc
+    except OSError as exc:
+        sock.close()
+        err = network_error(exc, what)
+        err.errno = errno.EPROTO
+        raise err from exc
+
+
+class Listener:
+    """A listening socket; ``await accept()`` or ``async for conn in listener``."""
+
+    def __init__(self, inner: _s.Listener) -> None:
+        self._inner = inner
+        self.socket = inner.socket
+        self.address = inner.address
+        self.fingerprint = inner.fingerprint
+        self.socket.setblocking(False)
+
+    async def accept(self) -> Stream:
+        loop = asyncio.get_running_loop()
+        try:
+            conn, _peer = await loop.sock_accept(self.socket)
+        except OSError as exc:
+            raise network_error(exc, f"accept on {self.address}") from None
+        for opt in self._inner._opts:
+            if opt.applies_to(conn.family, conn.type):
+                with contextlib.suppress(OSError):
+                    opt.apply(conn)
+        tls = None
+        if self._inner.ssl_context is not None:
+            conn.setblocking(False)
+            tls = _TLS(conn, self._inner.ssl_context, True, None)
+            await _handshake(tls, conn, f"TLS handshake on {self.address}", None)
+        return Stream(conn, self.address.scheme, tls=tls)
+
+    def __aiter__(self) -> AsyncIterator[Stream]:
+        return self._loop_accept()
+
+    async def _loop_accept(self) -> AsyncIterator[Stream]:
+        while self.socket.fileno() != -1:
+            try:
+                yield await self.accept()
+            except NetworkError as exc:
+                if exc.errno != errno.EPROTO:
+                    raise
+
+    def fileno(self) -> int:
+        return self.socket.fileno()
+
+    def close(self) -> None:
+        self._inner.close()
+
+    async def aclose(self) -> None:
+        self.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+
+async def listen(address: Address | str, **kwargs: Any) -> Listener:
+    """Listen on a stream address; takes the keyword arguments of :func:`sockcat.listen`."""
+    addr = Address.parse(address)
+    if addr.is_ip and addr.host and addr.family == socket.AF_UNSPEC:
+        loop = asyncio.get_running_loop()
+        inner = await loop.run_in_executor(None, lambda: _s.listen(addr, **kwargs))
+    else:
+        inner = _s.listen(addr, **kwargs)
+    return Listener(inner)
+
+
+class Datagram:
+    """The asyncio twin of :class:`sockcat.Datagram`."""
+
+    def __init__(self, inner: _s.Datagram) -> None:
+        self._inner = inner
+        self.socket = inner.socket
+        self.address = inner.address
+        self.socket.setblocking(False)
+
+    @property
+    def peer(self) -> Address | None:
+        return self._inner.peer
+
+    async def _readable(self) -> None:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        fd = self.socket.fileno()
+        loop.add_reader(fd, _wake, fut)
+        try:
+            await fut
+        finally:
+            loop.remove_reader(fd)
+
+    async def recvfrom(self, bufsize: int = RECV_SIZE, *, timeout: float | None = None) -> tuple[bytes, Address]:
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    try:
+                        data, sa = self.socket.recvfrom(bufsize)
+                        return data, _s.to_address(self.address.scheme, sa)
+                    except BlockingIOError:
+                        await self._readable()
+        except TimeoutError as exc:
+            raise Timeout(errno.ETIMEDOUT, f"recvfrom on {self.address}: timed out") from exc
+        except OSError as exc:
+            raise network_error(exc, f"recvfrom on {self.address}") from exc
+
+    async def recv(self, bufsize: int = RECV_SIZE, *, timeout: float | None = None) -> bytes:
+        data, _ = await self.recvfrom(bufsize, timeout=timeout)
+        return data
+
+    async def sendto(self, data: bytes | bytearray | memoryview | str, address: Address | str) -> int:
+        # A datagram socket does not block on send short of a full buffer; one retry after a yield suffices.
+        try:
+            return self._inner.sendto(data, address)
+        except NetworkError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.ENOBUFS):
+                raise
+            await asyncio.sleep(0)
+            return self._inner.sendto(data, address)
+
+    async def send(self, data: bytes | bytearray | memoryview | str) -> int:
+        return self._inner.send(data)
+
+    def fileno(self) -> int:
+        return self.socket.fileno()
+
+    def close(self) -> None:
+        self._inner.close()
+
+    async def aclose(self) -> None:
+        self.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+
+def _wake(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+async def open_datagram(address: Address | str, **kwargs: Any) -> Datagram:
+    """Bind a datagram socket; takes the keyword arguments of :func:`sockcat.open_datagram`."""
+    return Datagram(_s.open_datagram(address, **kwargs))
+
+
+async def connect_datagram(address: Address | str, **kwargs: Any) -> Datagram:
+    addr = Address.parse(address)
+    if addr.is_ip and addr.host and addr.family == socket.AF_UNSPEC:
+        loop = asyncio.get_running_loop()
+        return Datagram(await loop.run_in_executor(None, lambda: _s.connect_datagram(addr, **kwargs)))
+    return Datagram(_s.connect_datagram(addr, **kwargs))
