@@ -67,9 +67,12 @@ def resolve(addr: Address, *, passive: bool = False) -> list[tuple[int, int, int
     try:
         infos = socket.getaddrinfo(host, addr.port, family, addr.type, 0, flags)
     except socket.gaierror as exc:
-        raise NetworkError(errno.EHOSTUNREACH, f"{addr}: cannot resolve host {addr.host!r} ({exc.strerror})") from exc
+        raise NetworkError(
+            errno.EHOSTUNREACH,
+            f"{'listen' if passive else 'connect'} {addr}: cannot resolve host {addr.host!r} ({exc.strerror})",
+        ) from exc
     except UnicodeError:
-        raise NetworkError(errno.EINVAL, f"{addr}: cannot resolve host {addr.host!r}") from None
+        raise NetworkError(errno.EINVAL, f"connect {addr}: cannot resolve host {addr.host!r}") from None
     seen: set[tuple[int, Any]] = set()
     out: list[tuple[int, int, int, Any]] = []
     for fam, kind, proto, _canon, sa in infos:

@@ -1,0 +1,5 @@
+"""``python -m sockcat``: the command line."""
+
+from .cli import main
+
+main()
