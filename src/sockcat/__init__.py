@@ -9,6 +9,7 @@ from ._errors import (
     SockcatError,
     UsageError,
 )
+from ._relay import relay
 from ._sockets import Datagram, Listener, Stream, connect, connect_datagram, listen, open_datagram
 from ._trace import set_trace
 
@@ -30,5 +31,6 @@ __all__ = [
     "connect_datagram",
     "listen",
     "open_datagram",
+    "relay",
     "set_trace",
 ]

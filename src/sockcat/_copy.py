@@ -12,6 +12,7 @@ import errno
 import fcntl
 import os
 import socket
+import ssl
 import stat
 import threading
 import time
@@ -19,6 +20,7 @@ from collections.abc import Callable
 
 from . import _trace
 from ._hexdump import HexDumper
+from ._sockets import Stream
 from ._tlsio import TLSChannel
 
 SPLICE_CHUNK = 1 << 20
@@ -151,6 +153,32 @@ class TLSEnd(End):
 
     def close(self) -> None:
         self.channel.close()
+
+
+class StreamEnd(End):
+    """A library :class:`~sockcat.Stream` (TLS included: it half-closes with close_notify)."""
+
+    def __init__(self, stream: Stream) -> None:
+        self.stream = stream
+        self.name = str(stream.peer)
+        sock = stream.socket
+        self.packet = sock.type in (socket.SOCK_SEQPACKET, socket.SOCK_DGRAM)
+        if not isinstance(sock, ssl.SSLSocket) and not self.packet and not stream._buf:
+            self.splice_fd = sock.fileno()
+
+    def readinto(self, buf: memoryview) -> int:
+        data = self.stream.recv(len(buf))
+        buf[: len(data)] = data
+        return len(data)
+
+    def write(self, data: memoryview | bytes) -> None:
+        self.stream.sendall(data)
+
+    def close_write(self) -> None:
+        self.stream.shutdown_write()
+
+    def close(self) -> None:
+        self.stream.close()
 
 
 def copy(

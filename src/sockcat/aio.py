@@ -23,7 +23,7 @@ from ._address import Address
 from ._errors import NetworkError, Timeout, UsageError, network_error
 from ._framing import DEFAULT_MAX_LINE, ReceiveBuffer, to_bytes
 
-__all__ = ["Datagram", "Listener", "Stream", "connect", "listen", "open_datagram"]
+__all__ = ["Datagram", "Listener", "Stream", "connect", "connect_socket", "listen", "open_datagram", "relay"]
 
 RECV_SIZE = _s.RECV_SIZE
 
@@ -295,20 +295,8 @@ async def connect(
 ) -> Stream:
     """Connect to a stream address; the asyncio twin of :func:`sockcat.connect`."""
     addr = Address.parse(address)
-    src = Address.parse(source) if source is not None else None
-    opts = _s._opts(sockopts)
     ct = timeout if connect_timeout is None else connect_timeout
-    try:
-        async with asyncio.timeout(ct):
-            infos = await _resolve(addr)
-            if len(infos) == 1:
-                sock = await _attempt(infos[0], addr, opts, src)
-            else:
-                sock = await _happy_eyeballs(infos, addr, opts, src)
-    except (NetworkError, UsageError):
-        raise
-    except OSError as exc:
-        raise network_error(exc, f"connect {addr}") from exc.__cause__
+    sock = await connect_socket(addr, timeout=ct, source=source, sockopts=sockopts)
     tls = None
     if addr.is_tls:
         from ._tls import client_context
@@ -318,6 +306,29 @@ async def connect(
         tls = _TLS(sock, ctx, False, hostname)
         await _handshake(tls, sock, f"TLS handshake with {addr}", ct)
     return Stream(sock, addr.scheme, timeout=timeout, tls=tls)
+
+
+async def connect_socket(
+    address: Address | str,
+    *,
+    timeout: float | None = None,
+    source: Address | str | None = None,
+    sockopts: _s.SockOpts = None,
+) -> socket.socket:
+    """A connected non-blocking plain socket (no TLS), happy eyeballs for names; errors mapped."""
+    addr = Address.parse(address)
+    src = Address.parse(source) if source is not None else None
+    opts = _s._opts(sockopts)
+    try:
+        async with asyncio.timeout(timeout):
+            infos = await _resolve(addr)
+            if len(infos) == 1:
+                return await _attempt(infos[0], addr, opts, src)
+            return await _happy_eyeballs(infos, addr, opts, src)
+    except (NetworkError, UsageError):
+        raise
+    except OSError as exc:
+        raise network_error(exc, f"connect {addr}") from exc.__cause__
 
 
 async def _handshake(tls: _TLS, sock: socket.socket, what: str, timeout: float | None) -> None:
@@ -489,3 +500,11 @@ async def connect_datagram(address: Address | str, **kwargs: Any) -> Datagram:
         loop = asyncio.get_running_loop()
         return Datagram(await loop.run_in_executor(None, lambda: _s.connect_datagram(addr, **kwargs)))
     return Datagram(_s.connect_datagram(addr, **kwargs))
+
+
+async def relay(a: Stream, b: Stream) -> tuple[int, int]:
+    """Copy both ways until both directions end (half-close and resets pass through); the twin of
+    :func:`sockcat.relay`. Returns (bytes a->b, bytes b->a)."""
+    from ._relay import relay_async
+
+    return await relay_async(a, b)

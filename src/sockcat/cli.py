@@ -131,6 +131,30 @@ def build_parser() -> Parser:
     listen.add_argument("--deny", action="append", default=[], metavar="CIDR", help="never these peers (repeatable)")
     _connection_options(listen)
     listen.set_defaults(func=cmd_listen)
+
+    r = sub.add_parser(
+        "relay",
+        parents=[common],
+        help="accept on LISTEN, connect to TARGET, copy both ways",
+        description="Accept on LISTEN and, for each connection, connect to TARGET and copy both "
+        "ways until both directions end (half-close and resets pass through). Any stream kinds "
+        "mix (tcp, unix, unixpacket, tls…); udp/unixgram relay with a session per client.",
+    )
+    r.add_argument("listen_address", metavar="LISTEN")
+    r.add_argument("target_address", metavar="TARGET")
+    r.add_argument("--max-conns", type=_positive, metavar="N", help="close connections past N at once")
+    r.add_argument("--allow", action="append", default=[], metavar="CIDR", help="only these peers (repeatable)")
+    r.add_argument("--deny", action="append", default=[], metavar="CIDR", help="never these peers (repeatable)")
+    r.add_argument("--workers", type=_positive, default=1, metavar="N", help="processes sharing the address")
+    r.add_argument(
+        "--grace",
+        type=_seconds,
+        default=5.0,
+        metavar="S",
+        help="on SIGTERM, let connections finish for S seconds (default 5)",
+    )
+    _connection_options(r)
+    r.set_defaults(func=cmd_relay)
     return parser
 
 
@@ -192,6 +216,41 @@ def cmd_listen(args: argparse.Namespace, log: Log) -> int:
             cert=args.cert, key=args.key, ca=args.ca, hosts=[addr.host] if addr.host else []
         )
     return run_listen(addr, _bridge_options(args, log), lopts)
+
+
+def cmd_relay(args: argparse.Namespace, log: Log) -> int:
+    from ._relay import RelayOptions, run_relay
+
+    listen_addr = _address(args.listen_address)
+    target = _address(args.target_address)
+    if (args.cert or args.key) and not listen_addr.is_tls:
+        raise UsageError(f"--cert/--key are for a tls:// LISTEN address, not {listen_addr}")
+    if (args.ca or args.insecure or args.sni) and not target.is_tls:
+        raise UsageError(f"--ca/--insecure/--sni are for a tls:// TARGET, not {target}")
+    opts = RelayOptions(
+        log=log,
+        connect_timeout=args.connect_timeout if args.connect_timeout is not None else 10.0,
+        idle_timeout=args.idle_timeout,
+        hexdump=args.hexdump,
+        max_conns=args.max_conns,
+        access=AccessPolicy.parse(args.allow, args.deny),
+        sockopts=parse_sockopts(args.sockopt),
+        source=_address(args.source) if args.source else None,
+        grace=args.grace,
+        workers=args.workers,
+        sni=args.sni,
+    )
+    if listen_addr.is_tls:
+        from ._tls import server_context
+
+        opts.server_ssl, opts.fingerprint = server_context(
+            cert=args.cert, key=args.key, hosts=[listen_addr.host] if listen_addr.host else []
+        )
+    if target.is_tls:
+        from ._tls import client_context
+
+        opts.client_ssl = client_context(ca=args.ca, insecure=args.insecure)
+    return run_relay(listen_addr, target, opts)
 
 
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
