@@ -53,7 +53,6 @@ POLL_MS = 200  # worker threads re-check for shutdown this often while waiting
 DEFAULT_UDP_IDLE = 60.0
 _LINGER0 = struct.pack("ii", 1, 0)
 _HAVE_SPLICE = hasattr(os, "splice")
-_RESET = (errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED, errno.ETIMEDOUT)
 
 
 @dataclass
@@ -166,24 +165,21 @@ class _Flow:
             self.finish(None)
             return
         moved = 0
-        with contextlib.suppress(BlockingIOError):
-            moved = os.splice(pipe[0], self.dst_fd, n, flags=os.SPLICE_F_NONBLOCK)
-        except_exc: OSError | None = None
-        if moved < n:
-            try:
-                while moved < n:
-                    moved += os.splice(pipe[0], self.dst_fd, n - moved, flags=os.SPLICE_F_NONBLOCK)
-            except BlockingIOError:
-                pass
-            except OSError as exc:
-                except_exc = exc
+        failure: OSError | None = None
+        try:
+            while moved < n:
+                moved += os.splice(pipe[0], self.dst_fd, n - moved, flags=os.SPLICE_F_NONBLOCK)
+        except BlockingIOError:
+            pass
+        except OSError as exc:
+            failure = exc
         self.counter.add(moved)
-        if except_exc is not None:
+        if failure is not None:
             # The destination failed with bytes still in the loop's pipe: that pipe goes with this flow.
             conn.relay.loop_pipe = conn.relay.pipes.get()
             self.pipe = pipe
             conn.loop.remove_reader(self.src_fd)
-            self.finish(except_exc)
+            self.finish(failure)
             return
         if moved < n or n >= BULK:
             conn.loop.remove_reader(self.src_fd)
@@ -271,34 +267,31 @@ class _SpliceConn:
             self.loop.add_reader(flow.src_fd, flow.on_readable)
 
     def flow_done(self, flow: _Flow, exc: BaseException | None) -> None:
-        if exc is None:
-            with contextlib.suppress(OSError):
-                flow.dst.shutdown(socket.SHUT_WR)
-        else:
+        if exc is not None:
             self.relay.opts.log.debug(f"{flow.name}: {describe(exc)}")
             self.abort()
+        elif not self.reset:
+            with contextlib.suppress(OSError):
+                flow.dst.shutdown(socket.SHUT_WR)  # half-close passes through
         if self.up.done and self.down.done and not self.done.done():
             self.done.set_result(None)
 
     def abort(self) -> None:
-        """A reset on one side: reset the other, stop both directions."""
+        """A reset or failure on one side: reset both (SO_LINGER 0 makes close() send RST), stop both."""
         if self.reset:
             return
         self.reset = True
-        self.closing = True
         for sock in (self.client, self.upstream):
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER0)
-        for flow in (self.up, self.down):
-            if not flow.done and flow.pipe is None and flow.pending == 0:
-                # In the loop (reader registered) it can stop now; a worker notices `closing` by itself.
-                with contextlib.suppress(Exception):
-                    if self.loop.remove_reader(flow.src_fd):
-                        flow.finish(None)
+        self.stop()
 
     def stop(self) -> None:
-        """Grace period over: end both directions now."""
-        self.abort()
+        """End both directions now (idle time-out, grace period over); workers notice ``closing`` themselves."""
+        self.closing = True
+        for flow in (self.up, self.down):
+            if not flow.done and self.loop.remove_reader(flow.src_fd):
+                flow.finish(None)
 
 
 # --- the relay server ----------------------------------------------------------------------------
@@ -471,25 +464,24 @@ class _BufferedConn:
                 await dst.sendall(data)
                 counter.add(len(data))
         except (OSError, ssl.SSLError) as exc:
-            if isinstance(exc, NetworkError) and exc.errno not in _RESET and exc.errno != errno.EPROTO:
-                self.opts.log.debug(f"{exc}")
             self.opts.log.debug(f"relay direction {mark}: {exc}")
             self.abort()
             return
         await dst.shutdown_write()
 
     def abort(self) -> None:
+        """Pass a reset on: SO_LINGER 0 makes the coming close() send RST."""
         if self.reset:
             return
         self.reset = True
         for s in (self.a, self.b):
             with contextlib.suppress(OSError):
                 s.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER0)
-        for t in self.tasks:
-            t.cancel()
+        self.stop()
 
     def stop(self) -> None:
-        self.abort()
+        for t in self.tasks:
+            t.cancel()
 
 
 # --- datagrams -----------------------------------------------------------------------------------
