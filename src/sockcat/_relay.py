@@ -448,7 +448,7 @@ class _BufferedConn:
             asyncio.ensure_future(self._copy(self.b, self.a, self.counters[1], "<")),
         ]
         try:
-            await asyncio.gather(*self.tasks)
+            await asyncio.gather(*self.tasks, return_exceptions=True)
         finally:
             for t in self.tasks:
                 t.cancel()
