@@ -7,6 +7,7 @@ Exit statuses (SPEC §2): 0 success (SIGTERM included), 1 network or runtime fai
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import traceback
@@ -263,6 +264,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
 
 def run(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv``, run the command, return the exit status (errors already reported)."""
+    _ensure_stdio()
     parser = build_parser()
     args = parser.parse_args(argv)
     verbosity = getattr(args, "verbose", 0) or 0
@@ -292,6 +294,15 @@ def run(argv: Sequence[str] | None = None) -> int:
     finally:
         set_trace(None)
         signal.signal(signal.SIGTERM, old_term)
+
+
+def _ensure_stdio() -> None:
+    """Started with stdin/stdout/stderr closed, the first socket would become fd 0: give them /dev/null."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            os.open(os.devnull, os.O_RDWR)
 
 
 def _os_message(exc: OSError) -> str:
