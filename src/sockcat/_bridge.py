@@ -68,8 +68,14 @@ def _quiet_errno(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and exc.errno in (errno.EPIPE, errno.ECONNRESET, errno.EBADF, errno.ENOTCONN)
 
 
-def bridge(conn: End, stdin: End, stdout: End, peer: str, opts: BridgeOptions) -> tuple[int, int]:
-    """Copy stdin -> conn and conn -> stdout with half-close; return (bytes sent, bytes received)."""
+def bridge(
+    conn: End, stdin: End, stdout: End, peer: str, opts: BridgeOptions, *, wait_upload: bool = False
+) -> tuple[int, int]:
+    """Copy stdin -> conn and conn -> stdout with half-close; return (bytes sent, bytes received).
+
+    When the peer's direction ends first, a still-moving upload is given time (``UPLOAD_GRACE`` of silence
+    ends it), unless ``wait_upload``: a child process's output is waited for to its end.
+    """
     up, down = Counter(), Counter()
     up_done = threading.Event()
     up_error: list[BaseException] = []
@@ -87,7 +93,7 @@ def bridge(conn: End, stdin: End, stdout: End, peer: str, opts: BridgeOptions) -
     if opts.idle_timeout is not None:
         threading.Thread(target=_watchdog, args=(conn, up, down, opts, stop_watch), daemon=True).start()
     try:
-        copy(conn, stdout, down, hexdump=_dumper(opts, "<"), emit=opts.log.always, close_write=False)
+        copy(conn, stdout, down, hexdump=_dumper(opts, "<"), emit=opts.log.always)
     except OSError as exc:
         if exc.errno != errno.EPIPE:  # EPIPE here is our stdout going away: a normal end
             raise network_error(exc, f"connection with {peer}") from exc
@@ -95,7 +101,7 @@ def bridge(conn: End, stdin: End, stdout: End, peer: str, opts: BridgeOptions) -
         stop_watch.set()
     # The peer's direction has ended; let a still-moving upload finish.
     while not up_done.wait(0.1):
-        if time.monotonic() - up.last > UPLOAD_GRACE:
+        if not wait_upload and time.monotonic() - up.last > UPLOAD_GRACE:
             break
     for err in up_error:
         if _quiet_errno(err):
@@ -308,8 +314,14 @@ class _Accepted:
         self.peer = peer
 
 
-def _accept(listener: socket.socket, bound: Address, lopts: ListenOptions, log: Log) -> _Accepted | None:
-    """Accept one connection; None if it was refused by --allow/--deny or failed its TLS handshake."""
+def _accept(
+    listener: socket.socket, bound: Address, lopts: ListenOptions, log: Log, *, tls_now: bool = True
+) -> _Accepted | None:
+    """Accept one connection; None if --allow/--deny refused it (or, with ``tls_now``, its TLS handshake failed).
+
+    With ``tls_now=False`` the caller runs :func:`_tls_upgrade` in the connection's own thread, so a client
+    that never speaks cannot hold up the accept loop.
+    """
     try:
         conn, sa = listener.accept()
     except OSError as exc:
@@ -328,17 +340,22 @@ def _accept(listener: socket.socket, bound: Address, lopts: ListenOptions, log: 
         if opt.name not in ("reuseaddr", "reuseport", "v6only") and opt.applies_to(conn.family, conn.type):
             with contextlib.suppress(OSError):
                 opt.apply(conn)
-    local = _safe_name(conn, bound.scheme, peer=False)
-    end: End
-    if lopts.ssl_context is not None:
-        try:
-            end = tls_server_end(conn, lopts.ssl_context, str(peer))
-        except NetworkError as exc:
-            log.info(str(exc))
-            return None
-    else:
-        end = _stream_end(conn, str(peer))
-    return _Accepted(end, conn, local, peer)
+    acc = _Accepted(_stream_end(conn, str(peer)), conn, _safe_name(conn, bound.scheme, peer=False), peer)
+    if tls_now and not _tls_upgrade(acc, lopts, log):
+        return None
+    return acc
+
+
+def _tls_upgrade(acc: _Accepted, lopts: ListenOptions, log: Log) -> bool:
+    """The server side of the TLS handshake for a tls:// listener (a no-op for other kinds)."""
+    if lopts.ssl_context is None:
+        return True
+    try:
+        acc.end = tls_server_end(acc.sock, lopts.ssl_context, str(acc.peer))
+    except NetworkError as exc:
+        log.info(str(exc))
+        return False
+    return True
 
 
 def run_listen(address: Address, opts: BridgeOptions, lopts: ListenOptions) -> int:
@@ -436,6 +453,8 @@ def _serve_many(sock: socket.socket, bound: Address, opts: BridgeOptions, lopts:
     def handle(acc: _Accepted) -> None:
         counter = Counter()
         try:
+            if not _tls_upgrade(acc, lopts, opts.log):
+                return
             hub.add(acc.end)
             copy(acc.end, hub.stdout, counter, hexdump=_dumper(opts, "<"), emit=opts.log.always, close_write=False)
         except OSError as exc:
@@ -448,7 +467,7 @@ def _serve_many(sock: socket.socket, bound: Address, opts: BridgeOptions, lopts:
             opts.log.info(f"closed {acc.peer}: {counter.bytes} bytes received")
 
     while True:
-        acc = _accept(sock, bound, lopts, opts.log)
+        acc = _accept(sock, bound, lopts, opts.log, tls_now=False)
         if acc is None:
             continue
         with lock:
@@ -488,7 +507,7 @@ def _run_child(acc: _Accepted, argv: Sequence[str], opts: BridgeOptions) -> int:
     proc.stdin.close()
     proc.stdout.close()
     try:
-        bridge(acc.end, child_out, child_in, str(acc.peer), opts)
+        bridge(acc.end, child_out, child_in, str(acc.peer), opts, wait_upload=True)
     except OSError as exc:
         opts.log.info(str(exc))
     finally:
@@ -505,6 +524,9 @@ def _serve_exec(sock: socket.socket, bound: Address, opts: BridgeOptions, lopts:
 
     def handle(acc: _Accepted) -> None:
         try:
+            if not _tls_upgrade(acc, lopts, opts.log):
+                acc.end.close()
+                return
             rc = _run_child(acc, argv, opts)
             opts.log.info(f"closed {acc.peer}: {argv[0]} exited with status {rc}")
         except OSError as exc:
@@ -515,7 +537,7 @@ def _serve_exec(sock: socket.socket, bound: Address, opts: BridgeOptions, lopts:
                 active[0] -= 1
 
     while True:
-        acc = _accept(sock, bound, lopts, opts.log)
+        acc = _accept(sock, bound, lopts, opts.log, tls_now=False)
         if acc is None:
             continue
         with lock:

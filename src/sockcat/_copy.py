@@ -62,6 +62,10 @@ class End:
     def readinto(self, buf: memoryview) -> int:
         raise NotImplementedError
 
+    def read_packet(self) -> bytes:
+        """One whole message of a packet socket (only called when ``packet`` is true)."""
+        raise NotImplementedError
+
     def write(self, data: memoryview | bytes) -> None:
         raise NotImplementedError
 
@@ -126,6 +130,11 @@ class SockEnd(End):
             return len(data)
         return self.sock.recv_into(buf)
 
+    def read_packet(self) -> bytes:
+        # MSG_TRUNC with MSG_PEEK returns the whole packet's length: no packet is ever cut short.
+        size = self.sock.recv_into(bytearray(1), 1, socket.MSG_PEEK | socket.MSG_TRUNC)
+        return self.sock.recv(max(size, 1))
+
     def write(self, data: memoryview | bytes) -> None:
         self.sock.sendall(data)
 
@@ -165,6 +174,13 @@ class StreamEnd(End):
         self.packet = sock.type in (socket.SOCK_SEQPACKET, socket.SOCK_DGRAM)
         if not isinstance(sock, ssl.SSLSocket) and not self.packet and not stream._buf:
             self.splice_fd = sock.fileno()
+
+    def read_packet(self) -> bytes:
+        if self.stream._buf:
+            return self.stream.recv()
+        sock = self.stream.socket
+        size = sock.recv_into(bytearray(1), 1, socket.MSG_PEEK | socket.MSG_TRUNC)
+        return self.stream.recv(max(size, 1))
 
     def readinto(self, buf: memoryview) -> int:
         data = self.stream.recv(len(buf))
@@ -212,8 +228,15 @@ def copy(
 def _buffered(
     src: End, dst: End, counter: Counter, hexdump: HexDumper | None, emit: Callable[[str], None] | None
 ) -> None:
-    size = PACKET_SIZE if dst.packet else BUFFER_SIZE
-    buf = bytearray(max(size, PACKET_SIZE) if src.packet else size)
+    if src.packet:
+        while data := src.read_packet():
+            if hexdump is not None and emit is not None:
+                for line in hexdump.lines(data):
+                    emit(line)
+            dst.write(data)
+            counter.add(len(data))
+        return
+    buf = bytearray(PACKET_SIZE if dst.packet else BUFFER_SIZE)
     view = memoryview(buf)
     while True:
         n = src.readinto(view)

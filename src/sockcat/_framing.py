@@ -13,11 +13,12 @@ DEFAULT_MAX_LINE = 65536
 
 
 class ReceiveBuffer:
-    __slots__ = ("_buf", "_scanned")
+    __slots__ = ("_buf", "_scan_delim", "_scanned")
 
     def __init__(self) -> None:
         self._buf = bytearray()
-        self._scanned = 0  # bytes already searched for the current delimiter (avoids O(n^2) rescans)
+        self._scanned = 0  # bytes already searched for _scan_delim (avoids O(n^2) rescans)
+        self._scan_delim = b""
 
     def __len__(self) -> int:
         return len(self._buf)
@@ -59,6 +60,8 @@ class ReceiveBuffer:
         """
         if not delim:
             raise ValueError("empty delimiter")
+        if delim != self._scan_delim:
+            self._scan_delim, self._scanned = delim, 0
         start = max(0, self._scanned - len(delim) + 1)
         idx = self._buf.find(delim, start)
         if idx < 0 or idx + len(delim) > max_size:

@@ -147,8 +147,20 @@ class _Flow:
         self.done = False
         self.pipe: tuple[int, int] | None = None
         self.pending = 0
+        self.in_loop = False
 
     # In the loop.
+    def watch(self) -> None:
+        self.in_loop = True
+        self.conn.loop.add_reader(self.src_fd, self.on_readable)
+
+    def unwatch(self) -> bool:
+        """Stop watching the source; True if it was watched (uvloop's remove_reader returns None)."""
+        was, self.in_loop = self.in_loop, False
+        if was:
+            self.conn.loop.remove_reader(self.src_fd)
+        return was
+
     def on_readable(self) -> None:
         conn = self.conn
         pipe = conn.relay.loop_pipe
@@ -157,11 +169,11 @@ class _Flow:
         except BlockingIOError:
             return
         except OSError as exc:
-            conn.loop.remove_reader(self.src_fd)
+            self.unwatch()
             self.finish(exc)
             return
         if n == 0:
-            conn.loop.remove_reader(self.src_fd)
+            self.unwatch()
             self.finish(None)
             return
         moved = 0
@@ -178,11 +190,11 @@ class _Flow:
             # The destination failed with bytes still in the loop's pipe: that pipe goes with this flow.
             conn.relay.loop_pipe = conn.relay.pipes.get()
             self.pipe = pipe
-            conn.loop.remove_reader(self.src_fd)
+            self.unwatch()
             self.finish(failure)
             return
         if moved < n or n >= BULK:
-            conn.loop.remove_reader(self.src_fd)
+            self.unwatch()
             if moved < n:
                 self.pipe, self.pending = pipe, n - moved
                 conn.relay.loop_pipe = conn.relay.pipes.get()
@@ -195,7 +207,7 @@ class _Flow:
             if self.conn.closing:
                 self.finish(None)
             else:
-                self.conn.loop.add_reader(self.src_fd, self.on_readable)
+                self.watch()
             return
         self.finish(result if isinstance(result, OSError) else None)
 
@@ -264,7 +276,7 @@ class _SpliceConn:
 
     def start(self) -> None:
         for flow in (self.up, self.down):
-            self.loop.add_reader(flow.src_fd, flow.on_readable)
+            flow.watch()
 
     def flow_done(self, flow: _Flow, exc: BaseException | None) -> None:
         if exc is not None:
@@ -290,7 +302,7 @@ class _SpliceConn:
         """End both directions now (idle time-out, grace period over); workers notice ``closing`` themselves."""
         self.closing = True
         for flow in (self.up, self.down):
-            if not flow.done and self.loop.remove_reader(flow.src_fd):
+            if not flow.done and flow.unwatch():
                 flow.finish(None)
 
 
@@ -348,10 +360,14 @@ class _Relay:
             up_local = _name(upstream, self.target.scheme, False)
             log.info(f"connection from {peer} on {local} -> {self.target} from {up_local}")
             started = time.monotonic()
-            if self.splice_ok(client, upstream):
-                sent, received = await self._splice(client, upstream)
-            else:
-                sent, received = await self._buffered(client, upstream, peer)
+            try:
+                if self.splice_ok(client, upstream):
+                    sent, received = await self._splice(client, upstream)
+                else:
+                    sent, received = await self._buffered(client, upstream, peer)
+            except OSError as exc:  # a TLS handshake on either side
+                log.info(f"{peer}: {exc}")
+                return
             log.info(
                 f"closed {peer}: {sent} bytes to {self.target}, {received} bytes back, "
                 f"{time.monotonic() - started:.3f} s"
@@ -455,9 +471,9 @@ class _BufferedConn:
 
     async def _copy(self, src: _aio.Stream, dst: _aio.Stream, counter: Counter, mark: str) -> None:
         dump = HexDumper(mark) if self.opts.hexdump else None
-        limit = 65536
+        packets = src.socket.type == socket.SOCK_SEQPACKET
         try:
-            while data := await src.recv(limit):
+            while data := await (src.recv_packet() if packets else src.recv(65536)):
                 if dump is not None:
                     for line in dump.lines(data):
                         self.opts.log.always(line)

@@ -254,6 +254,15 @@ def _load_ca(ctx: ssl.SSLContext, ca: str) -> None:
 # -- contexts ------------------------------------------------------------------------------------------
 
 
+def _tolerate_bare_fin(ctx: ssl.SSLContext) -> None:
+    """Take a TCP FIN without close_notify as the end of the peer's direction, not a broken connection.
+
+    ncat --ssl and many TLS stacks half-close that way; OpenSSL 3 would otherwise fail every later write,
+    losing data still to be sent (the netcat family's half-close rule comes first here).
+    """
+    ctx.options |= getattr(ssl, "OP_IGNORE_UNEXPECTED_EOF", 0)
+
+
 def client_context(
     *, ca: str | None = None, cert: str | None = None, key: str | None = None, insecure: bool = False
 ) -> ssl.SSLContext:
@@ -272,6 +281,7 @@ def client_context(
         except OSError as exc:
             raise _ca_error(ca, exc) from exc
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    _tolerate_bare_fin(ctx)
     if cert is not None:
         _load_chain(ctx, cert, key)
     elif key is not None:
@@ -293,6 +303,7 @@ def server_context(
     """
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    _tolerate_bare_fin(ctx)
     fingerprint: str | None = None
     if cert is not None:
         _load_chain(ctx, cert, key)

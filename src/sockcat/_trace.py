@@ -40,7 +40,7 @@ def emit(line: str) -> None:
 def _names(prefix: str) -> dict[int, str]:
     table: dict[int, str] = {}
     for name in dir(socket):
-        if name.startswith(prefix):
+        if name.startswith(prefix) and "J1939" not in name and "VM_SOCKETS" not in name:
             value = getattr(socket, name)
             if isinstance(value, int):
                 table.setdefault(int(value), name)

@@ -140,6 +140,21 @@ class Stream:
         except OSError as exc:
             raise network_error(exc, f"recv from {self._where()}") from exc
 
+    async def recv_packet(self) -> bytes:
+        """One whole packet of a SOCK_SEQPACKET socket, however large (``b""`` at EOF)."""
+        try:
+            async with asyncio.timeout(self.timeout):
+                while True:
+                    try:
+                        size = self.socket.recv_into(bytearray(1), 1, socket.MSG_PEEK | socket.MSG_TRUNC)
+                        return self.socket.recv(max(size, 1))
+                    except BlockingIOError:
+                        await _readable(self.socket)
+        except TimeoutError as exc:
+            raise Timeout(errno.ETIMEDOUT, f"recv from {self._where()}: timed out") from exc
+        except OSError as exc:
+            raise network_error(exc, f"recv from {self._where()}") from exc
+
     async def recv(self, bufsize: int = RECV_SIZE) -> bytes:
         if self._buf:
             return self._buf.take_some(bufsize)
@@ -425,16 +440,6 @@ class Datagram:
     def peer(self) -> Address | None:
         return self._inner.peer
 
-    async def _readable(self) -> None:
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[None] = loop.create_future()
-        fd = self.socket.fileno()
-        loop.add_reader(fd, _wake, fut)
-        try:
-            await fut
-        finally:
-            loop.remove_reader(fd)
-
     async def recvfrom(self, bufsize: int = RECV_SIZE, *, timeout: float | None = None) -> tuple[bytes, Address]:
         try:
             async with asyncio.timeout(timeout):
@@ -443,7 +448,7 @@ class Datagram:
                         data, sa = self.socket.recvfrom(bufsize)
                         return data, _s.to_address(self.address.scheme, sa)
                     except BlockingIOError:
-                        await self._readable()
+                        await _readable(self.socket)
         except TimeoutError as exc:
             raise Timeout(errno.ETIMEDOUT, f"recvfrom on {self.address}: timed out") from exc
         except OSError as exc:
@@ -482,6 +487,17 @@ class Datagram:
         self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.aclose()
+
+
+async def _readable(sock: socket.socket) -> None:
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[None] = loop.create_future()
+    fd = sock.fileno()
+    loop.add_reader(fd, _wake, fut)
+    try:
+        await fut
+    finally:
+        loop.remove_reader(fd)
 
 
 def _wake(fut: asyncio.Future[None]) -> None:

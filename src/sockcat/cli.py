@@ -133,6 +133,10 @@ def build_parser() -> Parser:
     _connection_options(listen)
     listen.set_defaults(func=cmd_listen)
 
+    from ._cli_services import add_parsers
+
+    add_parsers(sub, common)
+
     r = sub.add_parser(
         "relay",
         parents=[common],
