@@ -50,8 +50,15 @@ def wait_port(port: int, host: str = "127.0.0.1", timeout: float = TIMEOUT) -> N
 class Proc:
     """A child process with its stderr captured line by line (the ``listening on`` line included)."""
 
-    def __init__(self, args: list[str], *, stdin: int | None = subprocess.DEVNULL, stdout: int | None = subprocess.PIPE,
-                 env: dict[str, str] | None = None, cwd: str | Path | None = None) -> None:
+    def __init__(
+        self,
+        args: list[str],
+        *,
+        stdin: int | None = subprocess.DEVNULL,
+        stdout: int | None = subprocess.PIPE,
+        env: dict[str, str] | None = None,
+        cwd: str | Path | None = None,
+    ) -> None:
         self.args = args
         self.p = subprocess.Popen(args, stdin=stdin, stdout=stdout, stderr=subprocess.PIPE, env=env, cwd=cwd)
         self.stderr_lines: list[str] = []
@@ -116,8 +123,13 @@ def sockcat(*args: str) -> list[str]:
 
 
 def run_sockcat(*args: str, input: bytes | None = None, timeout: float = TIMEOUT) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(sockcat(*args), input=input, capture_output=True, timeout=timeout,
-                          stdin=None if input is not None else subprocess.DEVNULL)
+    return subprocess.run(
+        sockcat(*args),
+        input=input,
+        capture_output=True,
+        timeout=timeout,
+        stdin=None if input is not None else subprocess.DEVNULL,
+    )
 
 
 @pytest.fixture

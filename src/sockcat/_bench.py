@@ -32,6 +32,7 @@ import os
 import signal
 import socket
 import ssl
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -223,7 +224,6 @@ class _Worker:
         self.seq = 0
         self.result = WorkerResult(connections=connections)
         self.hist: Histogram = self.result.histogram
-        self.requests = 0
         self.nbytes = 0
         self.measuring = False
         self.sending = True
@@ -242,6 +242,11 @@ class _Worker:
         self._ready: asyncio.Event | None = None
         self._setup_sem: asyncio.Semaphore | None = None
         self.connected = 0
+
+    @property
+    def requests(self) -> int:
+        """Requests answered in the window: every one of them is a histogram sample."""
+        return self.hist.count
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -477,8 +482,6 @@ class _Worker:
             backoff = 0.01
             if self.measuring:
                 self.hist.record(perf_counter_ns() - start)
-                self.requests += 1
-                self.nbytes += self.size
                 if self.limit is not None and self.requests >= self.limit:
                     self.finish()
 
@@ -518,8 +521,14 @@ class _Worker:
             for h in helpers:
                 h.cancel()
             await self.close()
-        self.result.requests = self.requests
-        self.result.bytes = self.nbytes
+        # Throughput counts size-byte messages moved, so that rate and requests mean something there too;
+        # rtt and connect count the payload of the requests answered.
+        if plan.mode == "throughput":
+            self.result.bytes = self.nbytes
+            self.result.requests = self.nbytes // self.size
+        else:
+            self.result.bytes = self.requests * self.size
+            self.result.requests = self.requests
         return self.result
 
     def _count_unanswered(self) -> None:
@@ -563,12 +572,19 @@ class _Worker:
                 progress("warm-up", max(0.0, plan.warmup - (now - start)), 0, 0)
             else:
                 left = 0.0 if plan.duration is None else max(0.0, plan.duration - (time.perf_counter() - self.t0))
-                progress("measuring", left, self.requests, self.nbytes)
+                progress("measuring", left, self.requests, self.nbytes or self.requests * self.size)
             await asyncio.sleep(PROGRESS_INTERVAL)
 
     async def close(self) -> None:
+        """Close every connection politely (FIN, TLS close_notify), then abort what is still open."""
         self.sending = False
-        for session in list(self.sessions):
+        sessions = list(self.sessions)
+        for session in sessions:
+            session.close()
+        pending = [s.closed for s in sessions if not s.closed.done()]
+        if pending:
+            await asyncio.wait(pending, timeout=0.25)
+        for session in sessions:
             session.abort()
         tasks = list(self.tasks)
         for t in tasks:
@@ -592,9 +608,13 @@ class _Session:
 
     __slots__ = ()
     expired: bool
+    closed: asyncio.Future[BaseException | None]
 
     def expire_before(self, limit_ns: int, final: bool) -> None:
         pass
+
+    def close(self) -> None:
+        self.abort()
 
     def abort(self) -> None:
         pass
@@ -641,8 +661,6 @@ class _RttStream(_Session, asyncio.Protocol):
             record = w.hist.record
             for _ in range(k):
                 record(now - sent.popleft())
-            w.requests += k
-            w.nbytes += k * size
             if w.limit is not None and w.requests >= w.limit:
                 w.finish()
         else:
@@ -671,6 +689,73 @@ class _RttStream(_Session, asyncio.Protocol):
             w.error("timeout", f"{w.where}: no reply within {how}")
             self.abort()
 
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+        _settle(self.closed, None)
+
+
+class _RttOne(_Session, asyncio.Protocol):
+    """``_RttStream`` for a pipeline of one, the common case: one send time, no queue (the hot path)."""
+
+    __slots__ = ("closed", "expired", "hist", "msg", "pending", "size", "t0", "transport", "w")
+
+    def __init__(self, w: _Worker, closed: asyncio.Future[BaseException | None]) -> None:
+        self.w = w
+        self.closed = closed
+        self.transport: asyncio.Transport | None = None
+        self.pending = 0
+        self.size = w.size
+        self.msg = w.msg
+        self.hist = w.hist
+        self.t0 = 0
+        self.expired = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        t = self.transport = cast(asyncio.Transport, transport)
+        self.t0 = perf_counter_ns()
+        t.write(self.msg)
+
+    def data_received(self, data: bytes) -> None:
+        n = self.pending + len(data)
+        if n < self.size:
+            self.pending = n
+            return
+        now = perf_counter_ns()
+        self.pending = 0  # with one request in flight, more than its reply is nobody's reply
+        w = self.w
+        if self.t0:
+            if w.measuring:
+                self.hist.record(now - self.t0)
+                if w.limit is not None and w.requests >= w.limit:
+                    w.finish()
+            self.t0 = 0
+        if w.sending:
+            self.t0 = now
+            self.transport.write(self.msg)  # type: ignore[union-attr]
+
+    def eof_received(self) -> bool | None:
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        _settle(self.closed, exc)
+
+    def expire_before(self, limit_ns: int, final: bool) -> None:
+        if self.t0 and self.t0 < limit_ns and not self.expired:
+            self.expired = True
+            w = self.w
+            how = f"the {w.plan.duration:g} s window" if final else f"{w.timeout:g} s"
+            w.error("timeout", f"{w.where}: no reply within {how}")
+            self.abort()
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
     def abort(self) -> None:
         if self.transport is not None:
             self.transport.abort()
@@ -691,7 +776,8 @@ class _Upload(_Session, asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         t = self.transport = cast(asyncio.Transport, transport)
-        t.set_write_buffer_limits(high=max(4 * self.w.size, 256 * 1024))
+        # No queue of our own, as iperf3: one write of --size bytes whenever the socket takes it.
+        t.set_write_buffer_limits(high=0)
         self._fill()
 
     def _fill(self) -> None:
@@ -720,6 +806,10 @@ class _Upload(_Session, asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         _settle(self.closed, exc)
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
 
     def abort(self) -> None:
         if self.transport is not None:
@@ -755,16 +845,20 @@ class _Download(_Session, asyncio.BufferedProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         _settle(self.closed, exc)
 
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
     def abort(self) -> None:
         if self.transport is not None:
             cast(asyncio.Transport, self.transport).abort()
         _settle(self.closed, None)
 
 
-def _session_class(plan: BenchPlan) -> type[_RttStream] | type[_Upload] | type[_Download]:
+def _session_class(plan: BenchPlan) -> type[_RttOne] | type[_RttStream] | type[_Upload] | type[_Download]:
     if plan.mode == "throughput":
         return _Download if plan.reverse else _Upload
-    return _RttStream
+    return _RttOne if plan.pipeline == 1 else _RttStream
 
 
 class _DatagramSession(_Session):
@@ -796,6 +890,7 @@ class _DatagramSession(_Session):
             data = w.msg
             w.seq += 1
             key = w.seq
+        start = perf_counter_ns()  # before send: the reply may be back before send() returns
         try:
             self.sock.send(data)
         except OSError as exc:
@@ -805,7 +900,7 @@ class _DatagramSession(_Session):
                 w.error(*_classify(exc, w.where, False))
             w.loop.call_later(0.01, self._resend)
             return
-        self.out[key] = perf_counter_ns()
+        self.out[key] = start
 
     def _resend(self) -> None:
         if self.w.sending and self.sock.fileno() != -1:
@@ -837,8 +932,6 @@ class _DatagramSession(_Session):
                 start = out.pop(next(iter(out)))  # not an echo (chargen, daytime): answers the oldest
             if w.measuring:
                 w.hist.record(now - start)
-                w.requests += 1
-                w.nbytes += len(data)
                 if w.limit is not None and w.requests >= w.limit:
                     w.finish()
             if w.sending:
@@ -942,8 +1035,6 @@ class _PacketSession(_Session):
             start = self.sent.popleft()
             if w.measuring:
                 w.hist.record(now - start)
-                w.requests += 1
-                w.nbytes += len(data)
                 if w.limit is not None and w.requests >= w.limit:
                     w.finish()
             if w.sending:
@@ -1065,7 +1156,10 @@ def run_plan(plan: BenchPlan, progress: Progress | None = None) -> BenchResult:
     if plan.workers > 1:
         return _run_forked(plan, progress)
 
+    terminated: list[bool] = []
+
     async def main() -> BenchResult:
+        _on_sigterm(terminated)
         if progress is not None:
             progress("connecting", plan.connect_timeout, 0, 0)
         worker = _Worker(plan, plan.connections, plan.requests)
@@ -1077,17 +1171,52 @@ def run_plan(plan: BenchPlan, progress: Progress | None = None) -> BenchResult:
         part = await worker.run(0.0, progress)
         return _result(plan, [part])
 
-    with _new_runner() as runner:
-        return runner.run(main())
+    previous = signal.getsignal(signal.SIGTERM)
+    in_main = threading.current_thread() is threading.main_thread()
+    if in_main:  # held until the loop's own handler is in place (see _on_sigterm)
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    try:
+        with _new_runner() as runner:
+            return runner.run(main())
+    except asyncio.CancelledError:
+        if not terminated:
+            raise
+    finally:
+        if in_main:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+    # SIGTERM ended the run: hand the signal to whoever handled it before (the CLI exits 0).
+    signal.raise_signal(signal.SIGTERM)
+    raise NetworkError(errno.EINTR, "bench ended by SIGTERM")
+
+
+def _on_sigterm(terminated: list[bool]) -> None:
+    """In the main thread, let SIGTERM cancel the run (a Python-level handler cannot unwind the loop)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    task = asyncio.current_task()
+    assert task is not None
+
+    def stop() -> None:
+        terminated.append(True)
+        task.cancel()
+
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
 
 
 # The parent and its workers speak over a pipe: ("ready",) / ("fatal", message, errno) from a worker,
 # ("go", monotonic start) from the parent, then ("progress", requests, bytes) and ("done", result).
 
 
-def _worker_main(plan: BenchPlan, connections: int, limit: int | None, pipe: Any, report: bool) -> None:
+def _worker_main(plan: BenchPlan, connections: int, limit: int | None, pipe: Any, report: bool, parent: int) -> None:
+    from ._services import die_with_parent
+
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles ^C and ends its workers
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+    die_with_parent(parent)
     code = 0
     try:
         with _new_runner() as runner:
@@ -1141,11 +1270,14 @@ def _run_forked(plan: BenchPlan, progress: Progress | None) -> BenchResult:
     )
     procs: list[Any] = []
     pipes: list[Any] = []
+    finished = False
     try:
         for share, limit in zip(shares, limits, strict=True):
             parent_end, child_end = ctx.Pipe()
             p = ctx.Process(
-                target=_worker_main, args=(plan, share, limit, child_end, progress is not None), daemon=True
+                target=_worker_main,
+                args=(plan, share, limit, child_end, progress is not None, os.getpid()),
+                daemon=True,
             )
             p.start()
             child_end.close()
@@ -1206,8 +1338,13 @@ def _run_forked(plan: BenchPlan, progress: Progress | None) -> BenchResult:
                 lost = WorkerResult(connections=shares[i])
                 lost.add_error("worker", f"bench worker {i + 1} did not report in time")
                 parts[i] = lost
+        finished = True
         return _result(plan, [parts[i] for i in range(len(pipes))])
     finally:
+        if not finished:  # an error or a signal: the workers have nothing more to give
+            for p in procs:
+                with contextlib.suppress(OSError):
+                    p.terminate()
         for end in pipes:
             with contextlib.suppress(OSError):
                 end.close()

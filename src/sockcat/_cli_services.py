@@ -192,7 +192,7 @@ def _verdict(result: BenchResult, log: Log) -> int:
         what = "no round trip completed" if result.mode != "throughput" else "no data moved"
         why = result.first_error or "no reply"
         count = f" ({result.errors} errors: {kinds})" if result.errors else ""
-        log.error(f"{what} with {result.address}: {why}{count}")
+        log.error(f"{what}: {why}{count}")
         return 1
     if result.errors:
         log.warning(f"{result.errors} errors ({kinds}); first: {result.first_error}")
@@ -207,7 +207,7 @@ class _ProgressLine:
         from rich.live import Live
 
         self.mode = mode
-        self.console = Console(file=sys.stderr)
+        self.console = Console(file=sys.stderr, highlight=False)
         self.live = Live("", console=self.console, transient=True, auto_refresh=False)
         self.live.start()
         self.last: tuple[float, int, int] | None = None

@@ -44,6 +44,7 @@ RECV_BUFFER = 256 * 1024
 DATAGRAM_MAX = 65536 * 4  # unixgram datagrams may exceed UDP's 64 KiB
 WRITE_HIGH_WATER = 64 * 1024  # per-connection bytes queued in user space before chargen/echo pause
 TLS_HANDSHAKE_TIMEOUT = 10.0
+_STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 
 
 # --- RFC 864 and RFC 867 (pure) ----------------------------------------------------------------------
@@ -682,16 +683,21 @@ def run_serve(service: str, address: Address, opts: ServeOptions) -> int:
                 sock.listen(opts.backlog)
             except OSError as exc:
                 raise NetworkError(exc.errno or 0, f"listen {bound}: {describe(exc)}") from None
+        # Signals wait (blocked) until each process's loop has its handlers: a SIGTERM that came between
+        # the listening line and the loop would otherwise be raised inside a loop callback and lost.
+        signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
         opts.log.always(f"listening on {bound}")
         if opts.fingerprint:
             opts.log.always(f"certificate sha256 {opts.fingerprint}")
         children: list[int] = []
+        parent = os.getpid()
         for _ in range(opts.workers - 1):
             pid = os.fork()
             if pid == 0:  # a worker: the same socket, its own loop; only the parent removes a socket file
                 listener._owned_path = None
                 code = 1
                 try:
+                    die_with_parent(parent)
                     code = _run_one(service, sock, bound, opts, [])
                 finally:
                     os._exit(code)
@@ -699,6 +705,7 @@ def run_serve(service: str, address: Address, opts: ServeOptions) -> int:
         try:
             return _run_one(service, sock, bound, opts, children)
         finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
             for pid in children:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGTERM)
@@ -708,8 +715,15 @@ def run_serve(service: str, address: Address, opts: ServeOptions) -> int:
 
 
 def _run_one(service: str, sock: socket.socket, bound: Address, opts: ServeOptions, children: list[int]) -> int:
-    with _new_runner() as runner:
-        return runner.run(_serve_until_signal(service, sock, bound, opts, children))
+    previous = {signum: signal.getsignal(signum) for signum in _STOP_SIGNALS}
+    try:
+        with _new_runner() as runner:
+            return runner.run(_serve_until_signal(service, sock, bound, opts, children))
+    finally:
+        for signum, handler in previous.items():
+            if handler is not None:
+                signal.signal(signum, handler)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
 
 
 async def _serve_until_signal(
@@ -723,8 +737,9 @@ async def _serve_until_signal(
         code[0] = 130 if signum == signal.SIGINT else 0
         stopping.set()
 
-    for signum in (signal.SIGTERM, signal.SIGINT):
+    for signum in _STOP_SIGNALS:
         loop.add_signal_handler(signum, on_signal, signum)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
     server = ServiceServer(service, sock, bound, opts)
     try:
         await server.start()
@@ -734,9 +749,20 @@ async def _serve_until_signal(
         await stopping.wait()
     finally:
         server.close()
-        for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+        for signum in _STOP_SIGNALS:
             loop.remove_signal_handler(signum)
     return code[0]
+
+
+def die_with_parent(parent: int) -> None:
+    """In a forked worker: get SIGTERM when the parent dies, even by SIGKILL (Linux ``PR_SET_PDEATHSIG``)."""
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # it died before the call above
+        os._exit(0)
 
 
 def _raise_nofile_limit() -> None:

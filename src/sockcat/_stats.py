@@ -19,14 +19,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 PRECISION_BITS = 8  # relative error of a percentile < 1/2**9 (about 0.2 %)
-MAX_BITS = 44  # values up to 2**44 ns (about 4.9 hours); larger ones land in the top bucket
+MAX_BITS = 44
+_NO_MIN = 1 << 64  # values up to 2**44 ns (about 4.9 hours); larger ones land in the top bucket
 PERCENTILES: tuple[tuple[str, float], ...] = (("p50", 50.0), ("p90", 90.0), ("p99", 99.0), ("p999", 99.9))
 
 
 class Histogram:
     """Counts of non-negative integers in log-spaced buckets (see the module docstring)."""
 
-    __slots__ = ("_counts", "_linear", "_p", "_p1", "_top", "count", "max", "min", "total")
+    __slots__ = ("_counts", "_linear", "_min", "_p", "_p1", "_top", "count", "max", "total")
 
     def __init__(self, precision_bits: int = PRECISION_BITS, max_bits: int = MAX_BITS) -> None:
         if not 1 <= precision_bits <= 16 or max_bits <= precision_bits:
@@ -38,7 +39,7 @@ class Histogram:
         self._counts = [0] * (self._top + 1)
         self.count = 0
         self.total = 0
-        self.min = 0
+        self._min = _NO_MIN
         self.max = 0
 
     # --- bucket arithmetic --------------------------------------------------------------------------
@@ -67,23 +68,25 @@ class Histogram:
 
     # --- recording ------------------------------------------------------------------------------------
     def record(self, value: int) -> None:
-        """Count one value (negative values count as 0)."""
-        if value < 0:
-            value = 0
+        """Count one value (negative values count as 0). The hot path of ``bench``: keep it lean."""
         if value < self._linear:
-            index = value
+            if value < 0:
+                value = 0
+            self._counts[value] += 1
         else:
             shift = value.bit_length() - self._p1
             index = (shift << self._p) + (value >> shift)
-            if index > self._top:
-                index = self._top
-        self._counts[index] += 1
-        if self.count == 0 or value < self.min:
-            self.min = value
+            self._counts[index if index <= self._top else self._top] += 1
+        if value < self._min:
+            self._min = value
         if value > self.max:
             self.max = value
         self.count += 1
         self.total += value
+
+    @property
+    def min(self) -> int:
+        return self._min if self.count else 0
 
     def record_many(self, values: Iterable[int]) -> None:
         for v in values:
@@ -99,7 +102,7 @@ class Histogram:
         for i, n in enumerate(other._counts):
             if n:
                 counts[i] += n
-        self.min = other.min if self.count == 0 else min(self.min, other.min)
+        self._min = min(self._min, other._min)
         self.max = max(self.max, other.max)
         self.count += other.count
         self.total += other.total
@@ -174,7 +177,7 @@ class Histogram:
             h._counts[int(i)] += int(n)
         h.count = int(data["count"])
         h.total = int(data["total"])
-        h.min = int(data["min"])
+        h._min = int(data["min"]) if h.count else _NO_MIN
         h.max = int(data["max"])
         if sum(h._counts) != h.count:
             raise ValueError("histogram counts do not add up")

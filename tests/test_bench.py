@@ -1,0 +1,343 @@
+"""`sockcat bench` (and the library's `bench`) against real servers on loopback: socat's fork echo,
+`sockcat serve` over every kind, and misbehaving servers that close, reset, never answer or lose datagrams.
+
+Every run is short (-d well under a second) and every failure case is bounded by -d plus a few seconds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+import socket
+import struct
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import Proc, free_port, require, run_sockcat, sockcat, wait_port
+
+import sockcat as sc
+
+pytestmark = pytest.mark.timeout(60)
+
+SHORT = ("-d", "0.4", "--warmup", "0.1")
+FIELDS = ("mode", "address", "connections", "size", "seconds", "requests", "rate", "bytes_per_second", "latency_us")
+
+
+def bench_json(*args: str, timeout: float = 20.0) -> tuple[int, dict[str, Any], str]:
+    res = run_sockcat("bench", *args, "--json", timeout=timeout)
+    err = res.stderr.decode()
+    assert res.stdout, (res.returncode, err)
+    return res.returncode, json.loads(res.stdout), err
+
+
+def check_rtt(d: dict[str, Any]) -> None:
+    for key in FIELDS:
+        assert key in d, key
+    assert isinstance(d["errors"], int)
+    assert d["requests"] > 0 and d["rate"] > 0
+    lat = d["latency_us"]
+    assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["p999"] <= lat["max"]
+
+
+def start_serve(procs: list[Proc], *args: str) -> str:
+    p = Proc(sockcat("serve", *args))
+    procs.append(p)
+    return p.read_listening()
+
+
+@pytest.fixture
+def socat_echo(procs: list[Proc]) -> str:
+    socat = require("socat")
+    port = free_port()
+    procs.append(Proc([socat, f"TCP-LISTEN:{port},bind=127.0.0.1,fork,reuseaddr", "PIPE"], stdout=None))
+    wait_port(port)
+    return f"tcp://127.0.0.1:{port}"
+
+
+@contextlib.contextmanager
+def bad_server(behaviour: str) -> Iterator[str]:
+    """A TCP server in a thread that closes at once, resets, or accepts and never answers."""
+    lsock = socket.socket()
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen(128)
+    lsock.settimeout(0.1)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = lsock.accept()
+            except (TimeoutError, OSError):
+                continue
+            if behaviour == "close":
+                conn.close()
+            elif behaviour == "reset":
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                conn.close()
+            else:
+                held.append(conn)
+
+    t = threading.Thread(target=loop, daemon=True)
+    t.start()
+    try:
+        yield f"tcp://127.0.0.1:{lsock.getsockname()[1]}"
+    finally:
+        stop.set()
+        t.join(2)
+        lsock.close()
+        for c in held:
+            c.close()
+
+
+@contextlib.contextmanager
+def udp_server(answer: Callable[[int], bool]) -> Iterator[str]:
+    """A UDP echo in a thread that answers the n-th datagram only if ``answer(n)``."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("127.0.0.1", 0))
+    s.settimeout(0.1)
+    stop = threading.Event()
+
+    def loop() -> None:
+        n = 0
+        while not stop.is_set():
+            try:
+                data, peer = s.recvfrom(65536)
+            except (TimeoutError, OSError):
+                continue
+            n += 1
+            if answer(n):
+                s.sendto(data, peer)
+
+    t = threading.Thread(target=loop, daemon=True)
+    t.start()
+    try:
+        yield f"udp://127.0.0.1:{s.getsockname()[1]}"
+    finally:
+        stop.set()
+        t.join(2)
+        s.close()
+
+
+# --- against socat's fork echo -------------------------------------------------------------------------
+
+
+def test_rtt_json_against_socat_echo(socat_echo: str) -> None:
+    rc, d, err = bench_json(socat_echo, "-c", "8", "-d", "1", "--warmup", "0.2")
+    assert rc == 0, err
+    check_rtt(d)
+    assert d["mode"] == "rtt" and d["address"] == socat_echo
+    assert d["connections"] == 8 and d["size"] == 64 and d["errors"] == 0
+    assert 0.9 < d["seconds"] < 1.5  # the window, warm-up excluded
+    assert d["bytes_per_second"] == pytest.approx(d["rate"] * 64, rel=0.01)
+    assert 0 < d["client_cpu_percent"] <= 200
+
+
+def test_connect_mode_against_socat_echo(socat_echo: str) -> None:
+    rc, d, err = bench_json(socat_echo, "--mode", "connect", "-c", "4", *SHORT)
+    assert rc == 0, err
+    check_rtt(d)
+    assert d["mode"] == "connect"
+
+
+def test_table_for_people(socat_echo: str) -> None:
+    res = run_sockcat("bench", socat_echo, "-c", "4", "--size", "1K", *SHORT)
+    assert res.returncode == 0, res.stderr
+    out = res.stdout.decode()
+    for word in ("rate", "round trips/s", "latency", "p99.9", "errors", "client CPU", "1.00 KiB"):
+        assert word in out, out
+    assert res.stderr == b""  # not a terminal: no progress display
+
+
+def test_pipeline_and_request_count(socat_echo: str) -> None:
+    rc, d, err = bench_json(socat_echo, "-c", "2", "--pipeline", "4", "-n", "400", "--warmup", "0.1")
+    assert rc == 0, err
+    check_rtt(d)
+    assert 400 <= d["requests"] < 420
+    assert d["pipeline"] == 4
+
+
+# --- against sockcat serve, every kind -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kind", ["tcp://127.0.0.1:0", "tcp6://[::1]:0", "udp://127.0.0.1:0", "unix:", "unixgram:", "unixpacket:", "tls"]
+)
+def test_rtt_every_kind(procs: list[Proc], short_tmp: Path, kind: str) -> None:
+    extra: list[str] = []
+    if kind.endswith(":"):
+        kind = f"{kind}{short_tmp / 'b.sock'}"
+    if kind == "tls":
+        kind = "tls://127.0.0.1:0"
+        extra = ["--insecure"]
+    addr = start_serve(procs, "echo", kind)
+    rc, d, err = bench_json(addr, "-c", "4", *SHORT, *extra)
+    assert rc == 0, err
+    check_rtt(d)
+    assert d["errors"] == 0
+
+
+def test_workers_add_up(procs: list[Proc]) -> None:
+    addr = start_serve(procs, "echo", "tcp://127.0.0.1:0")
+    rc, d, err = bench_json(addr, "-c", "6", "--workers", "2", *SHORT)
+    assert rc == 0, err
+    check_rtt(d)
+    assert d["connections"] == 6 and d["workers"] == 2
+
+
+@pytest.mark.parametrize("kind", ["tcp", "unix"])
+def test_throughput_upload_to_discard(procs: list[Proc], short_tmp: Path, kind: str) -> None:
+    addr = start_serve(procs, "discard", "tcp://127.0.0.1:0" if kind == "tcp" else f"unix:{short_tmp / 'd.sock'}")
+    rc, d, err = bench_json(addr, "--mode", "throughput", "-P", "2", *SHORT)
+    assert rc == 0, err
+    assert d["mode"] == "throughput" and d["connections"] == 2 and d["reverse"] is False
+    assert d["bytes_per_second"] > 0 and d["requests"] > 0
+
+
+def test_throughput_download_from_chargen(procs: list[Proc]) -> None:
+    addr = start_serve(procs, "chargen", "tcp://127.0.0.1:0")
+    rc, d, err = bench_json(addr, "--mode", "throughput", "--reverse", *SHORT)
+    assert rc == 0, err
+    assert d["reverse"] is True and d["bytes_per_second"] > 0
+
+
+def test_throughput_udp_and_unixpacket_upload(procs: list[Proc], short_tmp: Path) -> None:
+    for addr in (
+        start_serve(procs, "discard", "udp://127.0.0.1:0"),
+        start_serve(procs, "discard", f"unixpacket:{short_tmp / 'dp.sock'}"),
+    ):
+        rc, d, err = bench_json(addr, "--mode", "throughput", *SHORT)
+        assert rc == 0, err
+        assert d["bytes_per_second"] > 0
+
+
+# --- servers that misbehave: a clear error or a partial result, never a hang ------------------------------
+
+
+@pytest.mark.parametrize("behaviour", ["close", "reset", "silent"])
+def test_bad_server_rtt_is_bounded(behaviour: str) -> None:
+    with bad_server(behaviour) as addr:
+        start = time.monotonic()
+        res = run_sockcat("bench", addr, "-c", "4", "-d", "0.7", "--warmup", "0.1", "--timeout", "0.3", "--json")
+        elapsed = time.monotonic() - start
+    assert elapsed < 0.8 + 4.0
+    assert res.returncode == 1
+    err = res.stderr.decode()
+    if not res.stdout:  # the very first connection failed: that alone is the (clear) error
+        assert behaviour != "silent"
+        assert err == f"sockcat: error: connect {addr}: connection reset by peer\n", err
+        return
+    d = json.loads(res.stdout)
+    assert d["requests"] == 0 and d["errors"] > 0
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("sockcat: error: no round trip completed: "), err
+    if behaviour == "silent":
+        assert set(d["error_kinds"]) == {"timeout"}
+
+
+def test_silent_server_shorter_than_timeout_still_counts() -> None:
+    with bad_server("silent") as addr:
+        rc, d, _ = bench_json(addr, "-c", "3", "-d", "0.5", "--warmup", "0.1")  # default timeout 2 s > window
+    assert rc == 1 and d["errors"] == 3 and d["error_kinds"] == {"timeout": 3}
+
+
+def test_bad_server_connect_mode_is_bounded() -> None:
+    for behaviour in ("close", "silent"):
+        with bad_server(behaviour) as addr:
+            start = time.monotonic()
+            res = run_sockcat("bench", addr, "--mode", "connect", "-d", "0.5", "--timeout", "0.3", "-w", "1")
+            assert time.monotonic() - start < 5.0
+        assert res.returncode == 1
+        assert res.stderr.decode().startswith("sockcat: error: "), res.stderr
+
+
+def test_refused_is_a_clear_error() -> None:
+    port = free_port()
+    start = time.monotonic()
+    res = run_sockcat("bench", f"tcp://127.0.0.1:{port}", "-d", "5")
+    assert time.monotonic() - start < 3.0
+    assert res.returncode == 1
+    assert res.stderr.decode().strip() == f"sockcat: error: connect tcp://127.0.0.1:{port}: connection refused"
+    res = run_sockcat("bench", f"tcp://127.0.0.1:{port}", "-d", "5", "--workers", "2")
+    assert res.returncode == 1 and b"connection refused" in res.stderr
+
+
+def test_udp_lost_replies_are_errors_not_hangs() -> None:
+    with udp_server(lambda n: n % 3 != 0) as addr:
+        start = time.monotonic()
+        rc, d, err = bench_json(addr, "-c", "4", "-d", "0.6", "--warmup", "0.1", "--timeout", "0.2")
+        assert time.monotonic() - start < 5.0
+    assert rc == 0, err
+    check_rtt(d)
+    assert d["errors"] > 0 and set(d["error_kinds"]) == {"timeout"}
+    assert err.startswith("sockcat: warning: ")
+    assert d["latency_us"]["max"] < 200_000  # a lost reply is an error, not a 200 ms sample
+
+
+def test_udp_nobody_answers() -> None:
+    with udp_server(lambda n: False) as addr:
+        start = time.monotonic()
+        rc, d, _ = bench_json(addr, "-c", "2", "-d", "0.5", "--warmup", "0.1")
+        assert time.monotonic() - start < 5.0
+    assert rc == 1 and d["requests"] == 0 and d["errors"] > 0
+
+
+# --- signals, usage, library ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 0), (signal.SIGINT, 130)])
+def test_signals_end_a_run(socat_echo: str, sig: int, code: int) -> None:
+    for workers in ("1", "2"):
+        p = subprocess.Popen(
+            sockcat("bench", socat_echo, "-d", "30", "-c", "4", "--workers", workers),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        time.sleep(0.8)
+        p.send_signal(sig)
+        _, err = p.communicate(timeout=10)
+        assert p.returncode == code, err
+        assert b"Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("--reverse",),
+        ("-P", "2"),
+        ("--size", "0"),
+        ("--mode", "throughput", "-n", "10"),
+        ("--mode", "nope"),
+        ("--insecure",),
+        ("--size", "big"),
+    ],
+)
+def test_usage_errors(args: tuple[str, ...]) -> None:
+    res = run_sockcat("bench", "tcp://127.0.0.1:9", *args)
+    assert res.returncode == 2, res.stderr
+    assert res.stderr.decode().startswith("sockcat: error: ")
+
+
+def test_udp_size_limit_and_reverse_datagram() -> None:
+    assert run_sockcat("bench", "udp://127.0.0.1:9", "--size", "70000").returncode == 2
+    assert run_sockcat("bench", "udp://127.0.0.1:9", "--mode", "throughput", "--reverse").returncode == 2
+
+
+def test_library_bench_returns_result(procs: list[Proc]) -> None:
+    addr = start_serve(procs, "echo", "tcp://127.0.0.1:0")
+    result = sc.bench(addr, connections=2, duration=0.3, warmup=0.1)
+    assert isinstance(result, sc.BenchResult)
+    assert result.requests > 0 and result.latency is not None and result.histogram is not None
+    assert result.histogram.count == result.requests
+    j = result.to_json()
+    assert j["latency_us"]["p50"] <= j["latency_us"]["max"]
+    with pytest.raises(sc.NetworkError):
+        sc.bench(f"tcp://127.0.0.1:{free_port()}", duration=0.3)
+    with pytest.raises(sc.UsageError):
+        sc.bench(addr, mode="sideways")

@@ -1,0 +1,826 @@
+"""`sockcat connect` / `sockcat listen` over every stream kind, on real loopback sockets with real peers.
+
+Covers SPEC §1 (stream addresses, Unix socket files) and §2 (connect/listen, half-close, -k, signals,
+-v/--hexdump/--trace, -s, --sockopt). Peers: sockcat itself, socat, OpenBSD nc, ncat and plain sockets.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import signal
+import socket
+import subprocess
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from conftest import TIMEOUT, Proc, free_port, require, run_sockcat, sockcat
+
+pytestmark = pytest.mark.timeout(60)
+
+
+# -- helpers -------------------------------------------------------------------------------------------
+
+
+def start_listen(
+    procs: list[Proc], *args: str, data: bytes | None = None, stdout: int | None = subprocess.PIPE
+) -> tuple[Proc, str]:
+    """Start ``sockcat listen ARGS``; ``data`` (if given) is its whole stdin. Returns (proc, bound address)."""
+    p = Proc(sockcat("listen", *args), stdin=subprocess.PIPE if data is not None else subprocess.DEVNULL, stdout=stdout)
+    procs.append(p)
+    if data is not None:
+        assert p.p.stdin is not None
+        p.p.stdin.write(data)
+        p.p.stdin.close()
+        p.p.stdin = None
+    return p, p.read_listening()
+
+
+def finish(p: Proc, timeout: float = TIMEOUT) -> tuple[int, bytes, list[str]]:
+    """Wait for ``p`` to exit; return (status, all of stdout, every stderr line) — buffered bytes included."""
+    results: dict[str, bytes] = {}
+
+    def read(name: str, stream: object) -> None:
+        results[name] = stream.read()  # type: ignore[attr-defined]
+
+    threads = [
+        threading.Thread(target=read, args=(name, stream), daemon=True)
+        for name, stream in (("out", p.p.stdout), ("err", p.p.stderr))
+        if stream is not None
+    ]
+    for t in threads:
+        t.start()
+    rc = p.wait(timeout)
+    for t in threads:
+        t.join(timeout)
+    err = p.stderr_lines + results.get("err", b"").decode(errors="replace").splitlines()
+    return rc, results.get("out", b""), err
+
+
+def port_of(address: str) -> int:
+    port = int(address.rsplit(":", 1)[1])
+    assert 0 < port < 65536, address
+    return port
+
+
+def _proc_net_listening(kind: str, port: int) -> bool:
+    for name in (f"/proc/net/{kind}", f"/proc/net/{kind}6"):
+        try:
+            rows = Path(name).read_text().splitlines()[1:]
+        except FileNotFoundError:
+            continue
+        for row in rows:
+            fields = row.split()
+            if int(fields[1].rsplit(":", 1)[1], 16) == port and (kind == "udp" or fields[3] == "0A"):
+                return True
+    return False
+
+
+def _unix_listening(path: str) -> bool:
+    for row in Path("/proc/net/unix").read_text().splitlines()[1:]:
+        fields = row.split()
+        if len(fields) >= 8 and fields[7] == path and int(fields[3], 16) & 0x10000:
+            return True
+    return False
+
+
+def wait_peer(proc: Proc, *, port: int | None = None, path: str | None = None, timeout: float = 10.0) -> None:
+    """Wait until a one-shot peer listener is listening, without connecting to it (that would use it up)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.p.poll() is not None:
+            err = proc.p.stderr.read().decode(errors="replace") if proc.p.stderr else ""
+            raise AssertionError(f"{proc.args} exited with {proc.p.returncode}: {err}")
+        if (port is not None and _proc_net_listening("tcp", port)) or (path is not None and _unix_listening(path)):
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"{proc.args} is not listening after {timeout} s")
+
+
+def stderr_clean(lines: list[str], *allowed: str) -> None:
+    """Without -v, stderr holds only the allowed lines."""
+    extra = [line for line in lines if not any(line.startswith(a) for a in allowed)]
+    assert extra == [], f"unexpected stderr lines: {extra}"
+    assert "Traceback" not in "\n".join(lines)
+
+
+def abstract_name() -> str:
+    return f"sockcat-test-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+
+
+# -- every stream kind, sockcat on both ends -------------------------------------------------------------
+
+
+STREAM_KINDS = ["tcp", "tcp4", "tcp6", "unix", "unix-abstract", "unixpacket", "tls"]
+
+
+def _listen_spec(kind: str, tmp: Path) -> tuple[str, str, list[str]]:
+    """(address to listen on, regex the `listening on` address must match, extra connect options)."""
+    if kind == "tcp":
+        return "tcp://127.0.0.1:0", r"tcp://127\.0\.0\.1:\d+", []
+    if kind == "tcp4":
+        return "tcp4://127.0.0.1:0", r"tcp4?://127\.0\.0\.1:\d+", []
+    if kind == "tcp6":
+        return "tcp6://[::1]:0", r"tcp6?://\[::1\]:\d+", []
+    if kind == "unix":
+        path = str(tmp / "s.sock")
+        return f"unix:{path}", re.escape(f"unix:{path}"), []
+    if kind == "unix-abstract":
+        name = abstract_name()
+        return f"unix:@{name}", re.escape(f"unix:@{name}"), []
+    if kind == "unixpacket":
+        path = str(tmp / "p.sock")
+        return f"unixpacket:{path}", re.escape(f"unixpacket:{path}"), []
+    if kind == "tls":
+        return "tls://127.0.0.1:0", r"tls://127\.0\.0\.1:\d+", ["--insecure"]
+    raise AssertionError(kind)
+
+
+@pytest.mark.parametrize("kind", STREAM_KINDS)
+def test_connect_listen_both_ways(kind: str, procs: list[Proc], short_tmp: Path) -> None:
+    listen_addr, pattern, extra = _listen_spec(kind, short_tmp)
+    server_data = f"server says hi over {kind}\n".encode()
+    client_data = f"client says hello over {kind}\n".encode() * 3
+    server, bound = start_listen(procs, listen_addr, data=server_data)
+    assert re.fullmatch(pattern, bound), bound
+    if kind.startswith(("tcp", "tls")):
+        port_of(bound)
+
+    client = run_sockcat("connect", bound, *extra, input=client_data)
+
+    assert client.returncode == 0, client.stderr
+    assert client.stdout == server_data
+    assert client.stderr == b""
+    rc, out, err = finish(server)
+    assert rc == 0, err
+    assert out == client_data
+    allowed = ["listening on ", "certificate sha256 "] if kind == "tls" else ["listening on "]
+    stderr_clean(err, *allowed)
+    assert sum(line.startswith("listening on ") for line in err) == 1
+    if kind in ("unix", "unixpacket"):
+        assert not os.path.exists(listen_addr.split(":", 1)[1]), "the listener left its socket file behind"
+
+
+def test_unix_uri_form_and_relative_path(procs: list[Proc], short_tmp: Path) -> None:
+    """`unix:///abs` is accepted and printed canonically; `unix:rel.sock` is relative to the cwd."""
+    path = short_tmp / "uri.sock"
+    server, bound = start_listen(procs, f"unix://{path}", data=b"uri\n")
+    assert bound == f"unix:{path}"
+    client = run_sockcat("connect", f"unix://{path}", input=b"x")
+    assert client.returncode == 0, client.stderr
+    assert client.stdout == b"uri\n"
+    assert finish(server)[:2] == (0, b"x")
+
+    p = Proc(sockcat("listen", "unix:rel.sock"), stdin=subprocess.DEVNULL, cwd=short_tmp)
+    procs.append(p)
+    p.read_listening()
+    assert (short_tmp / "rel.sock").exists()
+    client2 = subprocess.run(
+        sockcat("connect", "unix:rel.sock"), input=b"rel", capture_output=True, timeout=TIMEOUT, cwd=short_tmp
+    )
+    assert client2.returncode == 0, client2.stderr
+    assert finish(p)[:2] == (0, b"rel")
+
+
+# -- interop: sockcat connect -> real peer listeners -------------------------------------------------
+
+
+def _peer_listener(tool: str, family: str, port: int, path: str) -> list[str]:
+    exe = require(tool)
+    if tool == "socat":
+        where = {
+            "tcp": f"TCP4-LISTEN:{port},bind=127.0.0.1,reuseaddr",
+            "tcp6": f"TCP6-LISTEN:{port},bind=[::1],reuseaddr",
+            "unix": f"UNIX-LISTEN:{path}",
+        }[family]
+        return [exe, "-t", "5", "-", where]
+    if tool == "nc":
+        return {
+            "tcp": [exe, "-N", "-l", "127.0.0.1", str(port)],
+            "tcp6": [exe, "-N", "-6", "-l", "::1", str(port)],
+            "unix": [exe, "-N", "-lU", path],
+        }[family]
+    if tool == "ncat":
+        return {
+            "tcp": [exe, "-l", "127.0.0.1", str(port)],
+            "tcp6": [exe, "-6", "-l", "::1", str(port)],
+            "unix": [exe, "-lU", path],
+        }[family]
+    raise AssertionError(tool)
+
+
+def _target(family: str, port: int, path: str) -> str:
+    return {"tcp": f"tcp://127.0.0.1:{port}", "tcp6": f"tcp://[::1]:{port}", "unix": f"unix:{path}"}[family]
+
+
+@pytest.mark.parametrize("family", ["tcp", "tcp6", "unix"])
+@pytest.mark.parametrize("tool", ["socat", "nc", "ncat"])
+def test_connect_to_peer_listener(tool: str, family: str, procs: list[Proc], short_tmp: Path) -> None:
+    port = free_port(host="::1" if family == "tcp6" else "127.0.0.1")
+    path = str(short_tmp / f"{tool}.sock")
+    peer = Proc(_peer_listener(tool, family, port, path), stdin=subprocess.PIPE)
+    procs.append(peer)
+    assert peer.p.stdin is not None
+    peer.p.stdin.write(f"hello from {tool}\n".encode())
+    peer.p.stdin.close()
+    peer.p.stdin = None
+    wait_peer(peer, port=port if family != "unix" else None, path=path if family == "unix" else None)
+
+    client = run_sockcat("connect", _target(family, port, path), input=b"hello from sockcat\n")
+
+    assert client.returncode == 0, client.stderr
+    assert client.stdout == f"hello from {tool}\n".encode()
+    assert client.stderr == b""
+    rc, out, err = finish(peer)
+    assert out == b"hello from sockcat\n", err
+    assert rc == 0, err
+
+
+# -- interop: real peer clients -> sockcat listen ----------------------------------------------------
+
+
+def _peer_client(tool: str, family: str, port: int, path: str) -> list[str]:
+    exe = require(tool)
+    if tool == "socat":
+        where = {"tcp": f"TCP4:127.0.0.1:{port}", "tcp6": f"TCP6:[::1]:{port}", "unix": f"UNIX-CONNECT:{path}"}[family]
+        return [exe, "-t", "5", "-", where]
+    if tool == "nc":
+        return {
+            "tcp": [exe, "-N", "127.0.0.1", str(port)],
+            "tcp6": [exe, "-N", "::1", str(port)],
+            "unix": [exe, "-N", "-U", path],
+        }[family]
+    if tool == "ncat":
+        return {
+            "tcp": [exe, "127.0.0.1", str(port)],
+            "tcp6": [exe, "-6", "::1", str(port)],
+            "unix": [exe, "-U", path],
+        }[family]
+    raise AssertionError(tool)
+
+
+@pytest.mark.parametrize("family", ["tcp", "tcp6", "unix"])
+@pytest.mark.parametrize("tool", ["socat", "nc", "ncat"])
+def test_peer_client_to_listen(tool: str, family: str, procs: list[Proc], short_tmp: Path) -> None:
+    path = str(short_tmp / "l.sock")
+    addr = {"tcp": "tcp://127.0.0.1:0", "tcp6": "tcp://[::1]:0", "unix": f"unix:{path}"}[family]
+    server, bound = start_listen(procs, addr, data=b"hello from sockcat listen\n")
+    port = port_of(bound) if family != "unix" else 0
+
+    client = subprocess.run(
+        _peer_client(tool, family, port, path),
+        input=f"hello from {tool}\n".encode(),
+        capture_output=True,
+        timeout=TIMEOUT,
+    )
+
+    assert client.returncode == 0, client.stderr
+    assert client.stdout == b"hello from sockcat listen\n"
+    rc, out, err = finish(server)
+    assert rc == 0, err
+    assert out == f"hello from {tool}\n".encode()
+    stderr_clean(err, "listening on ")
+
+
+# -- bulk ------------------------------------------------------------------------------------------------
+
+
+def test_64mib_random_payload_arrives_intact(procs: list[Proc], tmp_path: Path) -> None:
+    src = tmp_path / "payload.bin"
+    dst = tmp_path / "received.bin"
+    with src.open("wb") as f:
+        for _ in range(64):
+            f.write(os.urandom(1 << 20))
+    digest = hashlib.sha256(src.read_bytes()).hexdigest()
+
+    with dst.open("wb") as out:
+        server, bound = start_listen(procs, "tcp://127.0.0.1:0", stdout=out.fileno())
+    with src.open("rb") as f:
+        client = subprocess.run(sockcat("connect", bound), stdin=f, capture_output=True, timeout=TIMEOUT)
+    assert client.returncode == 0, client.stderr
+    assert client.stdout == b""
+    rc, _, err = finish(server)
+    assert rc == 0, err
+    assert dst.stat().st_size == 64 << 20
+    assert hashlib.sha256(dst.read_bytes()).hexdigest() == digest
+
+
+# -- half-close ------------------------------------------------------------------------------------------
+
+
+def test_connect_half_close_reply_after_eof_from_socat(procs: list[Proc]) -> None:
+    """A server that answers only once it has read EOF: the answer must still reach `sockcat connect`."""
+    port = free_port()
+    peer = Proc([require("socat"), f"TCP4-LISTEN:{port},bind=127.0.0.1,reuseaddr", "SYSTEM:sha256sum"])
+    procs.append(peer)
+    wait_peer(peer, port=port)
+    data = os.urandom(200_000)
+
+    client = run_sockcat("connect", f"tcp://127.0.0.1:{port}", input=data)
+
+    assert client.returncode == 0, client.stderr
+    assert client.stdout.split()[0].decode() == hashlib.sha256(data).hexdigest()
+    peer.wait()
+
+
+def test_connect_half_close_reply_after_eof_from_exec(procs: list[Proc]) -> None:
+    server, bound = start_listen(procs, "tcp://127.0.0.1:0", "--exec", "wc -c")
+    client = run_sockcat("connect", bound, input=b"x" * 12345)
+    assert client.returncode == 0, client.stderr
+    assert client.stdout.strip() == b"12345"
+    assert finish(server)[0] == 0
+
+
+def test_listen_with_stdin_at_eof_still_receives(procs: list[Proc]) -> None:
+    """`sockcat listen </dev/null`: the client gets EOF at once but may keep sending; all of it arrives."""
+    server, bound = start_listen(procs, "tcp://127.0.0.1:0")
+    with socket.create_connection(("127.0.0.1", port_of(bound)), timeout=10) as c:
+        assert c.recv(100) == b"", "the client must see EOF: the listener's stdin is at EOF"
+        for i in range(5):
+            c.sendall(b"line %d after the server's EOF\n" % i)
+            time.sleep(0.05)
+        c.shutdown(socket.SHUT_WR)
+    rc, out, err = finish(server)
+    assert rc == 0, err
+    assert out == b"".join(b"line %d after the server's EOF\n" % i for i in range(5))
+
+
+def test_listen_stdin_eof_client_is_sockcat(procs: list[Proc]) -> None:
+    server, bound = start_listen(procs, "tcp://127.0.0.1:0")
+    client = run_sockcat("connect", bound, input=b"payload for a mute server")
+    assert client.returncode == 0, client.stderr
+    assert client.stdout == b""
+    rc, out, _ = finish(server)
+    assert (rc, out) == (0, b"payload for a mute server")
+
+
+# -- -k --------------------------------------------------------------------------------------------------
+
+
+def test_keep_open_serves_three_clients_in_turn(procs: list[Proc]) -> None:
+    server, bound = start_listen(procs, "tcp://127.0.0.1:0", "-k")
+    for i in range(3):
+        client = run_sockcat("connect", bound, input=f"client {i}\n".encode())
+        assert client.returncode == 0, client.stderr
+    # the listener is still there for a fourth
+    with socket.create_connection(("127.0.0.1", port_of(bound)), timeout=10) as c:
+        c.sendall(b"client 3\n")
+        c.shutdown(socket.SHUT_WR)
+        assert c.recv(10) == b""
+    time.sleep(0.3)
+    assert server.p.poll() is None, "-k must keep accepting"
+    server.p.send_signal(signal.SIGTERM)
+    rc, out, err = finish(server)
+    assert rc == 0, err
+    assert out == b"client 0\nclient 1\nclient 2\nclient 3\n"
+
+
+def test_keep_open_broadcasts_stdin(procs: list[Proc]) -> None:
+    p = Proc(sockcat("listen", "-k", "tcp://127.0.0.1:0"), stdin=subprocess.PIPE)
+    procs.append(p)
+    port = port_of(p.read_listening())
+    clients = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(2)]
+    try:
+        time.sleep(0.3)  # both accepted
+        assert p.p.stdin is not None
+        p.p.stdin.write(b"to everyone\n")
+        p.p.stdin.flush()
+        for c in clients:
+            got = b""
+            while not got.endswith(b"\n"):
+                chunk = c.recv(100)
+                assert chunk, got
+                got += chunk
+            assert got == b"to everyone\n"
+    finally:
+        for c in clients:
+            c.close()
+    p.p.stdin.close()
+    p.p.stdin = None
+    assert p.terminate() == 0
+
+
+def test_without_keep_open_listener_stops_accepting(procs: list[Proc]) -> None:
+    p = Proc(sockcat("listen", "tcp://127.0.0.1:0"), stdin=subprocess.PIPE)
+    procs.append(p)
+    port = port_of(p.read_listening())
+    with socket.create_connection(("127.0.0.1", port), timeout=10):
+        time.sleep(0.3)
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", port), timeout=5).close()
+
+
+# -- Unix socket files ------------------------------------------------------------------------------------
+
+
+def test_stale_unix_socket_file_is_replaced(procs: list[Proc], short_tmp: Path) -> None:
+    path = short_tmp / "stale.sock"
+    first, _ = start_listen(procs, f"unix:{path}")
+    first.p.kill()
+    first.p.wait(5)
+    assert path.exists(), "a SIGKILLed listener cannot remove its file"
+
+    second, bound = start_listen(procs, f"unix:{path}", data=b"fresh\n")
+    assert bound == f"unix:{path}"
+    client = run_sockcat("connect", f"unix:{path}", input=b"hi")
+    assert client.returncode == 0, client.stderr
+    assert client.stdout == b"fresh\n"
+    rc, out, _ = finish(second)
+    assert (rc, out) == (0, b"hi")
+    assert not path.exists()
+
+
+def test_live_unix_listener_is_address_in_use(procs: list[Proc], short_tmp: Path) -> None:
+    path = short_tmp / "live.sock"
+    first, _ = start_listen(procs, f"unix:{path}", "-k")
+    second = run_sockcat("listen", f"unix:{path}", timeout=10)
+    assert second.returncode == 1, second.stderr
+    lines = second.stderr.decode().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("sockcat: error: ")
+    assert "address in use" in lines[0]
+    assert str(path) in lines[0]
+    # the live listener and its file are untouched
+    assert path.exists()
+    client = run_sockcat("connect", f"unix:{path}", input=b"still alive")
+    assert client.returncode == 0
+    first.p.send_signal(signal.SIGTERM)
+    rc, out, _ = finish(first)
+    assert (rc, out) == (0, b"still alive")
+
+
+# -- signals ----------------------------------------------------------------------------------------------
+
+
+def test_sigterm_exits_0_and_removes_socket_file(procs: list[Proc], short_tmp: Path) -> None:
+    path = short_tmp / "term.sock"
+    server, _ = start_listen(procs, f"unix:{path}", "-k")
+    assert path.exists()
+    server.p.send_signal(signal.SIGTERM)
+    rc, _, err = finish(server)
+    assert rc == 0, err
+    assert not path.exists()
+    stderr_clean(err, "listening on ")
+
+
+def test_sigterm_while_bridging_exits_0(procs: list[Proc], short_tmp: Path) -> None:
+    path = short_tmp / "term2.sock"
+    server, _ = start_listen(procs, f"unix:{path}")
+    with socket.socket(socket.AF_UNIX) as c:
+        c.connect(str(path))
+        c.sendall(b"partial")
+        time.sleep(0.3)
+        server.p.send_signal(signal.SIGTERM)
+        rc, out, err = finish(server)
+    assert rc == 0, err
+    assert out == b"partial"
+    assert not path.exists()
+
+
+@pytest.mark.parametrize("addr", ["tcp://127.0.0.1:0", "unix"])
+def test_sigint_exits_130(addr: str, procs: list[Proc], short_tmp: Path) -> None:
+    if addr == "unix":
+        addr = f"unix:{short_tmp / 'int.sock'}"
+    server, _ = start_listen(procs, addr)
+    server.p.send_signal(signal.SIGINT)
+    rc, _, err = finish(server)
+    assert rc == 130, err
+    assert "Traceback" not in "\n".join(err)
+    if addr.startswith("unix:"):
+        assert not (short_tmp / "int.sock").exists()
+
+
+def test_connect_sigterm_exits_0(procs: list[Proc]) -> None:
+    _server, bound = start_listen(procs, "tcp://127.0.0.1:0", "-k")
+    client = Proc(sockcat("connect", bound), stdin=subprocess.PIPE)
+    procs.append(client)
+    time.sleep(0.5)
+    assert client.p.poll() is None
+    client.p.send_signal(signal.SIGTERM)
+    rc, _, err = finish(client)
+    assert rc == 0, err
+
+
+# -- diagnostics: -v, --hexdump, --trace, global options -------------------------------------------------
+
+
+def test_verbose_logs_addresses_and_byte_counts(procs: list[Proc]) -> None:
+    server, bound = start_listen(procs, "-v", "tcp://127.0.0.1:0", data=b"0123456789")
+    client = run_sockcat("connect", "-v", bound, input=b"abcde")
+    assert client.returncode == 0
+    cerr = client.stderr.decode()
+    assert bound in cerr
+    m = re.search(r"tcp://127\.0\.0\.1:(\d+)", cerr.replace(bound, ""))
+    assert m, cerr
+    client_port = int(m.group(1))
+    assert re.search(r"\b5 bytes sent, 10 bytes received", cerr), cerr
+    rc, out, err = finish(server)
+    serr = "\n".join(err)
+    assert rc == 0 and out == b"abcde"
+    assert f"tcp://127.0.0.1:{client_port}" in serr, serr
+    assert bound in serr.split("\n", 1)[1], "the connection log must name the local address"
+    assert re.search(r"\b10 bytes sent, 5 bytes received", serr), serr
+    assert "Traceback" not in serr
+
+
+@pytest.mark.parametrize("before", [True, False])
+def test_global_options_before_or_after_command(before: bool, procs: list[Proc]) -> None:
+    server, bound = start_listen(procs, "tcp://127.0.0.1:0", data=b"ok")
+    args = ["-v", "--trace", "connect", bound] if before else ["connect", bound, "-v", "--trace"]
+    client = subprocess.run(sockcat(*args), input=b"hi", capture_output=True, timeout=TIMEOUT)
+    assert client.returncode == 0, client.stderr
+    err = client.stderr.decode()
+    assert "bytes sent" in err  # -v
+    assert f"connect(('127.0.0.1', {port_of(bound)}))" in err  # --trace
+    assert finish(server)[:2] == (0, b"hi")
+
+
+def test_quiet_keeps_listening_line(procs: list[Proc]) -> None:
+    server, bound = start_listen(procs, "-q", "-v", "tcp://127.0.0.1:0")
+    assert bound.startswith("tcp://127.0.0.1:")
+    client = run_sockcat("-q", "connect", bound, input=b"q")
+    assert client.returncode == 0
+    assert client.stderr == b""
+    rc, out, err = finish(server)
+    assert (rc, out) == (0, b"q")
+    stderr_clean(err, "listening on ")
+
+
+def test_hexdump_shows_both_directions(procs: list[Proc]) -> None:
+    server, bound = start_listen(procs, "tcp://127.0.0.1:0", data=b"world")
+    client = run_sockcat("connect", "--hexdump", bound, input=b"hello")
+    assert client.returncode == 0
+    assert client.stdout == b"world"  # the dump goes to stderr, never into the data
+    err = client.stderr.decode()
+    assert "68 65 6c 6c 6f" in err.lower() and "hello" in err
+    assert "77 6f 72 6c 64" in err.lower() and "world" in err
+    assert finish(server)[:2] == (0, b"hello")
+
+
+def test_trace_shows_socket_calls(procs: list[Proc]) -> None:
+    server, bound = start_listen(procs, "tcp://127.0.0.1:0", data=b"abc")
+    port = port_of(bound)
+    client = run_sockcat("--trace", "connect", bound, input=b"xyz")
+    assert client.returncode == 0
+    err = client.stderr.decode().splitlines()
+    assert "socket(AF_INET, SOCK_STREAM)" in err
+    assert f"connect(('127.0.0.1', {port}))" in err
+    assert "shutdown(SHUT_WR)" in err
+    assert any(re.fullmatch(r"recv\(\d+\) -> 3 bytes", line) for line in err), err
+    assert "close()" in err
+    assert err.index("socket(AF_INET, SOCK_STREAM)") < err.index(f"connect(('127.0.0.1', {port}))")
+    assert finish(server)[:2] == (0, b"xyz")
+
+
+class StderrPump:
+    """Reads a process's stderr on a thread (Proc.read_listening stalls when many lines arrive at once)."""
+
+    def __init__(self, p: Proc) -> None:
+        self.p = p
+        self.lines: list[str] = []
+        self.cond = threading.Condition()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        assert self.p.p.stderr is not None
+        for raw in self.p.p.stderr:
+            with self.cond:
+                self.lines.append(raw.decode(errors="replace").rstrip("\n"))
+                self.cond.notify_all()
+
+    def listening(self, timeout: float = TIMEOUT) -> str:
+        with self.cond:
+            found = self.cond.wait_for(
+                lambda: any(line.startswith("listening on ") for line in self.lines), timeout=timeout
+            )
+            assert found, f"no 'listening on' line: {self.lines}"
+            return next(line for line in self.lines if line.startswith("listening on "))[len("listening on ") :]
+
+    def finish(self, timeout: float = TIMEOUT) -> tuple[int, list[str]]:
+        rc = self.p.wait(timeout)
+        self.thread.join(timeout)
+        return rc, self.lines
+
+
+def test_trace_listen_shows_bind_listen_accept(procs: list[Proc]) -> None:
+    p = Proc(sockcat("listen", "--trace", "tcp://127.0.0.1:0"))
+    procs.append(p)
+    pump = StderrPump(p)
+    bound = pump.listening()
+    port = port_of(bound)
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as c:
+        cport = c.getsockname()[1]
+        c.shutdown(socket.SHUT_WR)
+        c.recv(10)
+    rc, err = pump.finish()
+    assert rc == 0
+    assert "bind(('127.0.0.1', 0))" in err
+    assert any(re.fullmatch(r"listen\(\d+\)", line) for line in err), err
+    assert f"accept() -> ('127.0.0.1', {cport})" in err
+
+
+def test_trace_names_so_reuseaddr(procs: list[Proc]) -> None:
+    p = Proc(sockcat("listen", "--trace", "tcp://127.0.0.1:0"))
+    procs.append(p)
+    pump = StderrPump(p)
+    pump.listening()
+    p.p.send_signal(signal.SIGTERM)
+    rc, err = pump.finish()
+    assert rc == 0
+    assert any(line.startswith("setsockopt(SOL_SOCKET, ") for line in err), err
+    assert "setsockopt(SOL_SOCKET, SO_REUSEADDR, 1)" in err, err
+
+
+# -- -s/--source, --sockopt ---------------------------------------------------------------------------------
+
+
+def test_source_address_is_bound_before_connect(procs: list[Proc]) -> None:
+    server, bound = start_listen(procs, "tcp://127.0.0.1:0", "--sh-exec", 'printf "%s" "$SOCKCAT_PEER"')
+    source_port = free_port()
+    client = run_sockcat("connect", "-s", f"tcp://127.0.0.1:{source_port}", bound, input=b"")
+    assert client.returncode == 0, client.stderr
+    assert client.stdout.decode() == f"tcp://127.0.0.1:{source_port}"
+    assert finish(server)[0] == 0
+
+
+def test_source_address_seen_by_plain_server() -> None:
+    with socket.socket() as srv:
+        srv.bind(("127.0.0.1", 0))
+        srv.listen(1)
+        srv.settimeout(10)
+        source_port = free_port()
+        p = subprocess.Popen(
+            sockcat("connect", "--source", f"tcp://127.0.0.1:{source_port}", f"tcp://127.0.0.1:{srv.getsockname()[1]}"),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        try:
+            conn, peer = srv.accept()
+            with conn:
+                assert peer == ("127.0.0.1", source_port)
+        finally:
+            p.communicate(timeout=TIMEOUT)
+    assert p.returncode == 0
+
+
+@pytest.mark.parametrize("opt", ["nodelay=1", "keepalive=1", "sndbuf=65536", "rcvbuf=65536"])
+def test_sockopt_is_applied(opt: str, procs: list[Proc]) -> None:
+    server, bound = start_listen(procs, "tcp://127.0.0.1:0", "--sockopt", opt, data=b"pong")
+    client = run_sockcat("--trace", "connect", "--sockopt", opt, bound, input=b"ping")
+    assert client.returncode == 0, client.stderr
+    assert client.stdout == b"pong"
+    name = {"nodelay": "TCP_NODELAY", "keepalive": "SO_KEEPALIVE", "sndbuf": "SO_SNDBUF", "rcvbuf": "SO_RCVBUF"}
+    key, value = opt.split("=")
+    assert re.search(rf"setsockopt\(\w+, {name[key]}, {value}\)", client.stderr.decode()), client.stderr
+    assert finish(server)[:2] == (0, b"ping")
+
+
+# -- both directions at once, peer closing first, idle time-out -----------------------------------------
+
+
+def test_simultaneous_bulk_both_ways(procs: list[Proc], tmp_path: Path) -> None:
+    """8 MiB each way at the same time: no deadlock, nothing lost, on a Unix socket."""
+    up, down = tmp_path / "up.bin", tmp_path / "down.bin"
+    up.write_bytes(os.urandom(8 << 20))
+    down.write_bytes(os.urandom(8 << 20))
+    got_up, got_down = tmp_path / "got-up.bin", tmp_path / "got-down.bin"
+    path = Path(f"/tmp/sc-bulk-{uuid.uuid4().hex[:10]}.sock")
+    with down.open("rb") as sin, got_up.open("wb") as sout:
+        server = Proc(sockcat("listen", f"unix:{path}"), stdin=sin.fileno(), stdout=sout.fileno())  # type: ignore[arg-type]
+        procs.append(server)
+        server.read_listening()
+    with up.open("rb") as cin, got_down.open("wb") as cout:
+        client = subprocess.run(
+            sockcat("connect", f"unix:{path}"), stdin=cin, stdout=cout, stderr=subprocess.PIPE, timeout=TIMEOUT
+        )
+    assert client.returncode == 0, client.stderr
+    assert finish(server)[0] == 0
+    assert hashlib.sha256(got_up.read_bytes()).digest() == hashlib.sha256(up.read_bytes()).digest()
+    assert hashlib.sha256(got_down.read_bytes()).digest() == hashlib.sha256(down.read_bytes()).digest()
+    assert not path.exists()
+
+
+def test_connect_ends_when_peer_closes_first(procs: list[Proc]) -> None:
+    """The server says goodbye and closes while our stdin stays open: the client must not hang."""
+    server, bound = start_listen(procs, "--sh-exec", "echo goodbye", "tcp://127.0.0.1:0")
+    client = Proc(sockcat("connect", bound), stdin=subprocess.PIPE)
+    procs.append(client)
+    started = time.monotonic()
+    rc = client.wait(10)
+    assert rc == 0
+    assert time.monotonic() - started < 5.0
+    assert client.p.stdout is not None
+    assert client.p.stdout.read() == b"goodbye\n"
+    assert finish(server)[0] == 0
+
+
+@pytest.mark.parametrize("side", ["connect", "listen"])
+def test_stream_idle_timeout_closes(side: str, procs: list[Proc]) -> None:
+    """-i S: a connection with no traffic either way for S seconds is closed; the command ends by itself."""
+    if side == "connect":
+        server, bound = start_listen(procs, "-k", "tcp://127.0.0.1:0")
+        idle = Proc(sockcat("connect", "-i", "0.7", bound), stdin=subprocess.PIPE)
+        procs.append(idle)
+        other = server
+    else:
+        idle, bound = start_listen(procs, "-i", "0.7", "tcp://127.0.0.1:0")
+        other = Proc(sockcat("connect", bound), stdin=subprocess.PIPE)
+        procs.append(other)
+    started = time.monotonic()
+    rc = idle.wait(10)
+    took = time.monotonic() - started
+    assert rc == 0
+    assert 0.5 <= took < 5.0, f"-i 0.7 ended after {took:.2f} s"
+    assert other.p.poll() is None or other.p.returncode == 0
+
+
+# -- --max-conns, --allow, --deny ---------------------------------------------------------------------------
+
+
+def test_max_conns_extra_client_sees_eof(procs: list[Proc]) -> None:
+    server, bound = start_listen(procs, "-k", "--max-conns", "1", "tcp://127.0.0.1:0")
+    port = port_of(bound)
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as first:
+        first.sendall(b"first\n")
+        time.sleep(0.3)
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as second:
+            second.settimeout(5)
+            try:
+                assert second.recv(10) == b"", "past --max-conns a client is closed at once"
+            except ConnectionResetError:
+                pass
+    time.sleep(0.3)
+    # the slot is free again
+    client = run_sockcat("connect", bound, input=b"third\n")
+    assert client.returncode == 0
+    server.p.send_signal(signal.SIGTERM)
+    rc, out, _ = finish(server)
+    assert rc == 0
+    assert out == b"first\nthird\n"
+
+
+@pytest.mark.parametrize(
+    ("rules", "admitted"),
+    [
+        (["--allow", "127.0.0.0/8"], True),
+        (["--allow", "10.0.0.0/8"], False),
+        (["--allow", "127.0.0.0/8", "--deny", "127.0.0.1/32"], False),
+        (["--deny", "192.0.2.0/24"], True),
+    ],
+    ids=["allowed", "not-allowed", "deny-wins", "other-denied"],
+)
+def test_allow_deny(rules: list[str], admitted: bool, procs: list[Proc]) -> None:
+    server, bound = start_listen(procs, "-k", *rules, "tcp://127.0.0.1:0")
+    with socket.create_connection(("127.0.0.1", port_of(bound)), timeout=10) as c:
+        c.settimeout(5)
+        try:  # a refused peer may be reset before it is done sending
+            c.sendall(b"knock knock\n")
+            c.shutdown(socket.SHUT_WR)
+            assert c.recv(10) == b""
+        except (ConnectionResetError, BrokenPipeError, OSError) as exc:
+            assert not admitted, exc
+    time.sleep(0.3)
+    server.p.send_signal(signal.SIGTERM)
+    rc, out, _ = finish(server)
+    assert rc == 0
+    assert out == (b"knock knock\n" if admitted else b"")
+
+
+def test_listen_any_host_is_dual_stack(procs: list[Proc]) -> None:
+    server, bound = start_listen(procs, "-k", "tcp://:0")
+    port = port_of(bound)
+    for host in ("127.0.0.1", "::1"):
+        client = run_sockcat(
+            "connect", f"tcp://[{host}]:{port}" if ":" in host else f"tcp://{host}:{port}", input=host.encode() + b"\n"
+        )
+        assert client.returncode == 0, client.stderr
+    time.sleep(0.2)
+    server.p.send_signal(signal.SIGTERM)
+    rc, out, _ = finish(server)
+    assert rc == 0
+    assert out == b"127.0.0.1\n::1\n"
+
+
+@pytest.mark.parametrize("who", ["listen", "connect"])
+def test_sigint_while_bridging_exits_130(who: str, procs: list[Proc]) -> None:
+    server = Proc(sockcat("listen", "tcp://127.0.0.1:0"), stdin=subprocess.PIPE)
+    procs.append(server)
+    bound = server.read_listening()
+    client = Proc(sockcat("connect", bound), stdin=subprocess.PIPE)
+    procs.append(client)
+    assert client.p.stdin is not None
+    client.p.stdin.write(b"mid-stream\n")
+    client.p.stdin.flush()
+    time.sleep(0.5)
+    target = server if who == "listen" else client
+    target.p.send_signal(signal.SIGINT)
+    rc = target.wait(10)
+    assert rc == 130
+    assert target.p.stderr is not None
+    assert b"Traceback" not in target.p.stderr.read()

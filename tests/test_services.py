@@ -1,0 +1,465 @@
+"""`sockcat serve echo|discard|chargen|daytime` on real loopback sockets, with socat and nc as clients.
+
+RFC 862 (echo), 863 (discard), 864 (chargen), 867 (daytime) over tcp, tcp6, udp, unix, unixgram,
+unixpacket and tls; bounded memory under a client that never reads; --max-conns, --allow/--deny,
+signals, usage errors; the library's `serve`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import itertools
+import os
+import re
+import signal
+import socket
+import ssl
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from conftest import Proc, require, run_sockcat, sockcat
+
+import sockcat as sc
+from sockcat._services import CHARGEN_PERIOD, ServiceServer, chargen_datagram, chargen_line, serve_async
+
+pytestmark = pytest.mark.timeout(60)
+
+DAYTIME_RE = re.compile(rb"[A-Z][a-z]+day, [A-Z][a-z]+ \d\d, \d{4} \d\d:\d\d:\d\d-\S*\r\n")
+
+
+def start_serve(procs: list[Proc], *args: str) -> tuple[Proc, str]:
+    p = Proc(sockcat("serve", *args))
+    procs.append(p)
+    return p, p.read_listening()
+
+
+def port_of(address: str) -> int:
+    return int(address.rsplit(":", 1)[1])
+
+
+def client(argv: list[str], data: bytes = b"", timeout: float = 10.0) -> bytes:
+    res = subprocess.run(argv, input=data, capture_output=True, timeout=timeout)
+    assert res.returncode == 0, (argv, res.returncode, res.stderr)
+    return res.stdout
+
+
+def read_stream(argv: list[str], n: int, timeout: float = 10.0) -> bytes:
+    """Run a client that prints an endless stream; return its first ``n`` bytes, then kill it."""
+    p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    assert p.stdout is not None
+    out = b""
+    deadline = time.monotonic() + timeout
+    try:
+        while len(out) < n and time.monotonic() < deadline:
+            chunk = p.stdout.read1(n - len(out))  # type: ignore[attr-defined]
+            if not chunk:
+                break
+            out += chunk
+    finally:
+        p.kill()
+        p.wait(5)
+        p.stdout.close()
+    return out
+
+
+def check_chargen(data: bytes) -> None:
+    """RFC 864: 72 printable characters a line (32-126), each line starting one later, CRLF."""
+    lines = data.split(b"\r\n")[:-1]  # the last piece may be cut short
+    assert len(lines) >= 3
+    printable = bytes(range(32, 127))
+    for prev, line in itertools.pairwise(lines):
+        assert len(line) == 72, line
+        assert all(32 <= c <= 126 for c in line)
+        start = printable.index(prev[:1])
+        assert line[:1] == printable[(start + 1) % 95 : (start + 1) % 95 + 1]
+        # characters within a line rise by one, wrapping from '~' to ' '
+        assert all(
+            printable.index(line[i + 1 : i + 2]) == (printable.index(line[i : i + 1]) + 1) % 95 for i in range(71)
+        )
+
+
+def vm_rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+# --- the pure pattern ------------------------------------------------------------------------------------
+
+
+def test_chargen_pattern_is_rfc_864() -> None:
+    assert chargen_line(0) == b"!\"#$%&'()*+,-./0123456789:;<=>?@ABCDEFGHIJKLMNOPQRSTUVWXYZ[\\]^_`abcdefgh\r\n"
+    assert chargen_line(1).startswith(b'"#$')
+    assert len(CHARGEN_PERIOD) == 95 * 74
+    check_chargen(CHARGEN_PERIOD * 2)
+    for n in (1, 74, 512, 600):
+        d = chargen_datagram(n, n)
+        assert 1 <= len(d) <= 512
+
+
+# --- echo ----------------------------------------------------------------------------------------------
+
+
+def test_echo_tcp_socat(procs: list[Proc]) -> None:
+    socat = require("socat")
+    _, addr = start_serve(procs, "echo", "tcp://127.0.0.1:0")
+    data = os.urandom(300_000)
+    out = client([socat, "-t", "5", "-", f"TCP:127.0.0.1:{port_of(addr)}"], data)
+    assert out == data
+
+
+def test_echo_tcp_nc(procs: list[Proc]) -> None:
+    nc = require("nc")
+    _, addr = start_serve(procs, "echo", "tcp://127.0.0.1:0")
+    assert client([nc, "-N", "127.0.0.1", str(port_of(addr))], b"hello nc\n") == b"hello nc\n"
+
+
+def test_echo_udp_socat(procs: list[Proc]) -> None:
+    socat = require("socat")
+    _, addr = start_serve(procs, "echo", "udp://127.0.0.1:0")
+    assert client([socat, "-t", "1", "-", f"UDP:127.0.0.1:{port_of(addr)}"], b"one datagram\n") == b"one datagram\n"
+
+
+def test_echo_unix_nc(procs: list[Proc], short_tmp: Path) -> None:
+    nc = require("nc")
+    path = short_tmp / "echo.sock"
+    _, addr = start_serve(procs, "echo", f"unix:{path}")
+    assert addr == f"unix:{path}"
+    assert client([nc, "-N", "-U", str(path)], b"over unix\n") == b"over unix\n"
+
+
+def test_echo_tcp6_socat(procs: list[Proc]) -> None:
+    socat = require("socat")
+    _, addr = start_serve(procs, "echo", "tcp6://[::1]:0")
+    assert addr.startswith("tcp6://[::1]:")
+    assert client([socat, "-t", "5", "-", f"TCP6:[::1]:{port_of(addr)}"], b"six\n") == b"six\n"
+
+
+def test_echo_unixgram_socat_and_nc(procs: list[Proc], short_tmp: Path) -> None:
+    socat, nc = require("socat"), require("nc")
+    path = short_tmp / "g.sock"
+    start_serve(procs, "echo", f"unixgram:{path}")
+    back = short_tmp / "c.sock"
+    out = client([socat, "-t", "1", "-", f"UNIX-SENDTO:{path},bind={back}"], b"gram\n")
+    assert out == b"gram\n"
+    assert client([nc, "-U", "-u", "-w", "1", str(path)], b"nc gram\n") == b"nc gram\n"
+
+
+def test_echo_unixpacket_keeps_records(procs: list[Proc], short_tmp: Path) -> None:
+    socat = require("socat")
+    path = short_tmp / "p.sock"
+    start_serve(procs, "echo", f"unixpacket:{path}")
+    assert client([socat, "-t", "2", "-", f"UNIX-CONNECT:{path},type=5"], b"packet\n") == b"packet\n"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as s:
+        s.settimeout(5)
+        s.connect(str(path))
+        for record in (b"a", b"bb" * 1000, b"ccc"):
+            s.send(record)
+        assert [s.recv(65536) for _ in range(3)] == [b"a", b"bb" * 1000, b"ccc"]
+
+
+def test_echo_tls_socat_and_fingerprint(procs: list[Proc]) -> None:
+    socat = require("socat")
+    p, addr = start_serve(procs, "echo", "tls://127.0.0.1:0")
+    fp_line = p.p.stderr.readline().decode().strip()  # type: ignore[union-attr]
+    assert re.fullmatch(r"certificate sha256 ([0-9A-F]{2}:){31}[0-9A-F]{2}", fp_line), fp_line
+    out = client([socat, "-t", "5", "-", f"OPENSSL:127.0.0.1:{port_of(addr)},verify=0"], b"secret\n")
+    assert out == b"secret\n"
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    with socket.create_connection(("127.0.0.1", port_of(addr)), timeout=5) as raw, ctx.wrap_socket(raw) as tls:
+        der = tls.getpeercert(binary_form=True)
+        assert der is not None
+        digest = hashlib.sha256(der).hexdigest().upper()
+        assert fp_line.split()[-1] == ":".join(digest[i : i + 2] for i in range(0, 64, 2))
+
+
+def test_echo_half_close_returns_everything(procs: list[Proc]) -> None:
+    _, addr = start_serve(procs, "echo", "tcp://127.0.0.1:0")
+    with socket.create_connection(("127.0.0.1", port_of(addr)), timeout=5) as s:
+        s.sendall(b"x" * 100_000)
+        s.shutdown(socket.SHUT_WR)
+        got = b""
+        while chunk := s.recv(65536):
+            got += chunk
+    assert got == b"x" * 100_000
+
+
+# --- discard --------------------------------------------------------------------------------------------
+
+
+def test_discard_tcp_nc_swallows(procs: list[Proc]) -> None:
+    nc = require("nc")
+    p = Proc(sockcat("-v", "serve", "discard", "tcp://127.0.0.1:0"))
+    procs.append(p)
+    addr = p.read_listening()
+    data = os.urandom(1_000_000)
+    assert client([nc, "-N", "127.0.0.1", str(port_of(addr))], data) == b""
+    time.sleep(0.3)
+    assert p.terminate() == 0
+    _, err = p.communicate()
+    assert "0 bytes sent, 1000000 bytes received" in err, err
+
+
+def test_discard_udp_and_unix_socat(procs: list[Proc], short_tmp: Path) -> None:
+    socat = require("socat")
+    _, addr = start_serve(procs, "discard", "udp://127.0.0.1:0")
+    assert client([socat, "-t", "0.5", "-", f"UDP:127.0.0.1:{port_of(addr)}"], b"into the void\n") == b""
+    path = short_tmp / "d.sock"
+    start_serve(procs, "discard", f"unix:{path}")
+    assert client([socat, "-t", "2", "-", f"UNIX-CONNECT:{path}"], b"x" * 200_000) == b""
+
+
+# --- chargen --------------------------------------------------------------------------------------------
+
+
+def test_chargen_tcp_socat(procs: list[Proc]) -> None:
+    socat = require("socat")
+    _, addr = start_serve(procs, "chargen", "tcp://127.0.0.1:0")
+    data = read_stream([socat, "-u", f"TCP:127.0.0.1:{port_of(addr)}", "-"], 50_000)
+    assert len(data) == 50_000
+    assert data.startswith(chargen_line(0))
+    check_chargen(data)
+
+
+def test_chargen_unix_nc(procs: list[Proc], short_tmp: Path) -> None:
+    nc = require("nc")
+    path = short_tmp / "c.sock"
+    start_serve(procs, "chargen", f"unix:{path}")
+    data = read_stream([nc, "-d", "-U", str(path)], 20_000)
+    assert len(data) == 20_000
+    check_chargen(data)
+
+
+def test_chargen_udp_socat_one_reply(procs: list[Proc]) -> None:
+    socat = require("socat")
+    _, addr = start_serve(procs, "chargen", "udp://127.0.0.1:0")
+    out = client([socat, "-t", "0.5", "-", f"UDP:127.0.0.1:{port_of(addr)}"], b"?")
+    assert 1 <= len(out) <= 512
+    assert all(32 <= c <= 126 or c in b"\r\n" for c in out)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(2)
+        s.sendto(b"x", ("127.0.0.1", port_of(addr)))
+        reply = s.recv(65536)
+        assert 1 <= len(reply) <= 512
+        s.settimeout(0.3)
+        with pytest.raises(TimeoutError):
+            s.recv(65536)  # exactly one datagram per request
+
+
+def test_chargen_unixpacket_records(procs: list[Proc], short_tmp: Path) -> None:
+    path = short_tmp / "cp.sock"
+    start_serve(procs, "chargen", f"unixpacket:{path}")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as s:
+        s.settimeout(5)
+        s.connect(str(path))
+        records = [s.recv(8192) for _ in range(5)]
+    assert all(0 < len(r) <= 4096 and len(r) % 74 == 0 for r in records)
+    check_chargen(b"".join(records))
+
+
+def test_chargen_never_reading_client_does_not_grow_server(procs: list[Proc]) -> None:
+    p, addr = start_serve(procs, "chargen", "tcp://127.0.0.1:0")
+    clients = []
+    try:
+        for _ in range(20):
+            s = socket.socket()
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            s.connect(("127.0.0.1", port_of(addr)))
+            clients.append(s)
+        time.sleep(0.5)  # buffers fill up, the server pauses
+        before = vm_rss_kb(p.p.pid)
+        time.sleep(3.0)
+        after = vm_rss_kb(p.p.pid)
+        assert p.p.poll() is None
+    finally:
+        for s in clients:
+            s.close()
+    assert after - before < 2048, f"server RSS grew from {before} kB to {after} kB"
+
+
+def test_echo_never_reading_client_is_bounded(procs: list[Proc]) -> None:
+    p, addr = start_serve(procs, "echo", "tcp://127.0.0.1:0")
+    with socket.create_connection(("127.0.0.1", port_of(addr)), timeout=5) as s:
+        s.setblocking(False)
+        sent = 0
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline:
+            try:
+                sent += s.send(b"y" * 65536)
+            except BlockingIOError:
+                time.sleep(0.05)
+        before = vm_rss_kb(p.p.pid)
+        time.sleep(0.5)
+        with contextlib.suppress(BlockingIOError):
+            s.send(b"y" * 65536)
+        after = vm_rss_kb(p.p.pid)
+    assert sent < 64 * 1024 * 1024  # the server stopped reading: backpressure reached the client
+    assert after - before < 2048
+
+
+# --- daytime --------------------------------------------------------------------------------------------
+
+
+def test_daytime_tcp_nc_and_udp_unix_socat(procs: list[Proc], short_tmp: Path) -> None:
+    nc, socat = require("nc"), require("socat")
+    _, addr = start_serve(procs, "daytime", "tcp://127.0.0.1:0")
+    assert DAYTIME_RE.fullmatch(client([nc, "-d", "127.0.0.1", str(port_of(addr))]))  # server closes: nc ends
+    _, uaddr = start_serve(procs, "daytime", "udp://127.0.0.1:0")
+    assert DAYTIME_RE.fullmatch(client([socat, "-t", "1", "-", f"UDP:127.0.0.1:{port_of(uaddr)}"], b"\n"))
+    path = short_tmp / "t.sock"
+    start_serve(procs, "daytime", f"unix:{path}")
+    assert DAYTIME_RE.fullmatch(client([socat, "-u", f"UNIX-CONNECT:{path}", "-"]))
+
+
+def test_daytime_unixgram_tls_unixpacket(procs: list[Proc], short_tmp: Path) -> None:
+    socat = require("socat")
+    path = short_tmp / "tg.sock"
+    start_serve(procs, "daytime", f"unixgram:{path}")
+    out = client([socat, "-t", "1", "-", f"UNIX-SENDTO:{path},bind={short_tmp / 'tgc.sock'}"], b"?")
+    assert DAYTIME_RE.fullmatch(out)
+    _, taddr = start_serve(procs, "daytime", "tls://127.0.0.1:0")
+    assert DAYTIME_RE.fullmatch(client([socat, "-u", f"OPENSSL:127.0.0.1:{port_of(taddr)},verify=0", "-"]))
+    ppath = short_tmp / "tp.sock"
+    start_serve(procs, "daytime", f"unixpacket:{ppath}")
+    assert DAYTIME_RE.fullmatch(client([socat, "-u", f"UNIX-CONNECT:{ppath},type=5", "-"]))
+
+
+# --- options, signals, errors -----------------------------------------------------------------------------
+
+
+def test_max_conns_closes_extra_connections(procs: list[Proc]) -> None:
+    _, addr = start_serve(procs, "echo", "tcp://127.0.0.1:0", "--max-conns", "1")
+    with socket.create_connection(("127.0.0.1", port_of(addr)), timeout=5) as first:
+        first.sendall(b"1")
+        assert first.recv(10) == b"1"
+        with socket.create_connection(("127.0.0.1", port_of(addr)), timeout=5) as second:
+            assert second.recv(10) == b""  # EOF at once, no hang
+        first.sendall(b"2")
+        assert first.recv(10) == b"2"
+
+
+def test_deny_refuses_peer(procs: list[Proc]) -> None:
+    _, addr = start_serve(procs, "echo", "tcp://127.0.0.1:0", "--deny", "127.0.0.0/8")
+    with socket.create_connection(("127.0.0.1", port_of(addr)), timeout=5) as s:
+        with contextlib.suppress(OSError):
+            s.sendall(b"hi")
+        try:
+            assert s.recv(10) == b""
+        except ConnectionResetError:
+            pass
+
+
+def test_idle_timeout_closes_quiet_connection(procs: list[Proc]) -> None:
+    _, addr = start_serve(procs, "echo", "tcp://127.0.0.1:0", "-i", "0.5")
+    with socket.create_connection(("127.0.0.1", port_of(addr)), timeout=5) as s:
+        start = time.monotonic()
+        assert s.recv(10) == b""
+        assert 0.4 < time.monotonic() - start < 3.0
+
+
+@pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 0), (signal.SIGINT, 130)])
+def test_signal_ends_cleanly_and_removes_socket_file(procs: list[Proc], short_tmp: Path, sig: int, code: int) -> None:
+    path = short_tmp / "s.sock"
+    p, _ = start_serve(procs, "echo", f"unix:{path}", "--workers", "2")
+    assert path.exists()
+    p.p.send_signal(sig)
+    assert p.wait() == code
+    assert not path.exists()
+    _, err = p.communicate()
+    assert "Traceback" not in err
+
+
+def test_workers_share_the_address(procs: list[Proc]) -> None:
+    _, addr = start_serve(procs, "echo", "tcp://127.0.0.1:0", "--workers", "2")
+    for i in range(20):
+        with socket.create_connection(("127.0.0.1", port_of(addr)), timeout=5) as s:
+            s.sendall(b"%d" % i)
+            assert s.recv(10) == b"%d" % i
+
+
+def test_workers_end_when_the_parent_is_killed(procs: list[Proc]) -> None:
+    p, _ = start_serve(procs, "discard", "tcp://127.0.0.1:0", "--workers", "3")
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        children = [int(d) for d in os.listdir("/proc") if d.isdigit() and _ppid(int(d)) == p.p.pid]
+        if len(children) == 2:
+            break
+        time.sleep(0.05)
+    assert len(children) == 2
+    p.p.kill()
+    p.p.wait(5)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and any(Path(f"/proc/{c}").exists() for c in children):
+        time.sleep(0.05)
+    assert not any(
+        Path(f"/proc/{c}/status").exists() and "zombie" not in Path(f"/proc/{c}/status").read_text() for c in children
+    )
+
+
+def _ppid(pid: int) -> int:
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return -1
+    return int(text[text.rindex(")") + 2 :].split()[1])
+
+
+def test_usage_and_network_errors(procs: list[Proc]) -> None:
+    res = run_sockcat("serve", "qotd", "tcp://127.0.0.1:0")
+    assert res.returncode == 2
+    res = run_sockcat("serve", "echo", "tcp://[::1:80")
+    assert res.returncode == 2 and b"sockcat: error: bad address 'tcp://[::1:80'" in res.stderr
+    res = run_sockcat("serve", "echo", "tcp://127.0.0.1:0", "--cert", "x.pem")
+    assert res.returncode == 2 and b"needs a tls:// address" in res.stderr
+    res = run_sockcat("serve", "echo", "udp://127.0.0.1:0", "--max-conns", "3")
+    assert res.returncode == 2
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        res = run_sockcat("serve", "echo", f"tcp4://127.0.0.1:{port}")
+        assert res.returncode == 1
+        assert res.stderr.decode().strip().splitlines() == [
+            f"sockcat: error: listen tcp4://127.0.0.1:{port}: address in use"
+        ]
+
+
+def test_unix_listener_refuses_live_and_replaces_stale(procs: list[Proc], short_tmp: Path) -> None:
+    path = short_tmp / "live.sock"
+    start_serve(procs, "echo", f"unix:{path}")
+    res = run_sockcat("serve", "discard", f"unix:{path}")
+    assert res.returncode == 1 and b"address in use" in res.stderr
+    stale = short_tmp / "stale.sock"
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(str(stale))
+    s.close()  # the file stays, nobody listens
+    _, addr = start_serve(procs, "echo", f"unix:{stale}")
+    assert addr == f"unix:{stale}"
+
+
+# --- library ----------------------------------------------------------------------------------------------
+
+
+def test_library_serve_async_and_bench() -> None:
+    async def main() -> None:
+        ready: asyncio.Future[ServiceServer] = asyncio.get_running_loop().create_future()
+        task = asyncio.ensure_future(serve_async("echo", "tcp://127.0.0.1:0", ready=ready.set_result))
+        server = await asyncio.wait_for(ready, 5)
+        assert server.address.port > 0
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.address.port)
+        writer.write(b"lib\n")
+        assert await asyncio.wait_for(reader.readline(), 5) == b"lib\n"
+        writer.close()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    assert callable(sc.serve) and callable(sc.bench)
