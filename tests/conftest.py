@@ -7,14 +7,16 @@ A test that needs a peer program (socat, ncat, nc, openssl…) fails loudly when
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -47,8 +49,46 @@ def wait_port(port: int, host: str = "127.0.0.1", timeout: float = TIMEOUT) -> N
     raise AssertionError(f"nothing listens on {host}:{port} after {timeout} s")
 
 
+class _StderrView(io.BufferedReader):
+    """``Proc.p.stderr`` for tests: a real pipe fed by the reader thread. Touching it (read, readline,
+    iteration, fileno…) gives up :meth:`Proc.read_listening`'s claim, so the lines come through here."""
+
+    def __init__(self, fd: int, touched: Callable[[], None]) -> None:
+        super().__init__(io.FileIO(fd, "rb"))
+        self._touched = touched
+
+    def read(self, size: int | None = -1) -> bytes:
+        self._touched()
+        return super().read(size)
+
+    def read1(self, size: int = -1) -> bytes:
+        self._touched()
+        return super().read1(size)
+
+    def readline(self, size: int | None = -1) -> bytes:
+        self._touched()
+        return super().readline(size)
+
+    def peek(self, size: int = 0) -> bytes:
+        self._touched()
+        return super().peek(size)
+
+    def fileno(self) -> int:
+        self._touched()
+        return super().fileno()
+
+    def __iter__(self) -> _StderrView:
+        self._touched()
+        return self
+
+
 class Proc:
-    """A child process with its stderr captured line by line (the ``listening on`` line included)."""
+    """A child process whose stderr a thread reads line by line, from the start (nothing is lost or stalls).
+
+    ``stderr_lines`` holds the lines :meth:`read_listening` consumed (up to the ``listening on`` line);
+    ``p.stderr`` is a pipe carrying the lines after those (every line, if ``read_listening`` was never
+    called), so ``stderr_lines + p.stderr.read()`` is the whole stderr. :meth:`communicate` returns it all.
+    """
 
     def __init__(
         self,
@@ -62,38 +102,130 @@ class Proc:
         self.args = args
         self.p = subprocess.Popen(args, stdin=stdin, stdout=stdout, stderr=subprocess.PIPE, env=env, cwd=cwd)
         self.stderr_lines: list[str] = []
+        self._raw = self.p.stderr
+        self._cond = threading.Condition()
+        self._record: list[bytes] = []  # every stderr line, in order (a last line may lack its newline)
+        self._eof = False
+        self._gate: int | None = None  # index just past the first "listening on" line
+        self._start: int | None = None  # where the public pipe starts: set once claimed or released
+        rfd, self._wfd = os.pipe()
+        self.p.stderr = _StderrView(rfd, self._release)
+        self._reader = threading.Thread(target=self._read, name=f"stderr {args[-1]}", daemon=True)
+        self._writer = threading.Thread(target=self._forward, name=f"stderr fwd {args[-1]}", daemon=True)
+        self._reader.start()
+        self._writer.start()
+
+    def _read(self) -> None:
+        assert self._raw is not None
+        try:
+            for raw in self._raw:
+                with self._cond:
+                    if self._gate is None and raw.startswith(b"listening on "):
+                        self._gate = len(self._record) + 1
+                    self._record.append(raw)
+                    self._cond.notify_all()
+        except (OSError, ValueError):
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                self._raw.close()
+            with self._cond:
+                self._eof = True
+                if self._start is None:
+                    self._start = 0
+                self._cond.notify_all()
+
+    def _forward(self) -> None:
+        """Copy the unclaimed lines to the public pipe, in order, closing it after the last one."""
+        pos = [-1]
+
+        def ready() -> bool:
+            return self._start is not None and (pos[0] < 0 or pos[0] < len(self._record) or self._eof)
+
+        try:
+            while True:
+                with self._cond:
+                    self._cond.wait_for(ready)
+                    assert self._start is not None
+                    if pos[0] < 0:
+                        pos[0] = self._start
+                    chunk = b"".join(self._record[pos[0] :])
+                    pos[0] = len(self._record)
+                    done = self._eof
+                if chunk:
+                    _write_all(self._wfd, chunk)
+                if done:
+                    return
+        except OSError:
+            pass  # the test closed its end
+        finally:
+            os.close(self._wfd)
+
+    def _release(self) -> None:
+        with self._cond:
+            if self._start is None:
+                self._start = 0
+                self._cond.notify_all()
 
     def read_listening(self, timeout: float = TIMEOUT) -> str:
-        """Read stderr until ``listening on ADDRESS``; return ADDRESS."""
-        assert self.p.stderr is not None
-        deadline = time.monotonic() + timeout
-        import selectors
-
-        with selectors.DefaultSelector() as sel:
-            sel.register(self.p.stderr, selectors.EVENT_READ)
-            while time.monotonic() < deadline:
-                if not sel.select(max(0.0, deadline - time.monotonic())):
-                    break
-                line = self.p.stderr.readline().decode(errors="replace")
-                if not line:
-                    break
-                self.stderr_lines.append(line.rstrip("\n"))
-                if line.startswith("listening on "):
-                    return line[len("listening on ") :].strip()
+        """Wait for the ``listening on ADDRESS`` line (lines up to it go to ``stderr_lines``); return ADDRESS."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._gate is not None or self._eof, timeout=timeout)
+            gate = self._gate
+            if gate is not None:
+                line = self._record[gate - 1].decode(errors="replace").rstrip("\n")
+                if self._start is None:
+                    self._start = gate
+                    self.stderr_lines.extend(r.decode(errors="replace").rstrip("\n") for r in self._record[:gate])
+                self._cond.notify_all()
+                return line[len("listening on ") :].strip()
+            seen = [r.decode(errors="replace").rstrip("\n") for r in self._record]
         self.kill()
-        raise AssertionError(f"no 'listening on' line from {self.args}: {self.stderr_lines}")
+        raise AssertionError(f"no 'listening on' line from {self.args}: {seen}")
+
+    def stderr_all(self, timeout: float = TIMEOUT) -> list[str]:
+        """Every stderr line so far (all of them once the process and its children closed stderr)."""
+        self._reader.join(timeout)
+        with self._cond:
+            return [r.decode(errors="replace").rstrip("\n") for r in self._record]
 
     def wait(self, timeout: float = TIMEOUT) -> int:
         try:
-            return self.p.wait(timeout)
+            rc = self.p.wait(timeout)
         except subprocess.TimeoutExpired:
             self.kill()
             raise
+        # stderr is complete once the reader saw EOF (a grandchild that kept the pipe open may delay that)
+        self._reader.join(min(timeout, 2.0))
+        return rc
 
     def communicate(self, data: bytes | None = None, timeout: float = TIMEOUT) -> tuple[bytes, str]:
-        out, err = self.p.communicate(data, timeout=timeout)
-        lines = self.stderr_lines + (err or b"").decode(errors="replace").splitlines()
-        return out or b"", "\n".join(lines)
+        """Feed ``data`` to stdin (then close it), read stdout to its end, wait: (stdout, the whole stderr)."""
+        deadline = time.monotonic() + timeout
+        out: list[bytes] = []
+        threads = []
+        if self.p.stdin is not None:
+            stdin = self.p.stdin
+
+            def feed() -> None:
+                with contextlib.suppress(OSError):
+                    if data:
+                        stdin.write(data)
+                    stdin.close()
+
+            threads.append(threading.Thread(target=feed, daemon=True))
+        if self.p.stdout is not None:
+            stdout = self.p.stdout
+            threads.append(threading.Thread(target=lambda: out.append(stdout.read()), daemon=True))
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+        try:
+            self.p.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            raise subprocess.TimeoutExpired(self.args, timeout) from None
+        return b"".join(out), "\n".join(self.stderr_all(max(0.1, deadline - time.monotonic())))
 
     def terminate(self) -> int:
         if self.p.poll() is None:
@@ -104,6 +236,12 @@ class Proc:
         if self.p.poll() is None:
             self.p.kill()
             self.p.wait(5)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 @pytest.fixture

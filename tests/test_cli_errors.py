@@ -10,6 +10,7 @@ import os
 import socket
 import struct
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -292,11 +293,11 @@ def test_usage_errors(args: list[str]) -> None:
 
 
 def test_no_command_is_usage_error() -> None:
+    """One line, like every other usage error: what is missing and what the choices are."""
     result = run_sockcat(timeout=10)
-    assert result.returncode == 2
-    err = result.stderr.decode()
-    assert "Traceback" not in err
-    assert any(line.startswith("sockcat: error: ") for line in err.splitlines())
+    line = one_error(result, 2)
+    assert "COMMAND" in line and "connect" in line and "listen" in line and "--help" in line
+    assert result.stdout == b""
 
 
 @pytest.mark.parametrize(
@@ -350,3 +351,40 @@ def test_listen_peer_resets(procs: list[Proc]) -> None:
     line = one_error(result, 1)
     assert "reset" in line
     assert f"127.0.0.1:{cport}" in line
+
+
+# -- the test harness itself: Proc reads stderr on a thread --------------------------------------------
+
+_CHATTY = (
+    "import sys, time\n"
+    "sys.stderr.write('warning one\\nlistening on tcp://127.0.0.1:1\\nafter one\\nafter two\\n')\n"
+    "sys.stderr.flush()\n"
+    "time.sleep(float(sys.argv[1]))\n"
+    "sys.stderr.write('last\\n')\n"
+)
+
+
+def test_proc_read_listening_with_many_lines_at_once(procs: list[Proc]) -> None:
+    """Several lines in one write: read_listening finds its line, the later ones stay readable, nothing is lost."""
+    p = Proc([sys.executable, "-c", _CHATTY, "0.5"])
+    procs.append(p)
+    assert p.read_listening() == "tcp://127.0.0.1:1"
+    assert p.stderr_lines == ["warning one", "listening on tcp://127.0.0.1:1"]
+    assert p.p.stderr is not None
+    assert p.p.stderr.readline() == b"after one\n"
+    _, err = p.communicate()
+    assert err.splitlines() == ["warning one", "listening on tcp://127.0.0.1:1", "after one", "after two", "last"]
+
+
+def test_proc_stderr_pipe_has_everything_without_read_listening(procs: list[Proc]) -> None:
+    p = Proc([sys.executable, "-c", _CHATTY, "0"])
+    procs.append(p)
+    assert p.wait() == 0
+    assert p.p.stderr is not None
+    assert p.p.stderr.read().decode().splitlines() == [
+        "warning one",
+        "listening on tcp://127.0.0.1:1",
+        "after one",
+        "after two",
+        "last",
+    ]

@@ -203,6 +203,20 @@ def test_exec_env_over_ipv6_and_unix(procs: list[Proc], short_tmp: Path) -> None
     assert not path.exists()
 
 
+def test_exec_unnamed_unix_peer_gets_an_empty_sockcat_peer(procs: list[Proc], short_tmp: Path) -> None:
+    """A client that never bound has no address in §1 syntax: SOCKCAT_PEER is set, and empty (never `unix:`)."""
+    path = short_tmp / "anon.sock"
+    server, _ = start_listen(
+        procs, "--sh-exec", 'printf "%s|%s|%s" "${SOCKCAT_PEER-unset}" "$SOCKCAT_LOCAL" x', f"unix:{path}"
+    )
+    with socket.socket(socket.AF_UNIX) as c:
+        c.settimeout(10)
+        c.connect(str(path))
+        reply = recv_all(c).decode()
+    assert reply == f"|unix:{path}|x"
+    assert finish(server)[0] == 0
+
+
 def test_exec_without_shell_and_without_keep_open(procs: list[Proc]) -> None:
     """--exec splits like a shell but runs none: `$SOCKCAT_PEER` stays literal. Without -k: one connection."""
     server, bound = start_listen(procs, "--exec", "printf '%s-%s' 'no shell' $SOCKCAT_PEER", "tcp://127.0.0.1:0")

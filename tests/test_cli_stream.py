@@ -453,6 +453,24 @@ def test_live_unix_listener_is_address_in_use(procs: list[Proc], short_tmp: Path
     assert (rc, out) == (0, b"still alive")
 
 
+@pytest.mark.parametrize("kind", ["unix", "unixpacket"])
+def test_refused_second_listen_does_not_use_up_a_one_shot_listener(
+    kind: str, procs: list[Proc], short_tmp: Path
+) -> None:
+    """The 'address in use' check must not connect: a one-shot listener would take that for its client."""
+    path = short_tmp / "one.sock"
+    first, _ = start_listen(procs, f"{kind}:{path}", data=b"")
+    second = run_sockcat("listen", f"{kind}:{path}", timeout=10)
+    assert second.returncode == 1, second.stderr
+    lines = second.stderr.decode().splitlines()
+    assert len(lines) == 1 and "address in use" in lines[0] and str(path) in lines[0], lines
+    assert first.p.poll() is None, "the live listener took the check for a client"
+    client = run_sockcat("connect", f"{kind}:{path}", input=b"the real client")
+    assert client.returncode == 0, client.stderr
+    rc, out, _ = finish(first)
+    assert (rc, out) == (0, b"the real client")
+
+
 # -- signals ----------------------------------------------------------------------------------------------
 
 
@@ -525,6 +543,36 @@ def test_verbose_logs_addresses_and_byte_counts(procs: list[Proc]) -> None:
     assert bound in serr.split("\n", 1)[1], "the connection log must name the local address"
     assert re.search(r"\b10 bytes sent, 5 bytes received", serr), serr
     assert "Traceback" not in serr
+
+
+def test_verbose_names_an_unnamed_unix_peer_in_words(procs: list[Proc], short_tmp: Path) -> None:
+    """A Unix client that never bound has no §1 address: -v says so (with its pid), never a bare `unix:`."""
+    path = short_tmp / "v.sock"
+    server, bound = start_listen(procs, "-v", f"unix:{path}", data=b"hi")
+    with socket.socket(socket.AF_UNIX) as c:
+        c.settimeout(TIMEOUT)
+        c.connect(str(path))
+        c.sendall(b"abc")
+        c.shutdown(socket.SHUT_WR)
+        while c.recv(1 << 16):
+            pass
+    rc, out, err = finish(server)
+    assert (rc, out) == (0, b"abc"), err
+    text = "\n".join(err)
+    assert f"connection from unnamed unix peer (pid {os.getpid()}) on {bound}" in text, text
+    assert f"closed unnamed unix peer (pid {os.getpid()}): 2 bytes sent, 3 bytes received" in text, text
+    assert not re.search(r"\bunix:(\s|$|:)", text), text
+
+
+def test_verbose_connect_from_an_unnamed_unix_socket(procs: list[Proc], short_tmp: Path) -> None:
+    path = short_tmp / "vc.sock"
+    server, bound = start_listen(procs, f"unix:{path}", data=b"")
+    client = run_sockcat("connect", "-v", bound, input=b"x")
+    assert client.returncode == 0, client.stderr
+    cerr = client.stderr.decode()
+    assert f"connected to {bound} from unnamed unix peer" in cerr, cerr
+    assert not re.search(r"\bunix:(\s|$|:)", cerr), cerr
+    assert finish(server)[0] == 0
 
 
 @pytest.mark.parametrize("before", [True, False])
@@ -718,6 +766,178 @@ def test_connect_ends_when_peer_closes_first(procs: list[Proc]) -> None:
     assert client.p.stdout is not None
     assert client.p.stdout.read() == b"goodbye\n"
     assert finish(server)[0] == 0
+
+
+# -- the peer's EOF first: the upload is never cut ---------------------------------------------------------
+
+
+EIGHT_MIB = 8 << 20
+
+
+class SlowReader(threading.Thread):
+    """A plain-socket peer that half-closes at once, stops reading for a while, then reads to EOF and hashes.
+
+    Accepts on ``listener`` (server) or uses ``sock`` (client). ``pause`` is far above the 0.5 s a stalled
+    upload used to be given after the peer's EOF.
+    """
+
+    def __init__(self, *, listener: socket.socket | None = None, sock: socket.socket | None = None) -> None:
+        super().__init__(daemon=True)
+        self.listener, self.sock = listener, sock
+        self.digest = hashlib.sha256()
+        self.size = 0
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            conn = self.sock
+            if conn is None:
+                assert self.listener is not None
+                conn, _ = self.listener.accept()
+            with conn:
+                conn.settimeout(TIMEOUT)
+                conn.shutdown(socket.SHUT_WR)
+                time.sleep(1.5)
+                while data := conn.recv(1 << 16):
+                    self.digest.update(data)
+                    self.size += len(data)
+        except BaseException as exc:  # reported by the test
+            self.error = exc
+
+    def result(self) -> tuple[int, str]:
+        self.join(TIMEOUT)
+        assert not self.is_alive(), "the peer is still reading"
+        if self.error is not None:
+            raise self.error
+        return self.size, self.digest.hexdigest()
+
+
+def _payload(tmp_path: Path) -> tuple[Path, str]:
+    src = tmp_path / "payload.bin"
+    src.write_bytes(os.urandom(EIGHT_MIB))
+    return src, hashlib.sha256(src.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("kind", ["tcp", "unix"])
+@pytest.mark.parametrize("stdin", ["pipe", "file"])
+def test_connect_upload_survives_the_peers_early_half_close(
+    kind: str, stdin: str, procs: list[Proc], tmp_path: Path, short_tmp: Path
+) -> None:
+    """`cat bigfile | sockcat connect` to a peer that half-closes first and reads later: all 8 MiB arrive."""
+    src, digest = _payload(tmp_path)
+    if kind == "tcp":
+        lsock = socket.create_server(("127.0.0.1", 0))
+        target = f"tcp://127.0.0.1:{lsock.getsockname()[1]}"
+    else:
+        path = str(short_tmp / "half.sock")
+        lsock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        lsock.bind(path)
+        lsock.listen(1)
+        target = f"unix:{path}"
+    with lsock:
+        peer = SlowReader(listener=lsock)
+        peer.start()
+        with src.open("rb") as f:
+            if stdin == "pipe":
+                cat = subprocess.Popen(["cat"], stdin=f, stdout=subprocess.PIPE)
+                assert cat.stdout is not None
+                client = Proc(sockcat("connect", target), stdin=cat.stdout.fileno())
+                cat.stdout.close()
+            else:
+                client = Proc(sockcat("connect", target), stdin=f.fileno())
+            procs.append(client)
+        out, err = client.communicate(timeout=TIMEOUT)
+        assert client.p.returncode == 0, err
+        assert (out, err) == (b"", "")
+        assert peer.result() == (EIGHT_MIB, digest)
+        if stdin == "pipe":
+            assert cat.wait(TIMEOUT) == 0
+
+
+def test_listen_upload_survives_the_clients_early_half_close(procs: list[Proc], tmp_path: Path) -> None:
+    """`sockcat listen < bigfile`: a client that half-closes first and reads later gets all 8 MiB."""
+    src, digest = _payload(tmp_path)
+    with src.open("rb") as f:
+        server = Proc(sockcat("listen", "tcp://127.0.0.1:0"), stdin=f.fileno())
+    procs.append(server)
+    port = port_of(server.read_listening())
+    peer = SlowReader(sock=socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT))
+    peer.start()
+    rc, out, err = finish(server)
+    assert (rc, out) == (0, b""), err
+    stderr_clean(err, "listening on ")
+    assert peer.result() == (EIGHT_MIB, digest)
+
+
+def test_connect_upload_to_a_peer_that_closed_is_an_error(procs: list[Proc], tmp_path: Path) -> None:
+    """The peer closes (not half-closes) while 8 MiB are still coming: exit 1 with one line, never a silent 0."""
+    src, _ = _payload(tmp_path)
+    with socket.create_server(("127.0.0.1", 0)) as lsock:
+        port = lsock.getsockname()[1]
+
+        def close_early() -> None:
+            conn, _ = lsock.accept()
+            with conn:
+                conn.recv(1000)
+                time.sleep(0.3)
+
+        t = threading.Thread(target=close_early, daemon=True)
+        t.start()
+        with src.open("rb") as f:
+            client = Proc(sockcat("connect", f"tcp://127.0.0.1:{port}"), stdin=f.fileno())
+        procs.append(client)
+        _, err = client.communicate(timeout=TIMEOUT)
+        t.join(TIMEOUT)
+    assert client.p.returncode == 1, err
+    lines = err.splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("sockcat: error: ") and f"127.0.0.1:{port}" in lines[0], lines
+    assert re.search(r"reset|broken pipe", lines[0]), lines
+
+
+def test_connect_from_a_terminal_ends_at_the_peers_eof(procs: list[Proc]) -> None:
+    """An interactive user (stdin a terminal that never reaches EOF) is not kept once the peer has closed."""
+    import pty
+
+    master, slave = pty.openpty()
+    try:
+        with socket.create_server(("127.0.0.1", 0)) as lsock:
+            port = lsock.getsockname()[1]
+            client = Proc(sockcat("connect", f"tcp://127.0.0.1:{port}"), stdin=slave)
+            procs.append(client)
+            conn, _ = lsock.accept()
+            with conn:
+                conn.sendall(b"bye\n")
+            out, err = client.communicate(timeout=TIMEOUT)
+        assert client.p.returncode == 0, err
+        assert out == b"bye\n"
+    finally:
+        os.close(slave)
+        os.close(master)
+
+
+def test_connect_slow_piped_upload_after_the_peers_half_close_is_not_cut(procs: list[Proc]) -> None:
+    """A producer still writing (a line every 0.2 s) after the peer's half-close: every line arrives."""
+    with socket.create_server(("127.0.0.1", 0)) as lsock:
+        port = lsock.getsockname()[1]
+        producer = subprocess.Popen(
+            ["sh", "-c", "for i in 1 2 3 4 5 6 7 8 9 10; do echo line$i; sleep 0.2; done"], stdout=subprocess.PIPE
+        )
+        assert producer.stdout is not None
+        client = Proc(sockcat("connect", f"tcp://127.0.0.1:{port}"), stdin=producer.stdout.fileno())
+        producer.stdout.close()
+        procs.append(client)
+        conn, _ = lsock.accept()
+        with conn:
+            conn.settimeout(TIMEOUT)
+            conn.shutdown(socket.SHUT_WR)
+            got = b""
+            while data := conn.recv(1 << 16):
+                got += data
+        _, err = client.communicate(timeout=TIMEOUT)
+        assert producer.wait(TIMEOUT) == 0
+    assert client.p.returncode == 0, err
+    assert got == b"".join(b"line%d\n" % i for i in range(1, 11))
 
 
 @pytest.mark.parametrize("side", ["connect", "listen"])

@@ -7,6 +7,8 @@ import ipaddress
 import re
 import socket
 import struct
+import subprocess
+import sys
 
 import pytest
 from hypothesis import given, settings
@@ -313,14 +315,54 @@ def test_network_error_passes_through() -> None:
     assert network_error(e, "ignored") is e
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: EAGAIN (a non-blocking socket with nothing to read) maps to plain NetworkError, not the matching "
-    "builtin BlockingIOError that _errors promises ('and the matching builtin subclass')",
-)
 def test_eagain_maps_to_blocking_io_error() -> None:
     err = network_error(BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable"), "recv")
     assert isinstance(err, BlockingIOError)
+
+
+@pytest.mark.parametrize(
+    "code", [errno.EAGAIN, errno.EINPROGRESS, errno.EALREADY, errno.EINTR, errno.EEXIST, errno.ESHUTDOWN, errno.ENOTDIR]
+)
+def test_network_errors_keep_the_builtin_subclass_python_picks(code: int) -> None:
+    """Whatever builtin OSError subclass Python raises for an errno, the mapped error is one too."""
+    builtin = type(OSError(code, "x"))
+    assert builtin is not OSError
+    err = network_error(builtin(code, "x"), "op")
+    assert isinstance(err, builtin) and isinstance(err, NetworkError) and isinstance(err, SockcatError)
+    assert err.errno == code
+
+
+# --- start-up: `import sockcat` and the command line load only what they use ---------------------------
+
+
+def _modules_after(code: str) -> set[str]:
+    out = subprocess.run(
+        [sys.executable, "-c", f"{code}\nimport sys\nprint(' '.join(sys.modules))"],
+        capture_output=True,
+        check=True,
+        timeout=60,
+    ).stdout
+    return set(out.decode().split())
+
+
+HEAVY = {"ssl", "asyncio", "sockcat._sockets", "sockcat._relay", "sockcat._bench", "sockcat._services", "sockcat.aio"}
+
+
+def test_import_sockcat_is_lazy() -> None:
+    assert not HEAVY & _modules_after("import sockcat")
+
+
+def test_cli_parser_loads_no_socket_tls_or_asyncio_code() -> None:
+    """`sockcat --help` / `--version` build the parser only: no socket engine, TLS or asyncio."""
+    assert not HEAVY & _modules_after("import sockcat.cli\nsockcat.cli.build_parser()")
+
+
+def test_every_public_name_still_imports() -> None:
+    loaded = _modules_after(f"from sockcat import {', '.join(sockcat.__all__)}\nfrom sockcat import aio")
+    assert {"sockcat._sockets", "sockcat._relay", "sockcat.aio"} <= loaded
+    assert set(sockcat.__all__) <= set(dir(sockcat))
+    with pytest.raises(AttributeError):
+        sockcat.no_such_name  # noqa: B018
 
 
 def test_describe() -> None:

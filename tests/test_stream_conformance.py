@@ -380,15 +380,7 @@ AIO: dict[str, Callable[[Kind], Coroutine[Any, Any, None]]] = {
 }
 
 
-KNOWN_BUGS: dict[tuple[str, str, str], str] = {
-    ("tls", "sync", "large_8MiB"): "BUG: a sync TLS Stream is a bare ssl.SSLSocket; recv in one thread while "
-    "sendall runs in another corrupts the TLS state ('wrong version number'), returns an early b'' (silent "
-    "truncation) or stalls",
-    ("tls", "asyncio", "large_8MiB"): "BUG: aio TLS full duplex deadlocks: _TLS.recv awaits flush(), which waits for "
-    "send_lock held by a sendall blocked on a full socket (both peers do the same)",
-    ("tls", "asyncio", "close_while_blocked"): "BUG: an aio TLS client closing with unread TLS 1.3 session tickets "
-    "in its kernel buffer makes the kernel send RST: the blocked peer reader gets ConnectionReset, not b''",
-}
+KNOWN_BUGS: dict[tuple[str, str, str], str] = {}  # (kind, api, behaviour) -> why it is a strict xfail
 for (_k, _a, _b), _why in list(KNOWN_BUGS.items()):
     if _a == "asyncio":
         KNOWN_BUGS[(_k, "uvloop", _b)] = _why

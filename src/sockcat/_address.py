@@ -89,6 +89,14 @@ class Address:
     def is_abstract(self) -> bool:
         return self.path.startswith("\0")
 
+    @property
+    def is_unnamed(self) -> bool:
+        """An unbound Unix socket's address (``getpeername()`` of a client that never bound: ``''``).
+
+        It has no §1 form: ``str()`` gives ``unix:`` (or ``unixgram:``…), which does not parse.
+        """
+        return self.is_unix and not self.path
+
     def with_port(self, port: int) -> Address:
         return Address(self.scheme, self.host, port, self.family, self.type, self.path)
 

@@ -2,8 +2,8 @@
 
 Streams: one thread per direction, zero-copy where possible (:mod:`sockcat._copy`). stdin EOF becomes
 shutdown(SHUT_WR) and the other direction keeps flowing until the peer closes. When the peer's
-direction ends first, the upload is given as long as it keeps moving (0.5 s of silence ends it),
-so a terminal user is not left hanging and a piped upload is not cut.
+direction ends first, the upload goes on while stdin has anything to send (a peer that half-closed may
+still be reading; one that closed makes the send fail: exit 1), and ends once stdin is idle.
 Datagrams: each stdin read is one datagram; replies go to stdout.
 """
 
@@ -15,12 +15,14 @@ import os
 import select
 import shutil
 import socket
-import ssl
+import stat
+import struct
 import subprocess
 import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from . import _trace
 from ._access import AccessPolicy
@@ -31,9 +33,11 @@ from ._hexdump import HexDumper
 from ._log import SILENT, Log
 from ._options import SockOpt
 from ._sockets import _safe_name, bind_socket, connect_datagram, connect_socket, open_datagram, to_address
-from ._tlsio import TLSChannel, tls_error
 
-UPLOAD_GRACE = 0.5
+if TYPE_CHECKING:
+    import ssl  # only TLS needs it: imported where TLS runs
+
+UPLOAD_GRACE = 0.5  # after the peer's EOF, stdin idle this long ends the session
 DGRAM_MAX = 65507
 DEFAULT_DGRAM_IDLE = 1.0
 
@@ -60,12 +64,90 @@ class ListenOptions:
     fingerprint: str | None = None
 
 
+def show(addr: Address | None, sock: socket.socket | None = None) -> str:
+    """An address for log lines and errors: §1 syntax, or words where there is none.
+
+    An unnamed Unix socket (a client that never bound, ``getpeername() == ''``) has no address to write:
+    it shows as ``unnamed unix peer`` (with its process id from SO_PEERCRED when ``sock`` is given),
+    never as ``unix:``, which would read like an address and does not parse as one.
+    """
+    if addr is None:
+        return "unknown address"
+    if not addr.is_unnamed:
+        return str(addr)
+    pid = _peer_pid(sock) if sock is not None else 0
+    return f"unnamed {addr.scheme} peer (pid {pid})" if pid else f"unnamed {addr.scheme} peer"
+
+
+def _peer_pid(sock: socket.socket) -> int:
+    so_peercred = getattr(socket, "SO_PEERCRED", None)
+    if so_peercred is None or sock.family != socket.AF_UNIX:
+        return 0
+    try:
+        pid, _uid, _gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, so_peercred, struct.calcsize("3i")))
+    except (OSError, struct.error):
+        return 0
+    return int(pid)
+
+
 def _dumper(opts: BridgeOptions, mark: str) -> HexDumper | None:
     return HexDumper(mark) if opts.hexdump else None
 
 
-def _quiet_errno(exc: BaseException) -> bool:
-    return isinstance(exc, OSError) and exc.errno in (errno.EPIPE, errno.ECONNRESET, errno.EBADF, errno.ENOTCONN)
+class _Upload(End):
+    """stdin as the upload reads it: ``pending`` while bytes read from it are not all sent yet."""
+
+    def __init__(self, inner: End) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.is_pipe = inner.is_pipe
+        self.packet = inner.packet
+        self.pending = False
+        fd = inner.splice_fd
+        # Spliced straight from a pipe, unsent bytes stay in it (poll sees them); from a socket they
+        # would wait in a hidden pipe, so a socket is copied through a buffer (where ``pending`` sees them).
+        self.splice_fd = fd if fd is not None and (inner.is_pipe or not _is_socket(fd)) else None
+
+    def readinto(self, buf: memoryview) -> int:
+        self.pending = False  # the copy loop reads again only once the last chunk is sent
+        n = self.inner.readinto(buf)
+        self.pending = n > 0
+        return n
+
+    def read_packet(self) -> bytes:
+        return self.inner.read_packet()
+
+    def close_write(self) -> None:
+        self.inner.close_write()
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def _is_socket(fd: int) -> bool:
+    try:
+        return stat.S_ISSOCK(os.fstat(fd).st_mode)
+    except OSError:
+        return False
+
+
+def _isatty(fd: int) -> bool:
+    try:
+        return os.isatty(fd)
+    except OSError:
+        return False
+
+
+def _readable(fd: int | None) -> bool:
+    """Data (or EOF) waits in ``fd`` now, so the upload is about to move (no descriptor: False)."""
+    if fd is None or fd < 0:
+        return False
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    try:
+        return bool(poller.poll(0))
+    except OSError:
+        return True
 
 
 def bridge(
@@ -73,16 +155,23 @@ def bridge(
 ) -> tuple[int, int]:
     """Copy stdin -> conn and conn -> stdout with half-close; return (bytes sent, bytes received).
 
-    When the peer's direction ends first, a still-moving upload is given time (``UPLOAD_GRACE`` of silence
-    ends it), unless ``wait_upload``: a child process's output is waited for to its end.
+    When the peer's direction ends first (it may have only half-closed, and still be reading), the upload
+    goes on while it has anything to send: bytes read from stdin or waiting in it are never dropped.
+    It ends once stdin is idle (nothing to read for ``UPLOAD_GRACE``: a script whose stdin stays open is
+    not left hanging) or at once if stdin is a terminal (like netcat). A send that fails (the peer reset
+    or closed) is an error: bytes were left unsent. ``-i`` idle time bounds the wait too.
+    ``wait_upload``: wait for the upload to its end (a child process's output).
     """
     up, down = Counter(), Counter()
     up_done = threading.Event()
     up_error: list[BaseException] = []
+    idled = threading.Event()
+    source = _Upload(stdin)
+    stdin_fd = stdin.fd if isinstance(stdin, FdEnd) else None
 
     def upload() -> None:
         try:
-            copy(stdin, conn, up, hexdump=_dumper(opts, ">"), emit=opts.log.always)
+            copy(source, conn, up, hexdump=_dumper(opts, ">"), emit=opts.log.always)
         except OSError as exc:
             up_error.append(exc)
         finally:
@@ -91,31 +180,43 @@ def bridge(
     threading.Thread(target=upload, name="upload", daemon=True).start()
     stop_watch = threading.Event()
     if opts.idle_timeout is not None:
-        threading.Thread(target=_watchdog, args=(conn, up, down, opts, stop_watch), daemon=True).start()
+        threading.Thread(target=_watchdog, args=(conn, up, down, opts, stop_watch, idled), daemon=True).start()
     try:
-        copy(conn, stdout, down, hexdump=_dumper(opts, "<"), emit=opts.log.always)
-    except OSError as exc:
-        if exc.errno != errno.EPIPE:  # EPIPE here is our stdout going away: a normal end
-            raise network_error(exc, f"connection with {peer}") from exc
+        try:
+            copy(conn, stdout, down, hexdump=_dumper(opts, "<"), emit=opts.log.always)
+        except OSError as exc:
+            if exc.errno != errno.EPIPE:  # EPIPE here is our stdout going away: a normal end
+                raise network_error(exc, f"connection with {peer}") from exc
+        interactive = not wait_upload and stdin_fd is not None and _isatty(stdin_fd)
+        busy = time.monotonic()
+        while not up_done.wait(0.05):
+            if wait_upload:
+                continue
+            if interactive or idled.is_set():
+                break
+            now = time.monotonic()
+            if source.pending or _readable(stdin_fd):
+                busy = now
+            elif now - max(busy, up.last) > UPLOAD_GRACE:
+                break
     finally:
         stop_watch.set()
-    # The peer's direction has ended; let a still-moving upload finish.
-    while not up_done.wait(0.1):
-        if not wait_upload and time.monotonic() - up.last > UPLOAD_GRACE:
-            break
     for err in up_error:
-        if _quiet_errno(err):
+        if idled.is_set() or (isinstance(err, OSError) and err.errno == errno.EBADF):
             opts.log.info(f"upload to {peer} ended: {err}")
         elif isinstance(err, OSError):
-            raise network_error(err, f"send to {peer}")
+            raise network_error(err, f"send to {peer} after {up.bytes} bytes")
     return up.bytes, down.bytes
 
 
-def _watchdog(conn: End, up: Counter, down: Counter, opts: BridgeOptions, stop: threading.Event) -> None:
+def _watchdog(
+    conn: End, up: Counter, down: Counter, opts: BridgeOptions, stop: threading.Event, idled: threading.Event
+) -> None:
     idle = opts.idle_timeout or 0.0
     while not stop.wait(min(idle, 0.25)):
         if time.monotonic() - max(up.last, down.last) >= idle:
             opts.log.info(f"idle for {idle:g} s: closing")
+            idled.set()
             sock = conn.sock if isinstance(conn, SockEnd) else conn.channel.sock if isinstance(conn, TLSEnd) else None
             if sock is not None:
                 with contextlib.suppress(OSError):
@@ -131,6 +232,10 @@ def _stream_end(sock: socket.socket, name: str) -> SockEnd:
 def tls_client_end(
     sock: socket.socket, addr: Address, context: ssl.SSLContext, sni: str | None, timeout: float | None
 ) -> TLSEnd:
+    import ssl
+
+    from ._tlsio import TLSChannel, tls_error
+
     hostname = sni if sni is not None else (addr.host or None)
     channel = TLSChannel(sock, context, server_side=False, server_hostname=hostname)
     sock.settimeout(timeout if timeout is not None else 10.0)
@@ -148,6 +253,10 @@ def tls_client_end(
 
 
 def tls_server_end(sock: socket.socket, context: ssl.SSLContext, where: str) -> TLSEnd:
+    import ssl
+
+    from ._tlsio import TLSChannel, tls_error
+
     channel = TLSChannel(sock, context, server_side=True)
     sock.settimeout(10.0)
     try:
@@ -184,18 +293,18 @@ def run_connect(
     if address.is_datagram:
         return _connect_datagram(address, opts, source=source, sockopts=sockopts, timeout=connect_timeout)
     sock, addr = connect_socket(address, timeout=connect_timeout, source=source, sockopts=sockopts)
-    local = _safe_name(sock, addr.scheme, peer=False)
-    peer = _safe_name(sock, addr.scheme, peer=True) or addr
+    local = show(_safe_name(sock, addr.scheme, peer=False))
+    peer = show(_safe_name(sock, addr.scheme, peer=True) or addr, sock)
     conn: End
     if addr.is_tls:
         from ._tls import client_context
 
         conn = tls_client_end(sock, addr, ssl_context or client_context(), sni, connect_timeout)
     else:
-        conn = _stream_end(sock, str(peer))
+        conn = _stream_end(sock, peer)
     opts.log.info(f"connected to {peer} from {local}")
     try:
-        sent, received = bridge(conn, FdEnd(opts.stdin_fd, "stdin"), FdEnd(opts.stdout_fd, "stdout"), str(peer), opts)
+        sent, received = bridge(conn, FdEnd(opts.stdin_fd, "stdin"), FdEnd(opts.stdout_fd, "stdout"), peer, opts)
     finally:
         conn.close()
     opts.log.info(f"closed {peer}: {sent} bytes sent, {received} bytes received")
@@ -312,6 +421,8 @@ class _Accepted:
         self.sock = sock
         self.local = local
         self.peer = peer
+        self.name = show(peer, sock)
+        self.local_name = show(local)
 
 
 def _accept(
@@ -333,14 +444,14 @@ def _accept(
         raise network_error(exc, f"accept on {bound}") from None
     peer = to_address(bound.scheme, sa) if sa else _safe_name(conn, bound.scheme, peer=True)
     if lopts.access.active and not lopts.access.permits(peer.host if peer else ""):
-        log.info(f"refused {peer}: not allowed by --allow/--deny")
+        log.info(f"refused {show(peer, conn)}: not allowed by --allow/--deny")
         conn.close()
         return None
     for opt in lopts.sockopts:
         if opt.name not in ("reuseaddr", "reuseport", "v6only") and opt.applies_to(conn.family, conn.type):
             with contextlib.suppress(OSError):
                 opt.apply(conn)
-    acc = _Accepted(_stream_end(conn, str(peer)), conn, _safe_name(conn, bound.scheme, peer=False), peer)
+    acc = _Accepted(_stream_end(conn, show(peer, conn)), conn, _safe_name(conn, bound.scheme, peer=False), peer)
     if tls_now and not _tls_upgrade(acc, lopts, log):
         return None
     return acc
@@ -351,7 +462,7 @@ def _tls_upgrade(acc: _Accepted, lopts: ListenOptions, log: Log) -> bool:
     if lopts.ssl_context is None:
         return True
     try:
-        acc.end = tls_server_end(acc.sock, lopts.ssl_context, str(acc.peer))
+        acc.end = tls_server_end(acc.sock, lopts.ssl_context, acc.name)
     except NetworkError as exc:
         log.info(str(exc))
         return False
@@ -389,14 +500,12 @@ def run_listen(address: Address, opts: BridgeOptions, lopts: ListenOptions) -> i
 
 
 def _bridge_one(acc: _Accepted, opts: BridgeOptions) -> int:
-    opts.log.info(f"connection from {acc.peer} on {acc.local}")
+    opts.log.info(f"connection from {acc.name} on {acc.local_name}")
     try:
-        sent, received = bridge(
-            acc.end, FdEnd(opts.stdin_fd, "stdin"), FdEnd(opts.stdout_fd, "stdout"), str(acc.peer), opts
-        )
+        sent, received = bridge(acc.end, FdEnd(opts.stdin_fd, "stdin"), FdEnd(opts.stdout_fd, "stdout"), acc.name, opts)
     finally:
         acc.end.close()
-    opts.log.info(f"closed {acc.peer}: {sent} bytes sent, {received} bytes received")
+    opts.log.info(f"closed {acc.name}: {sent} bytes sent, {received} bytes received")
     return 0
 
 
@@ -458,13 +567,13 @@ def _serve_many(sock: socket.socket, bound: Address, opts: BridgeOptions, lopts:
             hub.add(acc.end)
             copy(acc.end, hub.stdout, counter, hexdump=_dumper(opts, "<"), emit=opts.log.always, close_write=False)
         except OSError as exc:
-            opts.log.info(f"connection with {acc.peer}: {exc.strerror or exc}")
+            opts.log.info(f"connection with {acc.name}: {exc.strerror or exc}")
         finally:
             hub.remove(acc.end)
             acc.end.close()
             with lock:
                 active[0] -= 1
-            opts.log.info(f"closed {acc.peer}: {counter.bytes} bytes received")
+            opts.log.info(f"closed {acc.name}: {counter.bytes} bytes received")
 
     while True:
         acc = _accept(sock, bound, lopts, opts.log, tls_now=False)
@@ -472,18 +581,19 @@ def _serve_many(sock: socket.socket, bound: Address, opts: BridgeOptions, lopts:
             continue
         with lock:
             if lopts.max_conns is not None and active[0] >= lopts.max_conns:
-                opts.log.info(f"refused {acc.peer}: --max-conns {lopts.max_conns} reached")
+                opts.log.info(f"refused {acc.name}: --max-conns {lopts.max_conns} reached")
                 acc.end.close()
                 continue
             active[0] += 1
-        opts.log.info(f"connection from {acc.peer} on {acc.local}")
+        opts.log.info(f"connection from {acc.name} on {acc.local_name}")
         threading.Thread(target=handle, args=(acc,), daemon=True).start()
 
 
 def _child_env(acc: _Accepted) -> dict[str, str]:
     env = dict(os.environ)
-    env["SOCKCAT_PEER"] = str(acc.peer) if acc.peer else ""
-    env["SOCKCAT_LOCAL"] = str(acc.local) if acc.local else ""
+    # §1 syntax, or empty when there is none to give (an unnamed Unix socket, e.g. a client that never bound)
+    env["SOCKCAT_PEER"] = str(acc.peer) if acc.peer and not acc.peer.is_unnamed else ""
+    env["SOCKCAT_LOCAL"] = str(acc.local) if acc.local and not acc.local.is_unnamed else ""
     return env
 
 
@@ -507,7 +617,7 @@ def _run_child(acc: _Accepted, argv: Sequence[str], opts: BridgeOptions) -> int:
     proc.stdin.close()
     proc.stdout.close()
     try:
-        bridge(acc.end, child_out, child_in, str(acc.peer), opts, wait_upload=True)
+        bridge(acc.end, child_out, child_in, acc.name, opts, wait_upload=True)
     except OSError as exc:
         opts.log.info(str(exc))
     finally:
@@ -528,9 +638,9 @@ def _serve_exec(sock: socket.socket, bound: Address, opts: BridgeOptions, lopts:
                 acc.end.close()
                 return
             rc = _run_child(acc, argv, opts)
-            opts.log.info(f"closed {acc.peer}: {argv[0]} exited with status {rc}")
+            opts.log.info(f"closed {acc.name}: {argv[0]} exited with status {rc}")
         except OSError as exc:
-            opts.log.warning(f"cannot run {argv[0]!r} for {acc.peer}: {exc.strerror or exc}")
+            opts.log.warning(f"cannot run {argv[0]!r} for {acc.name}: {exc.strerror or exc}")
             acc.end.close()
         finally:
             with lock:
@@ -542,11 +652,11 @@ def _serve_exec(sock: socket.socket, bound: Address, opts: BridgeOptions, lopts:
             continue
         with lock:
             if lopts.max_conns is not None and active[0] >= lopts.max_conns:
-                opts.log.info(f"refused {acc.peer}: --max-conns {lopts.max_conns} reached")
+                opts.log.info(f"refused {acc.name}: --max-conns {lopts.max_conns} reached")
                 acc.end.close()
                 continue
             active[0] += 1
-        opts.log.info(f"connection from {acc.peer} on {acc.local}: running {argv[0]}")
+        opts.log.info(f"connection from {acc.name} on {acc.local_name}: running {argv[0]}")
         if not lopts.keep_open:
             sock.close()
             handle(acc)

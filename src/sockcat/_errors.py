@@ -58,6 +58,26 @@ class SocketFileNotFound(NetworkError, FileNotFoundError):
     pass
 
 
+class WouldBlock(NetworkError, BlockingIOError):
+    """EAGAIN/EWOULDBLOCK/EINPROGRESS/EALREADY: a non-blocking operation could not complete now."""
+
+
+class Interrupted(NetworkError, InterruptedError):
+    pass
+
+
+class FileExists(NetworkError, FileExistsError):
+    pass
+
+
+class IsADirectory(NetworkError, IsADirectoryError):
+    pass
+
+
+class NotADirectory(NetworkError, NotADirectoryError):
+    pass
+
+
 class PermissionDenied(NetworkError, PermissionError):
     pass
 
@@ -86,7 +106,16 @@ _BY_ERRNO: dict[int, type[NetworkError]] = {
     _errno.ECONNRESET: ConnectionReset,
     _errno.ECONNABORTED: ConnectionAborted,
     _errno.EPIPE: BrokenPipe,
+    _errno.ESHUTDOWN: BrokenPipe,
     _errno.ETIMEDOUT: Timeout,
+    _errno.EAGAIN: WouldBlock,
+    _errno.EWOULDBLOCK: WouldBlock,
+    _errno.EINPROGRESS: WouldBlock,
+    _errno.EALREADY: WouldBlock,
+    _errno.EINTR: Interrupted,
+    _errno.EEXIST: FileExists,
+    _errno.EISDIR: IsADirectory,
+    _errno.ENOTDIR: NotADirectory,
     _errno.ENOENT: SocketFileNotFound,
     _errno.EACCES: PermissionDenied,
     _errno.EPERM: PermissionDenied,

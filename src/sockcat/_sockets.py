@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import os
 import selectors
 import socket
@@ -23,6 +24,7 @@ from ._address import Address
 from ._errors import NetworkError, Timeout, UsageError, network_error
 from ._framing import DEFAULT_MAX_LINE, ReceiveBuffer, to_bytes
 from ._options import SockOpt, apply_sockopts, parse_sockopts
+from ._tlsio import TLSChannel
 
 RECV_SIZE = 65536
 HAPPY_EYEBALLS_DELAY = 0.25  # RFC 8305 §5: "Connection Attempt Delay", recommended 250 ms
@@ -256,30 +258,35 @@ def connect_socket(
 
 def _tls_client(
     sock: socket.socket, addr: Address, context: ssl.SSLContext | None, sni: str | None, timeout: float | None
-) -> ssl.SSLSocket:
+) -> TLSChannel:
     from ._tls import client_context
 
     ctx = context or client_context()
     hostname = sni if sni is not None else (addr.host or None)
     try:
         sock.settimeout(timeout if timeout is not None else TLS_HANDSHAKE_TIMEOUT)
-        tls = ctx.wrap_socket(sock, server_hostname=hostname if ctx.check_hostname or hostname else None)
-        tls.settimeout(timeout)
+        tls = TLSChannel(
+            sock, ctx, server_side=False, server_hostname=hostname if ctx.check_hostname or hostname else None
+        )
+        tls.handshake()
     except ssl.SSLError as exc:
         sock.close()
         raise NetworkError(errno.EPROTO, f"TLS handshake with {addr}: {tls_reason(exc)}") from exc
     except OSError as exc:
         sock.close()
         raise network_error(exc, f"TLS handshake with {addr}") from exc
-    _trace.emit(f"tls handshake -> {tls.version()} {(tls.cipher() or ('?',))[0]}")
+    _trace.emit(f"tls handshake -> {tls.version()} {tls.cipher()}")
     return tls
 
 
 def tls_reason(exc: ssl.SSLError) -> str:
+    """A TLS error for people: ``wrong version number``, never ``[SSL: …] … (_ssl.c:1006)``."""
+    from ._tls import tls_message
+
     if isinstance(exc, ssl.SSLCertVerificationError):
         return f"certificate verify failed: {exc.verify_message}"
     reason = getattr(exc, "reason", None)
-    return str(reason).lower().replace("_", " ") if reason else str(exc)
+    return str(reason).lower().replace("_", " ") if reason else tls_message(exc)
 
 
 def connect(
@@ -301,10 +308,9 @@ def connect(
     addr = Address.parse(address)
     ct = timeout if connect_timeout is None else connect_timeout
     sock, addr = connect_socket(addr, timeout=ct, source=source, sockopts=sockopts)
-    if addr.is_tls:
-        sock = _tls_client(sock, addr, ssl_context, sni, ct)
+    tls = _tls_client(sock, addr, ssl_context, sni, ct) if addr.is_tls else None
     sock.settimeout(timeout)
-    return Stream(sock, addr.scheme)
+    return Stream(sock, addr.scheme, tls=tls)
 
 
 # --- listening -----------------------------------------------------------------------------------
@@ -320,6 +326,17 @@ def _unix_stale(path: str, kind: int, where: str) -> None:
         return
     if not stat.S_ISSOCK(st.st_mode):
         raise NetworkError(errno.EADDRINUSE, f"listen {where}: address in use ({path} exists and is not a socket)")
+    from ._unixstale import unix_path_in_use
+
+    # The kernel's socket table answers without connecting (a probe connect would queue a phantom
+    # connection on a live listener); the connect probe is only for systems without that table.
+    in_use = unix_path_in_use(path, st)
+    if in_use is False:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        return
+    if in_use:
+        raise NetworkError(errno.EADDRINUSE, f"listen {where}: address in use")
     probe = socket.socket(socket.AF_UNIX, kind)
     try:
         probe.settimeout(1.0)
@@ -418,9 +435,10 @@ class Listener:
         """The next connection as a :class:`Stream` (TLS handshake done for a ``tls://`` listener)."""
         conn, _peer = self.accept_socket()
         conn.settimeout(self.socket.gettimeout())
+        tls = None
         if self.ssl_context is not None:
-            conn = tls_server_handshake(conn, self.ssl_context, self.address)
-        return Stream(conn, self.address.scheme)
+            tls = tls_server_handshake(conn, self.ssl_context, self.address)
+        return Stream(conn, self.address.scheme, tls=tls)
 
     def __iter__(self) -> Iterator[Stream]:
         """Accept forever; a client whose TLS handshake fails is skipped, not fatal."""
@@ -465,12 +483,13 @@ class Listener:
         return f"<Listener {self.address}>"
 
 
-def tls_server_handshake(conn: socket.socket, context: ssl.SSLContext, where: Address) -> ssl.SSLSocket:
+def tls_server_handshake(conn: socket.socket, context: ssl.SSLContext, where: Address) -> TLSChannel:
     old = conn.gettimeout()
     try:
         conn.settimeout(TLS_HANDSHAKE_TIMEOUT if old is None else old)
-        tls = context.wrap_socket(conn, server_side=True)
-        tls.settimeout(old)
+        tls = TLSChannel(conn, context, server_side=True)
+        tls.handshake()
+        conn.settimeout(old)
     except ssl.SSLError as exc:
         conn.close()
         raise NetworkError(errno.EPROTO, f"TLS handshake on {where}: {tls_reason(exc)}") from exc
@@ -479,7 +498,7 @@ def tls_server_handshake(conn: socket.socket, context: ssl.SSLContext, where: Ad
         err = network_error(exc, f"TLS handshake on {where}")
         err.errno = errno.EPROTO
         raise err from exc
-    _trace.emit(f"tls handshake -> {tls.version()} {(tls.cipher() or ('?',))[0]}")
+    _trace.emit(f"tls handshake -> {tls.version()} {tls.cipher()}")
     return tls
 
 
@@ -528,11 +547,14 @@ class Stream:
 
     ``recv`` returns ``b""`` only when the peer has closed; a timeout raises ``TimeoutError``.
     The real socket is ``.socket``; bytes read ahead by the delimited reads are served first.
+    A TLS stream encrypts over ``.socket`` through a :class:`~sockcat._tlsio.TLSChannel`, so one thread
+    may read while another writes (or half-closes), as :func:`sockcat.relay` does.
     """
 
-    def __init__(self, sock: socket.socket, scheme: str = "tcp") -> None:
+    def __init__(self, sock: socket.socket, scheme: str = "tcp", *, tls: TLSChannel | None = None) -> None:
         self.socket = sock
         self.scheme = scheme
+        self._tls = tls
         self._buf = ReceiveBuffer()
         self.address = _safe_name(sock, scheme, peer=False)
         self.peer = _safe_name(sock, scheme, peer=True)
@@ -542,6 +564,8 @@ class Stream:
 
     def _recv_raw(self, n: int) -> bytes:
         try:
+            if self._tls is not None:
+                return self._tls.recv(n)
             return self.socket.recv(n)
         except TimeoutError as exc:
             raise Timeout(errno.ETIMEDOUT, f"recv from {self._where()}: timed out") from exc
@@ -589,13 +613,19 @@ class Stream:
     # Writing.
     def send(self, data: bytes | bytearray | memoryview | str) -> int:
         try:
+            if self._tls is not None:
+                return self._tls.send(to_bytes(data))
             return self.socket.send(to_bytes(data))
         except OSError as exc:
             raise self._send_error(exc) from exc
 
     def sendall(self, data: bytes | bytearray | memoryview | str) -> None:
+        payload = data.encode() if isinstance(data, str) else data
         try:
-            self.socket.sendall(data.encode() if isinstance(data, str) else data)
+            if self._tls is not None:
+                self._tls.sendall(payload)
+            else:
+                self.socket.sendall(payload)
         except OSError as exc:
             raise self._send_error(exc) from exc
 
@@ -605,11 +635,33 @@ class Stream:
     def _send_error(self, exc: OSError) -> NetworkError:
         if isinstance(exc, TimeoutError):
             return Timeout(errno.ETIMEDOUT, f"send to {self._where()}: timed out")
+        if isinstance(exc, ssl.SSLError):
+            return NetworkError(errno.EPROTO, f"send to {self._where()}: {tls_reason(exc)}")
         return network_error(exc, f"send to {self._where()}")
 
     def shutdown_write(self) -> None:
-        """Half-close: the peer reads EOF, and this side can still read what it sends back."""
-        shutdown_write(self.socket)
+        """Half-close: the peer reads EOF, and this side can still read what it sends back.
+
+        A TLS stream sends close_notify first; bytes already received stay readable.
+        """
+        if self._tls is not None:
+            self._tls.shutdown_write()
+        else:
+            shutdown_write(self.socket)
+
+    # TLS facts (None on a plain stream).
+    @property
+    def tls_version(self) -> str | None:
+        """The negotiated protocol (``"TLSv1.3"``...), None on a plain stream."""
+        return self._tls.version() if self._tls is not None else None
+
+    def cipher(self) -> str | None:
+        """The negotiated cipher suite's name, None on a plain stream."""
+        return self._tls.cipher() if self._tls is not None else None
+
+    def getpeercert(self, binary_form: bool = False) -> Any:
+        """The peer's certificate like ``SSLSocket.getpeercert`` (None on a plain stream)."""
+        return self._tls.getpeercert(binary_form) if self._tls is not None else None
 
     # The standard socket API, at hand.
     def fileno(self) -> int:
@@ -638,16 +690,24 @@ class Stream:
 
     def shutdown(self, how: int) -> None:
         if how == socket.SHUT_WR:
-            shutdown_write(self.socket)
+            self.shutdown_write()
         else:
             socket.socket.shutdown(self.socket, how)
 
     def makefile(self, mode: str = "rb", buffering: int | None = None, **kw: Any) -> Any:
-        """A file object on the socket (bytes already buffered by recv_until/recv_line are not in it)."""
+        """A file object on the socket (bytes already buffered by recv_until/recv_line are not in it).
+
+        On a TLS stream it reads and writes plaintext through the stream (buffered bytes first).
+        """
+        if self._tls is not None:
+            return _stream_file(self, mode, buffering, **kw)
         return self.socket.makefile(mode, buffering, **kw)  # type: ignore[call-overload]
 
     def close(self) -> None:
-        self.socket.close()
+        if self._tls is not None:
+            self._tls.close()
+        else:
+            self.socket.close()
 
     @property
     def closed(self) -> bool:
@@ -661,6 +721,67 @@ class Stream:
 
     def __repr__(self) -> str:
         return f"<Stream {self.address} -> {self.peer}>"
+
+
+class _StreamIO(io.RawIOBase):
+    """The raw file under :meth:`Stream.makefile` for a TLS stream: plaintext in and out."""
+
+    def __init__(self, stream: Stream, mode: str) -> None:
+        super().__init__()
+        self._stream = stream
+        self._mode = mode
+
+    def readable(self) -> bool:
+        return "r" in self._mode
+
+    def writable(self) -> bool:
+        return "w" in self._mode
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        data = self._stream.recv(len(view))
+        view[: len(data)] = data
+        return len(data)
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data).cast("B")
+        self._stream.sendall(view)
+        return len(view)
+
+    def fileno(self) -> int:
+        return self._stream.fileno()
+
+
+def _stream_file(
+    stream: Stream,
+    mode: str = "rb",
+    buffering: int | None = None,
+    *,
+    encoding: str | None = None,
+    errors: str | None = None,
+    newline: str | None = None,
+) -> Any:
+    """``socket.makefile`` semantics over a :class:`Stream` (closing the file leaves the stream open)."""
+    if not set(mode) <= {"r", "w", "b"}:
+        raise ValueError(f"invalid mode {mode!r} (only r, w, b allowed)")
+    writing = "w" in mode
+    reading = "r" in mode or not writing
+    raw = _StreamIO(stream, ("r" if reading else "") + ("w" if writing else ""))
+    size = io.DEFAULT_BUFFER_SIZE if buffering is None or buffering < 0 else buffering
+    if size == 0:
+        if "b" not in mode:
+            raise ValueError("unbuffered streams must be binary")
+        return raw
+    buffer: io.BufferedIOBase
+    if reading and writing:
+        buffer = io.BufferedRWPair(raw, raw, size)
+    elif reading:
+        buffer = io.BufferedReader(raw, size)
+    else:
+        buffer = io.BufferedWriter(raw, size)
+    if "b" in mode:
+        return buffer
+    return io.TextIOWrapper(buffer, io.text_encoding(encoding), errors, newline)
 
 
 def shutdown_write(sock: socket.socket) -> None:

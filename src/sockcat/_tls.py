@@ -12,6 +12,7 @@ import errno
 import hashlib
 import ipaddress
 import os
+import re
 import shutil
 import ssl
 import tempfile
@@ -25,7 +26,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from ._errors import UsageError, describe
 
-__all__ = ["SelfSigned", "client_context", "fingerprint_sha256", "self_signed", "server_context"]
+__all__ = ["SelfSigned", "client_context", "fingerprint_sha256", "self_signed", "server_context", "tls_message"]
 
 _ALWAYS_HOSTS = ("localhost", "127.0.0.1", "::1")
 _DEFAULT_CN = "localhost"
@@ -178,11 +179,20 @@ def _read(path: str, what: str) -> bytes:
         raise UsageError(f"cannot load {what} {path!r}: {_os_problem(exc)}") from exc
 
 
+_SOURCE_LOCATION = re.compile(r"\s*\(_ssl\.c:\d+\)")
+
+
+def tls_message(exc: BaseException) -> str:
+    """An ``ssl.SSLError``'s text without CPython's ``(_ssl.c:1006)`` source location."""
+    text = exc.strerror if isinstance(exc, OSError) and isinstance(exc.strerror, str) else str(exc)
+    return _SOURCE_LOCATION.sub("", text).strip() or type(exc).__name__
+
+
 def _ssl_problem(exc: ssl.SSLError) -> str:
     reason = getattr(exc, "reason", None)
     if isinstance(reason, str) and reason:
         return reason.replace("_", " ").lower()
-    lines = describe(exc).splitlines()
+    lines = tls_message(exc).splitlines()
     return lines[0] if lines else "invalid"
 
 
@@ -304,6 +314,9 @@ def server_context(
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     _tolerate_bare_fin(ctx)
+    # No TLS 1.3 session tickets: sockcat never resumes sessions, and a client that closes without
+    # reading the tickets makes its kernel answer with RST, so this side would see a reset, not EOF.
+    ctx.num_tickets = 0
     fingerprint: str | None = None
     if cert is not None:
         _load_chain(ctx, cert, key)

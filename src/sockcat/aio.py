@@ -26,6 +26,7 @@ from ._framing import DEFAULT_MAX_LINE, ReceiveBuffer, to_bytes
 __all__ = ["Datagram", "Listener", "Stream", "connect", "connect_socket", "listen", "open_datagram", "relay"]
 
 RECV_SIZE = _s.RECV_SIZE
+_TLS_CHUNK = 1 << 18  # plaintext encrypted per step of a TLS sendall
 
 
 async def _resolve(addr: Address, passive: bool = False) -> list[tuple[int, int, int, Any]]:
@@ -36,22 +37,45 @@ async def _resolve(addr: Address, passive: bool = False) -> list[tuple[int, int,
 
 
 class _TLS:
-    """TLS over a non-blocking socket with memory BIOs: reads and writes never interleave bytes on the wire."""
+    """TLS over a non-blocking socket with memory BIOs: reads and writes never interleave bytes on the wire.
+
+    One coroutine at a time moves ciphertext from the outgoing BIO to the socket (the "pusher"); it keeps
+    going until the BIO is empty, so bytes added meanwhile by others leave with it. A writer waits for the
+    pusher to finish; a reader never does (a pusher blocked on a full socket may be waiting for this very
+    reader's peer to drain it: full-duplex transfers would deadlock).
+    """
 
     def __init__(self, sock: socket.socket, ctx: ssl.SSLContext, server_side: bool, hostname: str | None) -> None:
         self.sock = sock
         self.incoming = ssl.MemoryBIO()
         self.outgoing = ssl.MemoryBIO()
         self.obj = ctx.wrap_bio(self.incoming, self.outgoing, server_side=server_side, server_hostname=hostname)
-        self.send_lock = asyncio.Lock()
         self.loop = asyncio.get_running_loop()
         self.eof = False
+        self._pusher: asyncio.Future[None] | None = None
+        self._plain = bytearray()  # decrypted ahead of our close_notify, served first
+        self._error: ssl.SSLError | None = None
+        self._wrote_close = False
 
     async def flush(self) -> None:
-        async with self.send_lock:
-            data = self.outgoing.read()
-            if data:
+        """Put everything in the outgoing BIO on the wire (after whoever is sending now)."""
+        while self._pusher is not None:
+            await asyncio.shield(self._pusher)
+        if not self.outgoing.pending:
+            return
+        done: asyncio.Future[None] = self.loop.create_future()
+        self._pusher = done
+        try:
+            while data := self.outgoing.read():
                 await self.loop.sock_sendall(self.sock, data)
+        finally:
+            self._pusher = None
+            done.set_result(None)
+
+    async def _flush_if_idle(self) -> None:
+        """A reader's flush: only when nobody is sending (a pusher sends these bytes too)."""
+        if self.outgoing.pending and self._pusher is None:
+            await self.flush()
 
     async def _fill(self) -> None:
         data = await self.loop.sock_recv(self.sock, RECV_SIZE)
@@ -72,32 +96,71 @@ class _TLS:
 
     async def recv(self, n: int) -> bytes:
         while True:
+            if self._plain:
+                data = bytes(self._plain[:n])
+                del self._plain[:n]
+                return data
             if self.eof:
                 return b""
+            if self._error is not None:
+                raise self._error
             try:
-                data = self.obj.read(n)
+                data = self.obj.read(min(n, RECV_SIZE))  # a record is 16 KiB at most
             except ssl.SSLWantReadError:
-                await self.flush()  # TLS 1.3 may owe the peer a message (key update, ticket ack)
+                await self._flush_if_idle()  # TLS 1.3 may owe the peer a message (key update)
                 await self._fill()
                 continue
             except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
                 self.eof = True
                 return b""
-            if self.outgoing.pending:
-                await self.flush()
+            if not data:
+                self.eof = True
+            await self._flush_if_idle()
             return data
 
     async def sendall(self, data: bytes) -> None:
-        view = memoryview(data)
+        view = memoryview(data).cast("B")
         while view:
-            n = self.obj.write(view)
+            n = self.obj.write(view[:_TLS_CHUNK])
             view = view[n:]
             await self.flush()
 
+    def _read_ahead(self) -> None:
+        """Decrypt every whole record already in the incoming BIO into ``_plain``.
+
+        ``unwrap()`` calls SSL_shutdown twice; the second call reads the records waiting in the incoming
+        BIO and drops their application data: it must find none.
+        """
+        while not self.eof and self._error is None:
+            try:
+                data = self.obj.read(RECV_SIZE)
+            except ssl.SSLWantReadError:
+                return
+            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                self.eof = True
+                return
+            except ssl.SSLError as exc:
+                self._error = exc
+                return
+            if not data:
+                self.eof = True
+                return
+            self._plain += data
+
     async def close_notify(self) -> None:
-        with contextlib.suppress(ssl.SSLError):
-            self.obj.unwrap()
+        if not self._wrote_close:
+            self._wrote_close = True
+            self._read_ahead()
+            with contextlib.suppress(ssl.SSLError):
+                self.obj.unwrap()
         await self.flush()
+
+    def drain(self) -> None:
+        """Drop unread bytes (TLS 1.3 session tickets...) before close: unread bytes make close send RST."""
+        with contextlib.suppress(OSError, ValueError):
+            for _ in range(64):
+                if not socket.socket.recv(self.sock, RECV_SIZE, socket.MSG_DONTWAIT):
+                    return
 
     def version(self) -> str | None:
         return self.obj.version()
@@ -193,6 +256,8 @@ class Stream:
                     await self._loop.sock_sendall(self.socket, payload)
         except TimeoutError as exc:
             raise Timeout(errno.ETIMEDOUT, f"send to {self._where()}: timed out") from exc
+        except ssl.SSLError as exc:
+            raise NetworkError(errno.EPROTO, f"send to {self._where()}: {_s.tls_reason(exc)}") from exc
         except OSError as exc:
             raise network_error(exc, f"send to {self._where()}") from exc
 
@@ -227,6 +292,8 @@ class Stream:
         return self._tls.version() if self._tls else None
 
     def close(self) -> None:
+        if self._tls is not None and self.socket.fileno() != -1:
+            self._tls.drain()
         self.socket.close()
 
     async def aclose(self) -> None:

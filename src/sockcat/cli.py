@@ -10,20 +10,20 @@ import argparse
 import os
 import signal
 import sys
-import traceback
 from collections.abc import Callable, Sequence
 from types import FrameType
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from . import __version__
-from ._access import AccessPolicy
-from ._address import Address
-from ._bridge import BridgeOptions, ListenOptions, exec_argv, run_connect, run_listen
 from ._errors import AddressError, SockcatError, UsageError, describe
 from ._log import PROG, Log
-from ._options import NAMES as SOCKOPT_NAMES
-from ._options import parse_sockopts
-from ._trace import set_trace
+
+if TYPE_CHECKING:
+    from ._address import Address
+    from ._bridge import BridgeOptions
+
+# Start-up time matters for a command line tool: what a command needs is imported when it runs
+# (`sockcat --help` and `--version` load no socket code, TLS or asyncio).
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -72,6 +72,8 @@ def _global_options(p: argparse.ArgumentParser, suppress: bool) -> None:
 
 
 def _connection_options(p: argparse.ArgumentParser) -> None:
+    from ._options import NAMES as SOCKOPT_NAMES
+
     g = p.add_argument_group("connection options")
     g.add_argument("-w", "--connect-timeout", type=_seconds, metavar="S", help="give up connecting after S seconds")
     g.add_argument("-i", "--idle-timeout", type=_seconds, metavar="S", help="close after S seconds without traffic")
@@ -163,11 +165,22 @@ def build_parser() -> Parser:
     return parser
 
 
+def _commands(parser: argparse.ArgumentParser) -> list[str]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return list(action.choices)
+    return []
+
+
 def _address(text: str) -> Address:
+    from ._address import Address
+
     return Address.parse(text)
 
 
 def _bridge_options(args: argparse.Namespace, log: Log) -> BridgeOptions:
+    from ._bridge import BridgeOptions
+
     return BridgeOptions(log=log, idle_timeout=args.idle_timeout, hexdump=args.hexdump)
 
 
@@ -180,6 +193,9 @@ def _check_tls_options(args: argparse.Namespace, addr: Address) -> None:
 
 
 def cmd_connect(args: argparse.Namespace, log: Log) -> int:
+    from ._bridge import run_connect
+    from ._options import parse_sockopts
+
     addr = _address(args.address)
     _check_tls_options(args, addr)
     source = _address(args.source) if args.source else None
@@ -201,6 +217,10 @@ def cmd_connect(args: argparse.Namespace, log: Log) -> int:
 
 
 def cmd_listen(args: argparse.Namespace, log: Log) -> int:
+    from ._access import AccessPolicy
+    from ._bridge import ListenOptions, exec_argv, run_listen
+    from ._options import parse_sockopts
+
     addr = _address(args.address)
     _check_tls_options(args, addr)
     if args.sni:
@@ -224,6 +244,8 @@ def cmd_listen(args: argparse.Namespace, log: Log) -> int:
 
 
 def cmd_relay(args: argparse.Namespace, log: Log) -> int:
+    from ._access import AccessPolicy
+    from ._options import parse_sockopts
     from ._relay import RelayOptions, run_relay
 
     listen_addr = _address(args.listen_address)
@@ -275,11 +297,13 @@ def run(argv: Sequence[str] | None = None) -> int:
     log = Log(verbosity, quiet=getattr(args, "quiet", False))
     func: Callable[[argparse.Namespace, Log], int] | None = getattr(args, "func", None)
     if func is None:
-        parser.print_usage(sys.stderr)
-        log.error("a COMMAND is required (see 'sockcat --help')")
+        log.error(f"a COMMAND is required: {', '.join(_commands(parser))} (see '{PROG} --help')")
         return EXIT_USAGE
     old_term = signal.signal(signal.SIGTERM, _on_sigterm)
-    if getattr(args, "trace", False):
+    tracing = bool(getattr(args, "trace", False))
+    if tracing:
+        from ._trace import set_trace
+
         set_trace(sys.stderr)
     try:
         return func(args, log)
@@ -289,6 +313,8 @@ def run(argv: Sequence[str] | None = None) -> int:
     except (SockcatError, OSError) as exc:
         log.error(str(exc) if isinstance(exc, SockcatError) else _os_message(exc))
         if verbosity >= 2:
+            import traceback
+
             traceback.print_exc()
         return EXIT_FAILURE
     except KeyboardInterrupt:
@@ -296,7 +322,8 @@ def run(argv: Sequence[str] | None = None) -> int:
     except _Terminated:
         return EXIT_OK
     finally:
-        set_trace(None)
+        if tracing:
+            set_trace(None)
         signal.signal(signal.SIGTERM, old_term)
 
 

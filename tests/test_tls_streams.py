@@ -1,0 +1,319 @@
+"""TLS streams (sync, aio, the CLI): half-close never loses bytes already received, threads may share a
+stream, closing with unread session tickets is not a reset, and error messages stay readable.
+
+The half-close tests guard against OpenSSL's SSL_shutdown (run twice by ``SSLObject.unwrap()``) reading
+and dropping the application data waiting in the incoming memory BIO: sockcat decrypts it first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import socket
+import ssl
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import trustme
+from conftest import run_sockcat
+
+import sockcat
+from sockcat import aio
+from sockcat._tls import client_context, tls_message
+from sockcat._tlsio import TLSChannel
+
+T = 10.0
+ANSWER = random.Random(4).randbytes(256 << 10)
+ROUNDS = 30
+pytestmark = pytest.mark.timeout(120)
+
+VERSIONS = [
+    pytest.param(ssl.TLSVersion.TLSv1_2, id="tls1.2"),
+    pytest.param(ssl.TLSVersion.TLSv1_3, id="tls1.3"),
+]
+
+
+def client_ctx(version: ssl.TLSVersion) -> ssl.SSLContext:
+    ctx = client_context(insecure=True)
+    ctx.maximum_version = version
+    return ctx
+
+
+class Bg(threading.Thread):
+    def __init__(self, fn: Callable[..., Any], *args: Any) -> None:
+        super().__init__(daemon=True)
+        self.fn, self.args = fn, args
+        self.result: Any = None
+        self.exc: BaseException | None = None
+        self.start()
+
+    def run(self) -> None:
+        try:
+            self.result = self.fn(*self.args)
+        except BaseException as exc:
+            self.exc = exc
+
+    def get(self, timeout: float = 2 * T) -> Any:
+        self.join(timeout)
+        assert not self.is_alive(), f"{self.fn} still running after {timeout} s"
+        if self.exc is not None:
+            raise self.exc
+        return self.result
+
+
+def read_to_eof(s: sockcat.Stream) -> bytes:
+    out = bytearray()
+    while data := s.recv():
+        out += data
+    return bytes(out)
+
+
+def answer_then_read(lst: sockcat.Listener) -> bytes:
+    """One server connection: send ANSWER at once, then read the question to EOF."""
+    with lst.accept() as conn:
+        conn.settimeout(T)
+        conn.sendall(ANSWER)
+        question = read_to_eof(conn)
+        conn.shutdown_write()
+        return question
+
+
+@pytest.fixture
+def tls_listener() -> Iterator[sockcat.Listener]:
+    with sockcat.listen("tls://127.0.0.1:0") as lst:
+        lst.settimeout(T)
+        yield lst
+
+
+# --- sync -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_sync_half_close_keeps_records_already_received(
+    tls_listener: sockcat.Listener, version: ssl.TLSVersion
+) -> None:
+    """Deterministic: the first recv pulls several records into the BIO but returns a few bytes only."""
+    for _ in range(5):
+        server = Bg(answer_then_read, tls_listener)
+        with sockcat.connect(str(tls_listener.address), timeout=T, ssl_context=client_ctx(version)) as c:
+            first = c.recv(100)
+            c.sendall(b"question")
+            c.shutdown_write()
+            assert len(first + read_to_eof(c)) == len(ANSWER)
+        assert server.get() == b"question"
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_sync_half_close_while_another_thread_reads(tls_listener: sockcat.Listener, version: ssl.TLSVersion) -> None:
+    """The netcat pattern: one thread prints the answer while the other hits stdin EOF at any moment."""
+    rng = random.Random(1)
+    for _ in range(ROUNDS):
+        server = Bg(answer_then_read, tls_listener)
+        with sockcat.connect(str(tls_listener.address), timeout=T, ssl_context=client_ctx(version)) as c:
+            reader = Bg(read_to_eof, c)
+            if rng.random() < 0.7:
+                threading.Event().wait(rng.random() * 0.004)
+            c.sendall(b"question")
+            c.shutdown_write()
+            assert reader.get() == ANSWER
+        assert server.get() == b"question"
+
+
+def test_sync_tls_stream_makefile(tls_listener: sockcat.Listener) -> None:
+    acc = Bg(tls_listener.accept)
+    c = sockcat.connect(str(tls_listener.address), timeout=T, ssl_context=client_context(insecure=True))
+    with c, acc.get() as s:
+        s.settimeout(T)
+        f = c.makefile("rwb")
+        f.write(b"hello over tls\n")
+        f.flush()
+        assert s.recv_line() == b"hello over tls\n"
+        s.send_line("and back")
+        assert f.readline() == b"and back\n"
+        text = s.makefile("r", encoding="utf-8")
+        c.send_line("ünïcode")
+        assert text.readline() == "ünïcode\n"
+
+
+def test_sync_tls_stream_send_and_timeouts(tls_listener: sockcat.Listener) -> None:
+    acc = Bg(tls_listener.accept)
+    c = sockcat.connect(str(tls_listener.address), timeout=T, ssl_context=client_context(insecure=True))
+    with c, acc.get() as s:
+        s.settimeout(0.2)
+        with pytest.raises(TimeoutError):
+            s.recv()
+        assert c.send(b"partial") == 7
+        s.settimeout(T)
+        assert s.recv_exactly(7) == b"partial"
+        assert c.gettimeout() == T
+        assert c.cipher()
+        assert s.getpeercert() is None  # no client certificate asked for
+
+
+def _ticketing_server_context(ca: trustme.CA) -> ssl.SSLContext:
+    """A server context as a user would make it: TLS 1.3 session tickets on (OpenSSL sends two)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ca.issue_cert("127.0.0.1").configure_cert(ctx)
+    assert ctx.num_tickets > 0
+    return ctx
+
+
+def test_sync_close_with_unread_session_tickets_is_not_a_reset() -> None:
+    ca = trustme.CA()
+    with sockcat.listen("tls://127.0.0.1:0", ssl_context=_ticketing_server_context(ca)) as lst:
+        lst.settimeout(T)
+        for _ in range(5):
+            acc = Bg(lst.accept)
+            client = sockcat.connect(str(lst.address), timeout=T, ssl_context=client_context(insecure=True))
+            with acc.get() as server:
+                server.settimeout(T)
+                threading.Event().wait(0.05)  # the tickets reach the client's kernel buffer, unread
+                client.close()
+                assert server.recv() == b""
+
+
+def test_server_contexts_send_no_session_tickets() -> None:
+    from sockcat._tls import server_context
+
+    ctx, _ = server_context()
+    assert ctx.num_tickets == 0
+
+
+# --- aio --------------------------------------------------------------------------------------------
+
+
+async def a_read_to_eof(s: aio.Stream) -> bytes:
+    out = bytearray()
+    while data := await s.recv():
+        out += data
+    return bytes(out)
+
+
+async def a_answer_then_read(lst: aio.Listener) -> bytes:
+    conn = await lst.accept()
+    async with conn:
+        conn.timeout = T
+        await conn.sendall(ANSWER)
+        question = await a_read_to_eof(conn)
+        await conn.shutdown_write()
+        return question
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_aio_half_close_keeps_records_already_received(version: ssl.TLSVersion) -> None:
+    async def main() -> None:
+        async with await aio.listen("tls://127.0.0.1:0") as lst:
+            for _ in range(5):
+                server = asyncio.create_task(a_answer_then_read(lst))
+                async with await aio.connect(str(lst.address), timeout=T, ssl_context=client_ctx(version)) as c:
+                    while not (first := await c.recv(100)):
+                        pass
+                    await asyncio.sleep(0.02)  # more records arrive; only a read brings them into the BIO
+                    first += await c.recv(100)
+                    await c.sendall(b"question")
+                    await c.shutdown_write()
+                    assert len(first + await a_read_to_eof(c)) == len(ANSWER)
+                assert await server == b"question"
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_aio_half_close_while_another_task_reads(version: ssl.TLSVersion) -> None:
+    rng = random.Random(2)
+
+    async def main() -> None:
+        async with await aio.listen("tls://127.0.0.1:0") as lst:
+            for _ in range(ROUNDS):
+                server = asyncio.create_task(a_answer_then_read(lst))
+                async with await aio.connect(str(lst.address), timeout=T, ssl_context=client_ctx(version)) as c:
+                    reader = asyncio.create_task(a_read_to_eof(c))
+                    for _ in range(rng.randrange(6)):
+                        await asyncio.sleep(0)
+                    await c.sendall(b"question")
+                    await c.shutdown_write()
+                    assert await reader == ANSWER
+                assert await server == b"question"
+
+    asyncio.run(main())
+
+
+def test_aio_close_with_unread_session_tickets_is_not_a_reset() -> None:
+    ca = trustme.CA()
+
+    async def main() -> None:
+        async with await aio.listen("tls://127.0.0.1:0", ssl_context=_ticketing_server_context(ca)) as lst:
+            for _ in range(5):
+                server, client = await asyncio.gather(
+                    lst.accept(), aio.connect(str(lst.address), timeout=T, ssl_context=client_context(insecure=True))
+                )
+                server.timeout = T
+                async with server:
+                    await asyncio.sleep(0.05)
+                    await client.aclose()
+                    assert await server.recv() == b""
+
+    asyncio.run(main())
+
+
+# --- the command line -------------------------------------------------------------------------------
+
+
+def test_cli_connect_tls_stdin_eof_keeps_the_answer(tls_listener: sockcat.Listener) -> None:
+    """`sockcat connect tls://…` whose stdin ends at once still prints the whole answer."""
+
+    def serve(n: int) -> list[bytes]:
+        questions = []
+        for _ in range(n):
+            questions.append(answer_then_read(tls_listener))
+        return questions
+
+    rounds = 12
+    server = Bg(serve, rounds)
+    for _ in range(rounds):
+        r = run_sockcat("connect", "--insecure", str(tls_listener.address), input=b"question")
+        assert r.returncode == 0, r.stderr
+        assert len(r.stdout) == len(ANSWER) and r.stdout == ANSWER
+    assert server.get(60) == [b"question"] * rounds
+
+
+# --- messages ---------------------------------------------------------------------------------------
+
+
+def test_tls_message_has_no_source_location() -> None:
+    exc = ssl.SSLError(1, "[SSL: WRONG_VERSION_NUMBER] wrong version number (_ssl.c:1006)")
+    assert tls_message(exc) == "[SSL: WRONG_VERSION_NUMBER] wrong version number"
+    assert tls_message(ssl.SSLEOFError(8, "EOF occurred in violation of protocol (_ssl.c:2580)")) == (
+        "EOF occurred in violation of protocol"
+    )
+
+
+def test_handshake_error_message_is_clean() -> None:
+    """A TLS client meeting a plain TCP server that answers garbage gets a readable one-line message."""
+    with socket.socket() as srv:
+        srv.bind(("127.0.0.1", 0))
+        srv.listen()
+
+        def garbage() -> None:
+            conn, _ = srv.accept()
+            with conn:
+                conn.recv(4096)
+                conn.sendall(b"HTTP/1.0 400 Bad Request\r\n\r\n" + os.urandom(64))
+
+        bg = Bg(garbage)
+        with pytest.raises(sockcat.NetworkError) as info:
+            sockcat.connect(f"tls://127.0.0.1:{srv.getsockname()[1]}", timeout=T, ssl_context=client_context())
+        bg.get()
+    assert "_ssl.c" not in str(info.value)
+    assert "TLS handshake with" in str(info.value)
+
+
+def test_channel_is_used_for_sync_tls_streams(tls_listener: sockcat.Listener) -> None:
+    acc = Bg(tls_listener.accept)
+    c = sockcat.connect(str(tls_listener.address), timeout=T, ssl_context=client_context(insecure=True))
+    with c, acc.get():
+        assert isinstance(c._tls, TLSChannel)
+        assert not isinstance(c.socket, ssl.SSLSocket)
