@@ -369,3 +369,20 @@ def test_describe() -> None:
     assert describe(TimeoutError()) == "timed out"
     assert describe(OSError(errno.ECONNREFUSED, "Connection refused")) == "connection refused"
     assert describe(OSError(errno.EHOSTUNREACH, "No route")) == "host unreachable"
+
+
+def test_describe_ssl_error_is_clean_and_not_an_errno() -> None:
+    """An SSLError's errno is an SSL_ERROR_* code (1 = SSL_ERROR_SSL): it must not read as EPERM."""
+    import socket
+    import ssl
+
+    from sockcat._errors import describe
+
+    a, b = socket.socketpair()
+    with a, b:
+        b.sendall(b"HTTP/1.0 200 OK\r\n\r\n" * 4)
+        with pytest.raises(ssl.SSLError) as info:
+            ssl.create_default_context().wrap_socket(a, server_hostname="example.test")
+    text = describe(info.value)
+    assert text == "wrong version number"
+    assert "_ssl.c" not in describe(ssl.SSLEOFError(8, "EOF occurred in violation of protocol (_ssl.c:2427)"))

@@ -8,6 +8,8 @@ Errors are mapped once, at the I/O boundary, by :func:`network_error`.
 from __future__ import annotations
 
 import errno as _errno
+import re
+import sys
 
 
 class SockcatError(Exception):
@@ -138,15 +140,26 @@ _PLAIN_WORDS: dict[int, str] = {
 }
 
 
+# CPython's ssl errors end in their C source location, "(_ssl.c:1006)": noise for users.
+_SOURCE_LOCATION = re.compile(r"\s*\(_ssl\.c:\d+\)")
+_SSL_NOISE = re.compile(r"^\[SSL(?:: [A-Z0-9_]+)?\]\s*|\s*\(_ssl\.c:\d+\)")
+
+
 def describe(exc: BaseException) -> str:
     """A short human description of an OS error ("connection refused")."""
     if isinstance(exc, TimeoutError):
         return "timed out"
+    ssl = sys.modules.get("ssl")  # an SSLError's errno is an SSL_ERROR_* code, not an OS errno
+    if ssl is not None and isinstance(exc, ssl.SSLError):
+        text = _SSL_NOISE.sub("", exc.strerror if isinstance(exc.strerror, str) else str(exc)).strip()
+        reason = getattr(exc, "reason", None)
+        return text or (reason.lower().replace("_", " ") if isinstance(reason, str) else type(exc).__name__)
     if isinstance(exc, OSError) and exc.errno is not None and exc.errno in _PLAIN_WORDS:
         return _PLAIN_WORDS[exc.errno]
     if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror.lower() if exc.strerror[:1].isupper() else exc.strerror
-    return str(exc) or type(exc).__name__
+        text = _SOURCE_LOCATION.sub("", exc.strerror).strip()
+        return text.lower() if text[:1].isupper() else text
+    return _SOURCE_LOCATION.sub("", str(exc)).strip() or type(exc).__name__
 
 
 def network_error(exc: OSError, what: str) -> NetworkError:
