@@ -166,7 +166,30 @@ class _TLS:
         return self.obj.version()
 
 
-class Stream:
+class _Resource:
+    """fileno, close-on-exit and ``aclose`` for the objects below; each has ``socket`` and ``close()``."""
+
+    socket: socket.socket
+
+    def fileno(self) -> int:
+        return self.socket.fileno()
+
+    def close(self) -> None:
+        self.socket.close()
+
+    async def aclose(self) -> None:
+        self.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+
+class Stream(_Resource):
     """A connected socket with bounded buffered reads; see :class:`sockcat.Stream` for the verbs."""
 
     def __init__(
@@ -272,9 +295,6 @@ class Stream:
         with contextlib.suppress(OSError):
             self.socket.shutdown(socket.SHUT_WR)
 
-    def fileno(self) -> int:
-        return self.socket.fileno()
-
     def getpeername(self) -> Any:
         return self.socket.getpeername()
 
@@ -295,17 +315,6 @@ class Stream:
         if self._tls is not None and self.socket.fileno() != -1:
             self._tls.drain()
         self.socket.close()
-
-    async def aclose(self) -> None:
-        self.close()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.aclose()
 
     def __repr__(self) -> str:
         return f"<aio.Stream {self.address} -> {self.peer}>"
@@ -427,7 +436,7 @@ async def _handshake(tls: _TLS, sock: socket.socket, what: str, timeout: float |
         raise err from exc
 
 
-class Listener:
+class Listener(_Resource):
     """A listening socket; ``await accept()`` or ``async for conn in listener``."""
 
     def __init__(self, inner: _s.Listener) -> None:
@@ -465,22 +474,8 @@ class Listener:
                 if exc.errno != errno.EPROTO:
                     raise
 
-    def fileno(self) -> int:
-        return self.socket.fileno()
-
     def close(self) -> None:
         self._inner.close()
-
-    async def aclose(self) -> None:
-        self.close()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.aclose()
 
 
 async def listen(address: Address | str, **kwargs: Any) -> Listener:
@@ -494,7 +489,7 @@ async def listen(address: Address | str, **kwargs: Any) -> Listener:
     return Listener(inner)
 
 
-class Datagram:
+class Datagram(_Resource):
     """The asyncio twin of :class:`sockcat.Datagram`."""
 
     def __init__(self, inner: _s.Datagram) -> None:
@@ -538,22 +533,8 @@ class Datagram:
     async def send(self, data: bytes | bytearray | memoryview | str) -> int:
         return self._inner.send(data)
 
-    def fileno(self) -> int:
-        return self.socket.fileno()
-
     def close(self) -> None:
         self._inner.close()
-
-    async def aclose(self) -> None:
-        self.close()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.aclose()
 
 
 async def _readable(sock: socket.socket) -> None:
