@@ -65,11 +65,13 @@ def minimal_echo(port: int) -> None:
     uvloop.run(main())
 
 
-def minimal_client(port: int, conns: int, size: int, seconds: float, procs: int, timed: bool = False) -> float:
+def minimal_client(
+    port: int, conns: int, size: int, seconds: float, procs: int, timed: bool = False, cpu: list[float] | None = None
+) -> float:
     """A minimal uvloop client in ``procs`` processes: round trips/s during the window, summed.
 
     ``timed``: also take a timestamp per request and count its latency in a log2 bucket (the least a
-    latency-measuring client must do)."""
+    latency-measuring client must do). ``cpu``: append the clients' CPU µs per round trip (window only)."""
     r, w = os.pipe()
     pids = []
     share = [conns // procs + (1 if i < conns % procs else 0) for i in range(procs)]
@@ -78,19 +80,24 @@ def minimal_client(port: int, conns: int, size: int, seconds: float, procs: int,
         pid = os.fork()
         if pid == 0:
             os.close(r)
-            count = _minimal_client_proc(port, n, size, seconds, start_at, timed)
-            os.write(w, f"{count}\n".encode())
+            count, used = _minimal_client_proc(port, n, size, seconds, start_at, timed)
+            os.write(w, f"{count} {used}\n".encode())
             os._exit(0)
         pids.append(pid)
     os.close(w)
     with os.fdopen(r) as f:
-        total = sum(float(line) for line in f)
+        got = [tuple(map(float, line.split())) for line in f]
     for pid in pids:
         os.waitpid(pid, 0)
+    total = sum(c for c, _ in got)
+    if cpu is not None and total:
+        cpu.append(sum(u for _, u in got) / total * 1e6)
     return total / seconds
 
 
-def _minimal_client_proc(port: int, conns: int, size: int, seconds: float, start_at: float, timed: bool) -> int:
+def _minimal_client_proc(
+    port: int, conns: int, size: int, seconds: float, start_at: float, timed: bool
+) -> tuple[int, float]:
     import uvloop
 
     msg = b"x" * size
@@ -118,14 +125,15 @@ def _minimal_client_proc(port: int, conns: int, size: int, seconds: float, start
                     state["count"] += 1
                 self.t.write(msg)  # type: ignore[attr-defined]
 
-    async def main() -> int:
+    async def main() -> tuple[int, float]:
         loop = asyncio.get_running_loop()
         transports = [(await loop.create_connection(Client, "127.0.0.1", port))[0] for _ in range(conns)]
         await asyncio.sleep(max(0.0, start_at - time.monotonic()) + WARMUP)
         state["on"] = True
+        cpu0 = time.process_time()
         await asyncio.sleep(seconds)
         state["on"] = False
-        count = state["count"]
+        count = state["count"], time.process_time() - cpu0
         for t in transports:
             t.abort()
         return count
@@ -400,16 +408,76 @@ def median(xs: list[float]) -> float:
     return statistics.median(xs) if xs else float("nan")
 
 
+def compare_clients(reps: int, seconds: float, size: int = 64) -> None:
+    """``sockcat bench`` / the minimal client against the same server, back to back, in alternating order;
+    also each client's CPU µs per round trip (window only), the figure that does not depend on the sharing of cores."""
+    _raise_nofile()
+    load0 = os.getloadavg()[0]
+    p = free_port()
+    echo = Server("sockcat", [PY, "-m", "sockcat", "serve", "echo", f"tcp://127.0.0.1:{p}"], f"tcp://127.0.0.1:{p}", p)
+    rates: dict[tuple[str, int], list[float]] = {}
+    cpu: dict[tuple[str, int], list[float]] = {}
+    try:
+        for rep in range(reps):
+            for procs in (1, 2):
+                order = ("minimal", "bench") if rep % 2 == 0 else ("bench", "minimal")
+                for who in order:
+                    used = cpu.setdefault((who, procs), [])
+                    if who == "minimal":
+                        rate = minimal_client(p, CONNS, size, seconds, procs, cpu=used)
+                    else:
+                        args = ("-c", str(CONNS), "--size", str(size), "--workers", str(procs))
+                        d = sockcat_bench(echo.address, *args, seconds=seconds)
+                        rate = d["rate"]
+                        used.append(d["client_cpu_seconds"] / max(1, d["requests"]) * 1e6)
+                    rates.setdefault((who, procs), []).append(rate)
+                m, b = rates[("minimal", procs)][-1], rates[("bench", procs)][-1]
+                mc, bc = cpu[("minimal", procs)][-1], cpu[("bench", procs)][-1]
+                print(
+                    f"  rep {rep + 1} {procs} proc: minimal {m:9.0f}/s  bench {b:9.0f}/s  {b / m:.3f}"
+                    f"   client CPU µs/rt: minimal {mc:.2f}  bench {bc:.2f}",
+                    file=sys.stderr,
+                )
+    finally:
+        echo.stop()
+    print(
+        f"Clients against `sockcat serve echo`, {CONNS} x {size} B, {seconds:g} s windows after {WARMUP:g} s warm-up, "
+        f"{reps} interleaved reps; load average {load0:.1f} before / {os.getloadavg()[0]:.1f} after."
+    )
+    print(
+        "| client processes | minimal client rt/s | `sockcat bench` rt/s | bench / minimal: ratio of medians "
+        "| median of ratios | client CPU µs per round trip: minimal / bench |"
+    )
+    print("|---:|---:|---:|---:|---:|---:|")
+    for procs in (1, 2):
+        m, b = rates[("minimal", procs)], rates[("bench", procs)]
+        pairs = median([x / y for x, y in zip(b, m, strict=True) if y])
+        mc, bc = median(cpu[("minimal", procs)]), median(cpu[("bench", procs)])
+        print(
+            f"| {procs} | {median(m):,.0f} | {median(b):,.0f} | {median(b) / median(m):.3f} | {pairs:.3f} "
+            f"| {mc:.2f} / {bc:.2f} |"
+        )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=2.0)
     ap.add_argument("--idle", type=int, default=10_000, help="idle connections for the memory figure")
     ap.add_argument("--json", metavar="FILE", help="write the raw figures here too")
+    ap.add_argument(
+        "--clients",
+        action="store_true",
+        help="only compare the clients: `sockcat bench` against the minimal uvloop client, interleaved, "
+        "one and two processes, 128 x 64 B against `sockcat serve echo` (quick: --reps 5 --seconds 2)",
+    )
     ap.add_argument("--minimal-echo", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.minimal_echo:
         minimal_echo(args.minimal_echo)
+        return
+    if args.clients:
+        compare_clients(args.reps, args.seconds)
         return
     for tool in ("socat", "ncat", "iperf3"):
         if shutil.which(tool) is None:

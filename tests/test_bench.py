@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 import socket
 import struct
@@ -341,3 +342,159 @@ def test_library_bench_returns_result(procs: list[Proc]) -> None:
         sc.bench(f"tcp://127.0.0.1:{free_port()}", duration=0.3)
     with pytest.raises(sc.UsageError):
         sc.bench(addr, mode="sideways")
+
+
+# --- audit of issue 4's list: warm-up, datagram timeout, progress, partial results, workers, library ---------
+
+
+@contextlib.contextmanager
+def flaky_echo(replies: int) -> Iterator[str]:
+    """A TCP echo in threads that answers ``replies`` messages on each connection, then closes it."""
+    lsock = socket.socket()
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen(128)
+    lsock.settimeout(0.1)
+    stop = threading.Event()
+
+    def serve(conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(2)
+            got = 0
+            with contextlib.suppress(OSError):
+                while got < replies * 64 and not stop.is_set():
+                    data = conn.recv(64 * replies - got)
+                    if not data:
+                        return
+                    got += len(data)
+                    conn.sendall(data)
+
+    def loop() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = lsock.accept()
+            except (TimeoutError, OSError):
+                continue
+            threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+    t = threading.Thread(target=loop, daemon=True)
+    t.start()
+    try:
+        yield f"tcp://127.0.0.1:{lsock.getsockname()[1]}"
+    finally:
+        stop.set()
+        t.join(2)
+        lsock.close()
+
+
+@pytest.mark.parametrize("kind", ["tcp", "udp"])
+def test_warmup_comes_on_top_of_duration(procs: list[Proc], kind: str) -> None:
+    addr = start_serve(procs, "echo", f"{kind}://127.0.0.1:0")
+    start = time.monotonic()
+    rc, d, err = bench_json(addr, "-c", "2", "-d", "0.6", "--warmup", "0.6")
+    elapsed = time.monotonic() - start
+    assert rc == 0, err
+    check_rtt(d)
+    assert elapsed >= 1.2  # warm-up, then the whole -d window
+    assert d["seconds"] == pytest.approx(0.6, abs=0.1)  # only the window is measured
+    assert d["warmup"] == 0.6
+
+
+def test_datagram_default_timeout_is_one_second() -> None:
+    from sockcat._bench import make_plan
+
+    assert make_plan("udp://127.0.0.1:9").timeout == 1.0
+    assert make_plan("unixgram:/tmp/x.sock").timeout == 1.0
+    assert make_plan("tcp://127.0.0.1:9").timeout > 1.0
+    with udp_server(lambda n: n % 4 != 0) as addr:
+        start = time.monotonic()
+        rc, d, err = bench_json(addr, "-c", "2", "-d", "2", "--warmup", "0.1")  # no --timeout: the 1 s default
+        elapsed = time.monotonic() - start
+    assert elapsed < 2.1 + 4.0
+    assert rc == 0, err
+    check_rtt(d)
+    assert d["errors"] > 0 and set(d["error_kinds"]) == {"timeout"}  # lost replies are errors...
+    assert d["latency_us"]["max"] < 1_000_000  # ...never samples of a second or more
+    assert "no reply within 1 s" in d["first_error"]
+
+
+def test_partial_result_when_the_server_closes_midway() -> None:
+    with flaky_echo(replies=50) as addr:
+        start = time.monotonic()
+        rc, d, err = bench_json(addr, "-c", "4", "-d", "0.8", "--warmup", "0.1")
+        assert time.monotonic() - start < 0.9 + 4.0
+    assert rc == 0, err  # a partial result: what was measured, with the errors counted
+    check_rtt(d)
+    assert d["errors"] > 0 and "closed" in d["error_kinds"]
+    assert err.startswith("sockcat: warning: ") and "connection closed by peer" in err
+
+
+def test_progress_on_a_terminal_only(procs: list[Proc]) -> None:
+    import pty
+
+    addr = start_serve(procs, "echo", "tcp://127.0.0.1:0")
+    leader, follower = pty.openpty()
+    try:
+        p = subprocess.Popen(
+            sockcat("bench", addr, "-c", "2", "-d", "1", "--warmup", "0.3", "--json"),
+            stdout=subprocess.PIPE,
+            stderr=follower,
+        )
+        os.close(follower)
+        seen = b""
+        with contextlib.suppress(OSError):  # EIO once the child has closed the terminal
+            while chunk := os.read(leader, 4096):
+                seen += chunk
+        out, _ = p.communicate(timeout=10)
+    finally:
+        os.close(leader)
+    assert p.returncode == 0
+    check_rtt(json.loads(out))  # stdout stays one JSON object
+    assert b"measuring" in seen and b"s left" in seen, seen
+    res = run_sockcat("bench", addr, "-c", "2", "-d", "0.3", "--warmup", "0.1", "--json")
+    assert res.returncode == 0 and res.stderr == b""  # not a terminal: nothing on stderr
+
+
+def test_connections_total_across_workers_and_client_cpu(procs: list[Proc]) -> None:
+    addr = start_serve(procs, "echo", "tcp://127.0.0.1:0")
+    rc, d, err = bench_json(addr, "-c", "7", "--workers", "2", *SHORT)
+    assert rc == 0, err
+    assert d["connections"] == 7 and d["workers"] == 2
+    assert d["client_cpu_seconds"] > 0 and 0 < d["client_cpu_percent"] <= 100
+    rc, d, err = bench_json(addr, "--mode", "connect", "-c", "5", "--workers", "2", *SHORT)
+    assert rc == 0, err
+    assert d["connections"] == 5
+
+
+def test_json_fields_exactly_as_spec(procs: list[Proc]) -> None:
+    addr = start_serve(procs, "echo", "tcp://127.0.0.1:0")
+    _, d, _ = bench_json(addr, "-c", "2", *SHORT)
+    for key, kind in (
+        ("mode", str),
+        ("address", str),
+        ("connections", int),
+        ("size", int),
+        ("seconds", float),
+        ("requests", int),
+        ("rate", float),
+        ("bytes_per_second", float),
+        ("errors", int),
+    ):
+        assert isinstance(d[key], kind), (key, d[key])
+    assert set(d["latency_us"]) >= {"p50", "p90", "p99", "p999", "max"}
+    assert d["requests"] == round(d["rate"] * d["seconds"])
+
+
+def test_library_result_object_and_asyncio(procs: list[Proc], short_tmp: Path) -> None:
+    import asyncio
+
+    from sockcat._bench import bench_async
+
+    addr = start_serve(procs, "echo", f"unix:{short_tmp / 'lib.sock'}")
+    r = sc.bench(addr, connections=3, requests=300, warmup=0.05)
+    assert isinstance(r, sc.BenchResult) and 300 <= r.requests < 310 and r.errors == 0
+    assert r.histogram is not None and r.histogram.count == r.requests
+    assert r.latency is not None and 0 < r.latency.p50 <= r.latency.max
+    piped = sc.bench(addr, connections=2, pipeline=8, duration=0.3, warmup=0.05)
+    assert piped.requests > 0 and piped.histogram is not None and piped.histogram.count == piped.requests
+    r2 = asyncio.run(bench_async(addr, connections=2, duration=0.3, warmup=0.05))
+    assert isinstance(r2, sc.BenchResult) and r2.requests > 0 and r2.to_json()["mode"] == "rtt"

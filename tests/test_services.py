@@ -463,3 +463,86 @@ def test_library_serve_async_and_bench() -> None:
 
     asyncio.run(main())
     assert callable(sc.serve) and callable(sc.bench)
+
+
+# --- every service over every kind (a plain-socket client, so each kind is reached the same way) ------------
+
+KINDS = ("tcp", "tcp6", "udp", "unix", "unixgram", "unixpacket", "tls")
+
+
+def _kind_address(kind: str, tmp: Path) -> str:
+    return {
+        "tcp": "tcp://127.0.0.1:0",
+        "tcp6": "tcp6://[::1]:0",
+        "udp": "udp://127.0.0.1:0",
+        "unix": f"unix:{tmp / 'm.sock'}",
+        "unixgram": f"unixgram:{tmp / 'm.sock'}",
+        "unixpacket": f"unixpacket:{tmp / 'm.sock'}",
+        "tls": "tls://127.0.0.1:0",
+    }[kind]
+
+
+def _client_socket(kind: str, addr: str, tmp: Path) -> socket.socket:
+    """A connected client socket for ``addr`` (TLS wrapped, unixgram bound so replies can reach it)."""
+    if kind in ("tcp", "tls"):
+        s = socket.create_connection(("127.0.0.1", port_of(addr)), timeout=5)
+        if kind == "tls":
+            ctx = ssl.create_default_context()
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+            s = ctx.wrap_socket(s)
+        return s
+    if kind == "tcp6":
+        return socket.create_connection(("::1", port_of(addr)), timeout=5)
+    if kind == "udp":
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.connect(("127.0.0.1", port_of(addr)))
+    else:
+        kind_type = {"unix": socket.SOCK_STREAM, "unixgram": socket.SOCK_DGRAM, "unixpacket": socket.SOCK_SEQPACKET}
+        s = socket.socket(socket.AF_UNIX, kind_type[kind])
+        if kind == "unixgram":
+            s.bind(str(tmp / "mc.sock"))
+        s.connect(addr.split(":", 1)[1])
+    s.settimeout(5)
+    return s
+
+
+def _recv_some(s: socket.socket, n: int) -> bytes:
+    out = b""
+    while len(out) < n:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        out += chunk
+    return out
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("service", ["echo", "discard", "chargen", "daytime"])
+def test_every_service_over_every_kind(procs: list[Proc], short_tmp: Path, service: str, kind: str) -> None:
+    _, addr = start_serve(procs, service, _kind_address(kind, short_tmp))
+    datagram = kind in ("udp", "unixgram")
+    with _client_socket(kind, addr, short_tmp) as s:
+        if service == "echo":
+            for msg in (b"first\n", b"second " * 100):
+                s.sendall(msg)
+                got = s.recv(65536) if datagram or kind == "unixpacket" else _recv_some(s, len(msg))
+                assert got == msg
+        elif service == "discard":
+            s.sendall(b"into the void\n")
+            s.settimeout(0.3)
+            with pytest.raises(TimeoutError):
+                s.recv(65536)
+        elif service == "chargen":
+            if datagram:
+                s.sendall(b"?")
+                reply = s.recv(65536)
+                assert 1 <= len(reply) <= 512 and all(32 <= c <= 126 or c in b"\r\n" for c in reply)
+            else:
+                data = _recv_some(s, 5000)
+                assert len(data) >= 5000
+                check_chargen(data)
+        else:
+            if datagram:
+                s.sendall(b"?")
+            assert DAYTIME_RE.fullmatch(s.recv(65536) if datagram else _recv_some(s, 200))

@@ -167,3 +167,66 @@ def test_formatting() -> None:
     assert format_us(850) == "850 µs"
     assert format_us(1210) == "1.21 ms"
     assert format_us(2_500_000) == "2.50 s"
+
+
+# --- bench's inlined recording (the reply callbacks) against Histogram.record -------------------------------
+
+
+class _FakeTransport:
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+        self.paused = False
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+    def is_closing(self) -> bool:
+        return False
+
+    def pause_reading(self) -> None:
+        self.paused = True
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.integers(min_value=0, max_value=2**46), min_size=1, max_size=200), st.sampled_from([1, 3]))
+def test_inlined_recording_equals_record(lat: list[int], pipeline: int) -> None:
+    """The sessions' inlined bucket arithmetic gives exactly the histogram ``record`` gives."""
+    from sockcat import _bench
+
+    plan = _bench.make_plan("tcp://127.0.0.1:9", size=4, pipeline=pipeline, duration=1.0)
+    w = _bench._Worker(plan, 1, None)
+    w.hist.record(12345)  # a warm-up sample: the window's start forgets it
+    w.begin_window()
+    session: _bench._RttOne | _bench._RttStream = (
+        _bench._RttOne(w, None) if pipeline == 1 else _bench._RttStream(w, None)  # type: ignore[arg-type]
+    )
+    w.sessions.add(session)
+    clock = [10**12]
+    real = _bench.perf_counter_ns
+    _bench.perf_counter_ns = lambda: clock[0]  # type: ignore[assignment]
+    try:
+        t = _FakeTransport()
+        session.connection_made(t)  # type: ignore[arg-type]
+        for v in lat:
+            clock[0] += v
+            session.data_received(b"x" * (4 * pipeline) if pipeline > 1 else b"xx")  # a whole burst / half a reply
+            if pipeline == 1:
+                session.data_received(b"yy")
+    finally:
+        _bench.perf_counter_ns = real  # type: ignore[assignment]
+    w.finish()
+    assert t.paused  # the window's end stops reading
+    expected = Histogram()
+    for v in lat:
+        expected.record_many([v] * pipeline)
+    assert w.result.histogram == expected
+    assert w.requests == len(lat) * pipeline
+
+
+def test_reset_keeps_the_counter_list() -> None:
+    h = hist_of([1, 1000, 10**6])
+    counts = h.counts
+    h.reset()
+    assert h.counts is counts and h.count == 0 and h.total == 0 and h.max == 0 and not any(counts)
+    counts[5] += 2
+    assert h.recount() == 2

@@ -47,6 +47,9 @@ from ._errors import NetworkError, UsageError, describe, network_error
 from ._options import SockOpt
 from ._stats import BenchResult, Histogram, WorkerResult, merge
 
+# The histogram's bucket arithmetic, inlined in the sessions' reply callbacks (see Histogram.fast_state).
+_, _LINEAR, _P, _P1, _TOP = Histogram().fast_state()
+
 MODES = ("rtt", "throughput", "connect")
 DEFAULT_CONNECTIONS = 16
 DEFAULT_SIZE = {"rtt": 64, "connect": 64, "throughput": 128 * 1024}
@@ -223,7 +226,10 @@ class _Worker:
         self.filler = b"x" * max(0, plan.size - 8)
         self.seq = 0
         self.result = WorkerResult(connections=connections)
-        self.hist: Histogram = self.result.histogram
+        # Every reply is recorded here, warm-up included (no phase test per reply): the window's start
+        # empties it in place, its end copies it into the result.
+        self.hist = Histogram()
+        self.left: int | None = None  # -n: requests still to answer in the window
         self.nbytes = 0
         self.measuring = False
         self.sending = True
@@ -245,8 +251,10 @@ class _Worker:
 
     @property
     def requests(self) -> int:
-        """Requests answered in the window: every one of them is a histogram sample."""
-        return self.hist.count
+        """Requests answered in the window (so far): every one of them is a histogram sample."""
+        if self.measuring:
+            return self.hist.recount()
+        return self.result.histogram.count
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -260,15 +268,37 @@ class _Worker:
         elif self.result.first_error is None:
             self.result.first_error = message
 
+    def begin_window(self) -> None:
+        """Start the measured window: forget the warm-up's samples, start the clocks."""
+        self.hist.reset()
+        self.left = self.limit
+        self.window_start_ns = perf_counter_ns()
+        self.t0 = time.perf_counter()
+        self.cpu0 = time.process_time()
+        self.measuring = True
+
     def finish(self) -> None:
-        """End the measured window now (timer, or -n reached); idempotent."""
+        """End the measured window now (timer, or -n reached); idempotent. Connections stop reading at once."""
         if self.measuring:
             self.measuring = False
             self.result.seconds = time.perf_counter() - self.t0
             self.result.cpu_seconds = time.process_time() - self.cpu0
+            self.hist.recount()
+            self.result.histogram = self.hist.copy()
         self.sending = False
+        for session in self.sessions:
+            session.pause()
         if self._finished is not None:
             self._finished.set()
+
+    def counted(self, k: int) -> None:
+        """``k`` more requests answered (-n runs end when the count is reached)."""
+        left = self.left
+        if left is not None:
+            left -= k
+            self.left = left
+            if left <= 0:
+                self.finish()
 
     def next_tag(self) -> bytes:
         self.seq += 1
@@ -482,8 +512,7 @@ class _Worker:
             backoff = 0.01
             if self.measuring:
                 self.hist.record(perf_counter_ns() - start)
-                if self.limit is not None and self.requests >= self.limit:
-                    self.finish()
+                self.counted(1)
 
     # --- the run ------------------------------------------------------------------------------------------------
     async def run(self, delay: float = 0.0, progress: Progress | None = None) -> WorkerResult:
@@ -506,14 +535,9 @@ class _Worker:
                     async with asyncio.timeout(plan.warmup):
                         await self._finished.wait()
             if not self._finished.is_set():
-                self.window_start_ns = perf_counter_ns()
-                self.t0 = time.perf_counter()
-                self.cpu0 = time.process_time()
-                self.measuring = True
+                self.begin_window()
                 if plan.duration is not None:
                     self.loop.call_later(plan.duration, self.finish)
-                if self.limit is not None and self.requests >= self.limit:
-                    self.finish()
                 await self._finished.wait()
             self._count_unanswered()
         finally:
@@ -527,8 +551,8 @@ class _Worker:
             self.result.bytes = self.nbytes
             self.result.requests = self.nbytes // self.size
         else:
-            self.result.bytes = self.requests * self.size
-            self.result.requests = self.requests
+            self.result.requests = self.result.histogram.count
+            self.result.bytes = self.result.requests * self.size
         return self.result
 
     def _count_unanswered(self) -> None:
@@ -613,6 +637,9 @@ class _Session:
     def expire_before(self, limit_ns: int, final: bool) -> None:
         pass
 
+    def pause(self) -> None:
+        """The window is over: stop reading (no more replies to count)."""
+
     def close(self) -> None:
         self.abort()
 
@@ -625,30 +652,47 @@ def _settle(closed: asyncio.Future[BaseException | None], exc: BaseException | N
         closed.set_result(exc)
 
 
-class _RttStream(_Session, asyncio.Protocol):
-    """Send ``pipeline`` messages; each ``size`` bytes that come back complete the oldest one."""
+def _pause_reading(transport: asyncio.BaseTransport | None) -> None:
+    if transport is not None and not transport.is_closing():
+        with contextlib.suppress(Exception):  # a transport closing under us: nothing left to read anyway
+            cast(asyncio.ReadTransport, transport).pause_reading()
 
-    __slots__ = ("closed", "expired", "pending", "sent", "transport", "w")
+
+class _RttStream(_Session, asyncio.Protocol):
+    """Send ``pipeline`` messages; each ``size`` bytes that come back complete the oldest one.
+
+    Used for ``--pipeline`` > 1 and for -n runs. Every reply that one read brings shares one timestamp;
+    the next requests go out before the bookkeeping."""
+
+    __slots__ = ("closed", "counts", "expired", "hist", "msg", "pending", "sent", "size", "transport", "w", "write")
 
     def __init__(self, w: _Worker, closed: asyncio.Future[BaseException | None]) -> None:
         self.w = w
         self.closed = closed
         self.transport: asyncio.Transport | None = None
+        self.write: Callable[[bytes], None] | None = None
         self.sent: deque[int] = deque()
         self.pending = 0
+        self.size = w.size
+        self.msg = w.msg
+        self.hist = w.hist
+        self.counts = w.hist.counts
         self.expired = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         t = self.transport = cast(asyncio.Transport, transport)
+        self.write = t.write
         w = self.w
+        if not w.sending:
+            _pause_reading(t)
+            return
         now = perf_counter_ns()
         self.sent.extend([now] * w.pipeline)
         t.write(w.burst)
 
     def data_received(self, data: bytes) -> None:
-        w = self.w
         n = self.pending + len(data)
-        size = w.size
+        size = self.size
         if n < size:
             self.pending = n
             return
@@ -657,22 +701,37 @@ class _RttStream(_Session, asyncio.Protocol):
         sent = self.sent
         if k > len(sent):
             k = len(sent)  # bytes nobody asked for (not an echo server): not replies
-        if w.measuring:
-            record = w.hist.record
-            for _ in range(k):
-                record(now - sent.popleft())
-            if w.limit is not None and w.requests >= w.limit:
-                w.finish()
-        else:
-            for _ in range(k):
-                sent.popleft()
-        if w.sending and k:
+            if not k:
+                return
+        w = self.w
+        if w.sending:  # the next requests first: the server works while we count
             if k == 1:
                 sent.append(now)
-                self.transport.write(w.msg)  # type: ignore[union-attr]
+                self.write(self.msg)  # type: ignore[misc]
             else:
                 sent.extend([now] * k)
-                self.transport.write(w.msg * k)  # type: ignore[union-attr]
+                self.write(self.msg * k)  # type: ignore[misc]
+        counts, h = self.counts, self.hist
+        total, high, low = 0, h.max, h.low
+        popleft = sent.popleft
+        for _ in range(k):
+            v = now - popleft()
+            if v < _LINEAR:
+                counts[v] += 1
+            else:
+                s = v.bit_length() - _P1
+                i = (s << _P) + (v >> s)
+                counts[i if i < _TOP else _TOP] += 1
+            total += v
+            if v > high:
+                high = v
+            if v < low:
+                low = v
+        h.total += total
+        h.max = high
+        h.low = low
+        if w.left is not None:
+            w.counted(k)
 
     def eof_received(self) -> bool | None:
         return None
@@ -689,6 +748,9 @@ class _RttStream(_Session, asyncio.Protocol):
             w.error("timeout", f"{w.where}: no reply within {how}")
             self.abort()
 
+    def pause(self) -> None:
+        _pause_reading(self.transport)
+
     def close(self) -> None:
         if self.transport is not None:
             self.transport.close()
@@ -700,23 +762,33 @@ class _RttStream(_Session, asyncio.Protocol):
 
 
 class _RttOne(_Session, asyncio.Protocol):
-    """``_RttStream`` for a pipeline of one, the common case: one send time, no queue (the hot path)."""
+    """One request in flight, measured for -d seconds: the common case and the hot path.
 
-    __slots__ = ("closed", "expired", "hist", "msg", "pending", "size", "t0", "transport", "w")
+    Per reply: one clock read, the next request written, the latency counted in the histogram's bucket
+    with integer operations inlined here (no call, no allocation beyond the ints). No phase test: the
+    window's start empties the histogram, its end stops reading (:meth:`pause`)."""
+
+    __slots__ = ("closed", "counts", "expired", "hist", "msg", "pending", "size", "t0", "transport", "w", "write")
 
     def __init__(self, w: _Worker, closed: asyncio.Future[BaseException | None]) -> None:
         self.w = w
         self.closed = closed
         self.transport: asyncio.Transport | None = None
+        self.write: Callable[[bytes], None] | None = None
         self.pending = 0
         self.size = w.size
         self.msg = w.msg
         self.hist = w.hist
-        self.t0 = 0
+        self.counts = w.hist.counts
+        self.t0 = 0  # send time of the request in flight; 0: none
         self.expired = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         t = self.transport = cast(asyncio.Transport, transport)
+        self.write = t.write
+        if not self.w.sending:
+            _pause_reading(t)
+            return
         self.t0 = perf_counter_ns()
         t.write(self.msg)
 
@@ -727,16 +799,21 @@ class _RttOne(_Session, asyncio.Protocol):
             return
         now = perf_counter_ns()
         self.pending = 0  # with one request in flight, more than its reply is nobody's reply
-        w = self.w
-        if self.t0:
-            if w.measuring:
-                self.hist.record(now - self.t0)
-                if w.limit is not None and w.requests >= w.limit:
-                    w.finish()
-            self.t0 = 0
-        if w.sending:
-            self.t0 = now
-            self.transport.write(self.msg)  # type: ignore[union-attr]
+        v = now - self.t0
+        self.t0 = now
+        self.write(self.msg)  # type: ignore[misc]
+        if v < _LINEAR:
+            self.counts[v] += 1
+        else:
+            s = v.bit_length() - _P1
+            i = (s << _P) + (v >> s)
+            self.counts[i if i < _TOP else _TOP] += 1
+        h = self.hist
+        h.total += v
+        if v > h.max:
+            h.max = v
+        if v < h.low:
+            h.low = v
 
     def eof_received(self) -> bool | None:
         return None
@@ -751,6 +828,9 @@ class _RttOne(_Session, asyncio.Protocol):
             how = f"the {w.plan.duration:g} s window" if final else f"{w.timeout:g} s"
             w.error("timeout", f"{w.where}: no reply within {how}")
             self.abort()
+
+    def pause(self) -> None:
+        _pause_reading(self.transport)
 
     def close(self) -> None:
         if self.transport is not None:
@@ -858,7 +938,7 @@ class _Download(_Session, asyncio.BufferedProtocol):
 def _session_class(plan: BenchPlan) -> type[_RttOne] | type[_RttStream] | type[_Upload] | type[_Download]:
     if plan.mode == "throughput":
         return _Download if plan.reverse else _Upload
-    return _RttOne if plan.pipeline == 1 else _RttStream
+    return _RttOne if plan.pipeline == 1 and plan.requests is None else _RttStream
 
 
 class _DatagramSession(_Session):
@@ -932,8 +1012,7 @@ class _DatagramSession(_Session):
                 start = out.pop(next(iter(out)))  # not an echo (chargen, daytime): answers the oldest
             if w.measuring:
                 w.hist.record(now - start)
-                if w.limit is not None and w.requests >= w.limit:
-                    w.finish()
+                w.counted(1)
             if w.sending:
                 self._send_one()
 
@@ -1035,8 +1114,7 @@ class _PacketSession(_Session):
             start = self.sent.popleft()
             if w.measuring:
                 w.hist.record(now - start)
-                if w.limit is not None and w.requests >= w.limit:
-                    w.finish()
+                w.counted(1)
             if w.sending:
                 self.sent.append(now)
                 await loop.sock_sendall(sock, w.msg)

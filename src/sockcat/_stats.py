@@ -27,7 +27,7 @@ PERCENTILES: tuple[tuple[str, float], ...] = (("p50", 50.0), ("p90", 90.0), ("p9
 class Histogram:
     """Counts of non-negative integers in log-spaced buckets (see the module docstring)."""
 
-    __slots__ = ("_counts", "_linear", "_min", "_p", "_p1", "_top", "count", "max", "total")
+    __slots__ = ("_counts", "_linear", "_p", "_p1", "_top", "count", "low", "max", "total")
 
     def __init__(self, precision_bits: int = PRECISION_BITS, max_bits: int = MAX_BITS) -> None:
         if not 1 <= precision_bits <= 16 or max_bits <= precision_bits:
@@ -39,7 +39,7 @@ class Histogram:
         self._counts = [0] * (self._top + 1)
         self.count = 0
         self.total = 0
-        self._min = _NO_MIN
+        self.low = _NO_MIN
         self.max = 0
 
     # --- bucket arithmetic --------------------------------------------------------------------------
@@ -77,8 +77,8 @@ class Histogram:
             shift = value.bit_length() - self._p1
             index = (shift << self._p) + (value >> shift)
             self._counts[index if index <= self._top else self._top] += 1
-        if value < self._min:
-            self._min = value
+        if value < self.low:
+            self.low = value
         if value > self.max:
             self.max = value
         self.count += 1
@@ -86,7 +86,35 @@ class Histogram:
 
     @property
     def min(self) -> int:
-        return self._min if self.count else 0
+        return self.low if self.count else 0
+
+    # --- the inlined recording protocol (bench's hot path) ---------------------------------------------
+    # A caller that records in its own code instead of calling :meth:`record` does, per value ``v`` >= 0:
+    # ``counts[v if v < linear else index(v)] += 1`` (``counts``/``linear``/``top`` from :meth:`fast_state`),
+    # ``h.total += v``, ``if v > h.max: h.max = v``, ``if v < h.low: h.low = v``; and calls :meth:`recount`
+    # before the histogram is read (``count`` is not kept up to date by that path).
+    @property
+    def counts(self) -> list[int]:
+        """The bucket counters themselves (mutable; see the inlined recording protocol)."""
+        return self._counts
+
+    def fast_state(self) -> tuple[list[int], int, int, int, int]:
+        """``(counts, linear, precision_bits, precision_bits + 1, top)`` for inlined recording."""
+        return self._counts, self._linear, self._p, self._p1, self._top
+
+    def recount(self) -> int:
+        """Make ``count`` agree with the counters (after inlined recording); returns it."""
+        self.count = sum(self._counts)
+        return self.count
+
+    def reset(self) -> None:
+        """Forget every value, keeping the same counter list (inlined recorders hold a reference to it)."""
+        counts = self._counts
+        counts[:] = [0] * len(counts)
+        self.count = 0
+        self.total = 0
+        self.low = _NO_MIN
+        self.max = 0
 
     def record_many(self, values: Iterable[int]) -> None:
         for v in values:
@@ -102,7 +130,7 @@ class Histogram:
         for i, n in enumerate(other._counts):
             if n:
                 counts[i] += n
-        self._min = min(self._min, other._min)
+        self.low = min(self.low, other.low)
         self.max = max(self.max, other.max)
         self.count += other.count
         self.total += other.total
@@ -177,7 +205,7 @@ class Histogram:
             h._counts[int(i)] += int(n)
         h.count = int(data["count"])
         h.total = int(data["total"])
-        h._min = int(data["min"]) if h.count else _NO_MIN
+        h.low = int(data["min"]) if h.count else _NO_MIN
         h.max = int(data["max"])
         if sum(h._counts) != h.count:
             raise ValueError("histogram counts do not add up")
