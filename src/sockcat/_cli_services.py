@@ -11,15 +11,13 @@ import json
 import re
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ._access import AccessPolicy
-from ._address import Address
 from ._errors import UsageError
 from ._log import Log
-from ._options import NAMES as SOCKOPT_NAMES
-from ._options import parse_sockopts
-from ._stats import BenchResult, format_bits, format_bytes, format_us
+
+if TYPE_CHECKING:  # the rest loads when a command runs, not for every `sockcat --help`
+    from ._stats import BenchResult
 
 _SIZE_RE = re.compile(r"(\d+)\s*([kmg]?)(i?b)?", re.IGNORECASE)
 _UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
@@ -34,6 +32,8 @@ def parse_size(text: str) -> int:
 
 
 def _sockopt_option(g: Any) -> None:
+    from ._options import NAMES as SOCKOPT_NAMES
+
     g.add_argument(
         "--sockopt",
         action="append",
@@ -110,6 +110,9 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
 
 
 def cmd_serve(args: argparse.Namespace, log: Log) -> int:
+    from ._access import AccessPolicy
+    from ._address import Address
+    from ._options import parse_sockopts
     from ._services import ServeOptions, run_serve
 
     addr = Address.parse(args.address)
@@ -137,7 +140,9 @@ def cmd_serve(args: argparse.Namespace, log: Log) -> int:
 
 
 def cmd_bench(args: argparse.Namespace, log: Log) -> int:
+    from ._address import Address
     from ._bench import make_plan, run_plan
+    from ._options import parse_sockopts
 
     addr = Address.parse(args.address)
     given = [name for name in ("cert", "key", "ca", "sni") if getattr(args, name)]
@@ -213,6 +218,8 @@ class _ProgressLine:
         self.last: tuple[float, int, int] | None = None
 
     def update(self, phase: str, left: float, requests: int, nbytes: int) -> None:
+        from ._stats import format_bits
+
         now = time.monotonic()
         text = f"[bold]{phase}[/bold]  {left:4.1f} s left"
         if phase == "measuring" and self.last is not None and now > self.last[0]:
@@ -229,6 +236,8 @@ class _ProgressLine:
 
 
 def print_table(result: BenchResult, file: Any = None) -> None:
+    from ._stats import format_bits, format_bytes, format_us
+
     """A result for people: a two-column rich table on stdout."""
     from rich.console import Console
     from rich.table import Table
