@@ -683,8 +683,8 @@ def test_tls_listen_self_signed_to_tcp(start_relay: Callable[..., Relay], upstre
                 got += chunk
             assert got == msg
     # sockcat's own client: stdin EOF -> TLS half-close -> the echo's EOF comes back through the relay.
-    # (Kept small: `sockcat connect tls://` itself can drop echoed bytes still undecrypted when stdin ends.)
-    data = os.urandom(12_000)
+    # (Large enough that echoed records are still undecrypted when stdin ends and close_notify goes out.)
+    data = os.urandom(1 << 20)
     r = run_sockcat("connect", str(relay.address), "--insecure", input=data)
     assert r.returncode == 0, r.stderr
     assert r.stdout == data
@@ -753,15 +753,13 @@ def test_tcp_to_tls_target_socat_trustme(
     target.terminate()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: aio._TLS.close_notify (aio.py:99) calls SSLObject.unwrap(); with the target's records still "
-    "undecrypted in the incoming BIO, OpenSSL's second SSL_shutdown reads them (APPLICATION_DATA_AFTER_CLOSE_NOTIFY, "
-    "suppressed) and the next read raises SSLEOFError, which _TLS.recv takes for a clean EOF: the rest is lost",
-)
 def test_tls_target_answer_survives_client_half_close(
     ca: trustme.CA, start_relay: Callable[..., Relay], upstream: Callable[..., Upstream]
 ) -> None:
+    """The relay's close_notify to the target must not eat the target's answer already received.
+
+    (SSLObject.unwrap() runs SSL_shutdown twice; the second call reads and drops the application data
+    waiting in the incoming BIO, so the relay decrypts it first.)"""
     cert = ca.issue_cert("127.0.0.1")
     server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     cert.configure_cert(server_ctx)
@@ -950,11 +948,9 @@ def test_udp_session_idle_timeout_then_new_session(
 
 MODES = [pytest.param([], id="splice"), pytest.param(["--hexdump"], id="buffered")]
 
-UVLOOP_RST_BUG = (
-    "BUG: _Flow.on_readable (_relay.py:164) splices once per callback; under uvloop, libuv stops a poll handle on "
-    "POLLERR after one callback, so when a peer's data and its RST are queued together the callback takes the "
-    "data, the error is never read, and the connection (its upstream included) stays open forever"
-)
+# Regression (the two "vanishing"/"together" tests below): _Flow.on_readable once spliced only once per callback;
+# under uvloop, libuv stops a poll handle on POLLERR after one callback, so when a peer's data and its RST were
+# queued together the error was never read and the connection (its upstream included) stayed open forever.
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -1021,9 +1017,7 @@ def test_upstream_reset_reaches_client_as_reset(
 @pytest.mark.parametrize(
     "mode",
     [
-        # Not strict: whether the flow sits in the loop (bug) or in a worker thread (fine) when the RST lands is
-        # timing; test_client_data_and_reset_arriving_together_reset_upstream pins the bug down deterministically.
-        pytest.param([], id="splice", marks=pytest.mark.xfail(strict=False, reason=UVLOOP_RST_BUG)),
+        pytest.param([], id="splice"),
         pytest.param(["--hexdump"], id="buffered"),
     ],
 )
@@ -1067,7 +1061,7 @@ def test_client_vanishing_mid_transfer_resets_upstream(
 @pytest.mark.parametrize(
     "mode",
     [
-        pytest.param([], id="splice", marks=pytest.mark.xfail(strict=True, reason=UVLOOP_RST_BUG)),
+        pytest.param([], id="splice"),
         pytest.param(["--hexdump"], id="buffered"),
     ],
 )
@@ -1171,9 +1165,12 @@ def test_max_conns_third_client_gets_eof(start_relay: Callable[..., Relay], upst
     deadline = time.monotonic() + 5
     while True:
         with relay.connect() as c4:
+            # Until the relay has seen c1 end, c4 is still over the limit and closed unread: an EOF, or a reset
+            # if its bytes had already arrived (the kernel's answer to closing with unread data).
             try:
                 c4.sendall(b"again")
-                if roundtrip(c4, b"") == b"again":
+                c4.shutdown(socket.SHUT_WR)
+                if recv_all(c4) == b"again":
                     break
             except OSError:
                 pass
@@ -1273,6 +1270,53 @@ def test_verbose_logs_addresses_and_byte_counts(
     assert any(str(relay.address) in line for line in mine), mine  # local address too
     assert any(up.url in line for line in mine), mine
     assert all(line.startswith("sockcat: ") for line in relay.lines[1:]), relay.lines
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        pytest.param("tcp://127.0.0.1:{port}", id="ip-literal"),  # the callback path: no look-up per connection
+        pytest.param("tcp://localhost:{port}", id="name"),  # the general path: resolved per connection
+    ],
+)
+def test_one_opening_and_one_closing_line_per_connection(
+    target: str, start_relay: Callable[..., Relay], upstream: Callable[..., Upstream]
+) -> None:
+    up = upstream(hasher)
+    relay = start_relay("tcp://127.0.0.1:0", target.format(port=up.port), verbose=True)
+    clients = []
+    for i in range(3):
+        with relay.connect() as s:
+            clients.append(f"tcp://127.0.0.1:{s.getsockname()[1]}")
+            data = b"n" * (1000 + i)
+            s.sendall(data)
+            s.shutdown(socket.SHUT_WR)
+            assert recv_all(s) == f"{hashlib.sha256(data).hexdigest()} {len(data)}\n".encode()
+    for i, client in enumerate(clients):
+        relay.wait_for(lambda line, c=client, n=1000 + i: c in line and f"{n} bytes" in line)
+        mine = [line for line in relay.lines if client in line]
+        assert len([line for line in mine if "connection from" in line]) == 1, mine
+        assert len([line for line in mine if line.startswith(f"sockcat: closed {client}")]) == 1, mine
+
+
+def test_missing_unix_target_closes_client_promptly_and_is_logged(
+    short_tmp: Path, start_relay: Callable[..., Relay]
+) -> None:
+    path = short_tmp / "nobody.sock"
+    relay = start_relay("tcp://127.0.0.1:0", f"unix:{path}", verbose=True)
+    for _ in range(3):
+        with relay.connect() as s:
+            assert_closed_promptly(s)
+    relay.wait_for(lambda line: str(path) in line and "connect" in line)
+    cold = relay.fd_count()
+    for _ in range(20):
+        with relay.connect() as s:
+            assert_closed_promptly(s)
+    deadline = time.monotonic() + 5
+    while relay.fd_count() > cold and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert relay.fd_count() <= cold
+    assert relay.proc.p.poll() is None
 
 
 def test_quiet_by_default(start_relay: Callable[..., Relay], upstream: Callable[..., Upstream]) -> None:
@@ -1526,6 +1570,39 @@ def test_workers_two_processes_one_listening_line(
     assert [line for line in relay.lines if line.startswith("listening on")] == [f"listening on {relay.address}"]
     for pid in relay.children:
         assert not Path(f"/proc/{pid}").exists(), f"worker {pid} outlived the relay"
+
+
+def _gone(pid: int) -> bool:
+    """No such process, or only a zombie left for whoever adopted it."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+
+
+def test_workers_die_when_the_parent_is_killed(
+    start_relay: Callable[..., Relay], upstream: Callable[..., Upstream]
+) -> None:
+    up = upstream(echo)
+    relay = start_relay("tcp://127.0.0.1:0", up.url, "--workers", "3")
+    children_file = Path(f"/proc/{relay.pid}/task/{relay.pid}/children")
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        relay.children = [int(p) for p in children_file.read_text().split()]
+        if len(relay.children) == 2:
+            break
+        time.sleep(0.05)
+    assert len(relay.children) == 2, relay.children
+    with relay.connect() as s:
+        assert roundtrip(s, b"served") == b"served"
+    relay.proc.p.send_signal(signal.SIGKILL)
+    relay.proc.wait(5)
+    deadline = time.monotonic() + 10
+    while not all(_gone(pid) for pid in relay.children) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert all(_gone(pid) for pid in relay.children), f"workers {relay.children} outlived a killed parent"
+    with pytest.raises(OSError):  # nobody serves the address any more
+        relay.connect(timeout=2).close()
 
 
 # --- usage and runtime errors -----------------------------------------------------------------------

@@ -185,14 +185,9 @@ print("ok")
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: sockcat.relay() with a TLS Stream crashes Python (SIGSEGV): _relay.relay() copies each "
-    "direction in its own thread over the same ssl.SSLSocket; when one direction ends, StreamEnd.close_write -> "
-    "Stream.shutdown_write -> send_close_notify (_sockets.py:677) runs SSL_shutdown on the SSL object while the "
-    "other thread is inside SSL_read (the GIL is released there): OpenSSL objects are not thread-safe",
-)
 def test_sync_relay_with_a_tls_stream() -> None:
+    """Each direction copies in its own thread over one TLS Stream (this once crashed: SSLSocket is not
+    thread-safe); the TLS half-close (close_notify, then FIN) passes through."""
     r = subprocess.run([sys.executable, "-c", _SYNC_TLS_CHILD], capture_output=True, timeout=25)
     assert (r.returncode, r.stdout) == (0, b"ok\n"), r.stderr.decode(errors="replace")[-1500:]
 
@@ -228,13 +223,6 @@ def test_sync_relay_sends_bytes_already_buffered_first(short_tmp: Path, sync_pai
     assert relaying.result() == (len(body), 0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: sockcat.relay() turns a reset into an orderly EOF: copy()'s finally (_copy.py:225) calls "
-    "dst.close_write() (shutdown(SHUT_WR), a FIN) even when the copy failed, and relay()'s one() "
-    "(_relay.py:768) then shuts both sockets down with SHUT_RDWR (another FIN) before anyone closes them; "
-    "SO_LINGER 0 only matters at close(), so the other peer reads b'' first",
-)
 def test_sync_relay_passes_a_reset_on(short_tmp: Path, sync_pairs: list) -> None:
     x, a, la = _sync_pair(_address("tcp", short_tmp, "a"))
     y, b, lb = _sync_pair(_address("tcp", short_tmp, "b"))
@@ -249,6 +237,32 @@ def test_sync_relay_passes_a_reset_on(short_tmp: Path, sync_pairs: list) -> None
     b.close()
     with pytest.raises(ConnectionResetError):  # ... and Y sees a reset, not an orderly end
         y.socket.recv(100)
+
+
+def test_sync_relay_reset_wakes_a_direction_blocked_writing(short_tmp: Path, sync_pairs: list) -> None:
+    """X floods while Y reads nothing (X->Y blocks writing to b); then X resets and Y speaks (Y->X fails):
+    the blocked direction is woken too, the relay returns, and Y sees a reset."""
+    x, a, la = _sync_pair(_address("tcp", short_tmp, "a"))
+    y, b, lb = _sync_pair(_address("tcp", short_tmp, "b"))
+    sync_pairs.extend([(x, a, la), (y, b, lb)])
+    relaying = _Relaying(a, b)
+    x.socket.setblocking(False)
+    with contextlib.suppress(BlockingIOError):
+        for _ in range(2000):  # until every buffer on the way is full
+            x.socket.send(b"f" * 65536)
+    time.sleep(0.3)
+    x.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER0)
+    x.close()  # X resets
+    time.sleep(0.2)
+    with contextlib.suppress(OSError):
+        y.sendall(b"hello?")  # Y->X now fails writing to a
+    relaying.result()
+    a.close()
+    b.close()
+    y.socket.settimeout(5)
+    with pytest.raises(ConnectionResetError):
+        while y.socket.recv(MiB):
+            pass
 
 
 def test_sync_relay_returns_when_both_sides_close(short_tmp: Path, sync_pairs: list) -> None:

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from . import _trace
 from ._hexdump import HexDumper
 from ._sockets import Stream
-from ._tlsio import TLSChannel
+from ._tlsio import TLSChannel, tls_error
 
 SPLICE_CHUNK = 1 << 20
 BUFFER_SIZE = 1 << 18
@@ -152,10 +152,16 @@ class TLSEnd(End):
         self.name = name
 
     def readinto(self, buf: memoryview) -> int:
-        return self.channel.recv_into(buf)
+        try:
+            return self.channel.recv_into(buf)
+        except ssl.SSLError as exc:  # a one-line reason, never "[SSL: …] … (_ssl.c:NNN)"
+            raise tls_error(exc, f"recv from {self.name}") from exc
 
     def write(self, data: memoryview | bytes) -> None:
-        self.channel.sendall(data)
+        try:
+            self.channel.sendall(data)
+        except ssl.SSLError as exc:
+            raise tls_error(exc, f"send to {self.name}") from exc
 
     def close_write(self) -> None:
         self.channel.shutdown_write()
@@ -172,7 +178,7 @@ class StreamEnd(End):
         self.name = str(stream.peer)
         sock = stream.socket
         self.packet = sock.type in (socket.SOCK_SEQPACKET, socket.SOCK_DGRAM)
-        if not isinstance(sock, ssl.SSLSocket) and not self.packet and not stream._buf:
+        if stream._tls is None and not isinstance(sock, ssl.SSLSocket) and not self.packet and not stream._buf:
             self.splice_fd = sock.fileno()
 
     def read_packet(self) -> bytes:
@@ -206,7 +212,12 @@ def copy(
     emit: Callable[[str], None] | None = None,
     close_write: bool = True,
 ) -> None:
-    """Copy ``src`` to ``dst`` until ``src`` ends, then end ``dst``'s writing half (half-close)."""
+    """Copy ``src`` to ``dst`` until ``src`` ends, then end ``dst``'s writing half (half-close).
+
+    If the copy fails (a reset, a broken destination), a socket ``dst`` is left as it is: an orderly end (FIN,
+    close_notify) would turn the failure into an EOF for its peer, and the caller passes the reset on instead.
+    """
+    ok = False
     try:
         moved = False
         if (
@@ -220,8 +231,9 @@ def copy(
             moved = _splice(src.splice_fd, dst.splice_fd, src.is_pipe, dst.is_pipe, counter)
         if not moved:
             _buffered(src, dst, counter, hexdump, emit)
+        ok = True
     finally:
-        if close_write:
+        if close_write and (ok or not isinstance(dst, (SockEnd, StreamEnd))):
             dst.close_write()
 
 

@@ -11,8 +11,18 @@ Design (the reasoning the issue asks for):
   So threads and pipes belong to moving flows only (pipes count against ``fs.pipe-user-pages-soft``).
 * TLS, ``--hexdump``, ``--trace`` and packet sockets take the buffered path: 64 KiB per active direction,
   awaited sends, so a slow reader slows the writer and memory stays bounded.
+* Set-up cost is what limits connections per second, so a target that needs no look-up (an IP literal, a Unix
+  path) takes a callback path: the listener stays registered and accepts in a batch, the upstream socket is made
+  non-blocking and connects with ``connect_ex``, and every connection's sockets sit in one epoll set of the
+  relay's own (registered once, events dispatched to bound methods), with no Task or future per connection and
+  no address formatted unless ``-v``. Connect time-outs share one timer. Targets given by name go through a
+  task per connection (resolution, happy eyeballs), then the same splice machinery.
 * EOF on one side becomes shutdown(SHUT_WR) on the other; the opposite direction keeps flowing.
   A reset is passed on as a reset (SO_LINGER 0, then close).
+* A client refused by ``--max-conns`` or ``--allow``/``--deny``, or whose upstream connect failed, is closed at
+  once without being read: it sees EOF, or a reset if its bytes had already arrived (the kernel answers a close
+  with unread data with RST).
+* ``--workers N`` forks N-1 workers that die with the parent (``PR_SET_PDEATHSIG``), even a SIGKILLed one.
 * Datagram kinds (udp*, unixgram): one upstream socket per client address, closed after the idle time-out.
 """
 
@@ -21,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import ipaddress
 import os
 import resource
 import select
@@ -28,23 +39,24 @@ import signal
 import socket
 import ssl
 import struct
+import sys
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from . import _trace
 from . import aio as _aio
 from ._access import AccessPolicy
 from ._address import Address
 from ._copy import Counter, grow_pipe
-from ._errors import NetworkError, UsageError, describe
+from ._errors import NetworkError, UsageError, describe, network_error
 from ._hexdump import HexDumper
 from ._log import SILENT, Log
 from ._options import SockOpt
-from ._sockets import Listener, Stream, bind_socket, to_address
+from ._sockets import Listener, Stream, _prepare, bind_socket, resolve, to_address
 
 CHUNK = 1 << 20  # bytes one splice may move; also the size of a flow's pipe
 BULK = 1 << 18  # a burst this large in the loop means a bulk flow: give it a thread
@@ -52,7 +64,7 @@ QUIET_MS = 200  # a worker hands its flow back to the loop after this long witho
 POLL_MS = 200  # worker threads re-check for shutdown this often while waiting
 DEFAULT_UDP_IDLE = 60.0
 _LINGER0 = struct.pack("ii", 1, 0)
-_HAVE_SPLICE = hasattr(os, "splice")
+_HAVE_SPLICE = hasattr(os, "splice") and hasattr(select, "epoll")  # Linux: the spliced path and its epoll set
 
 
 @dataclass
@@ -133,8 +145,68 @@ def _wait(fd: int, events: int, ms: int) -> bool:
     return bool(p.poll(ms))
 
 
+_EV_IN = getattr(select, "EPOLLIN", 0x1) | getattr(select, "EPOLLRDHUP", 0x2000)
+# An end (FIN, RST) is queued: read until it is seen.
+_EV_DRAIN = getattr(select, "EPOLLERR", 0x8) | getattr(select, "EPOLLHUP", 0x10) | getattr(select, "EPOLLRDHUP", 0x2000)
+
+
+class _Mux:
+    """The connections' sockets in an epoll set of the relay's own, which the asyncio loop watches as one reader.
+
+    uvloop re-registers a descriptor with the kernel on every add_reader/remove_reader (an epoll_ctl DEL and
+    ADD, and a new libuv handle with its ioctl); here a socket is registered once and its events go straight
+    to a bound method. Level-triggered: a handler may do one step per event and be called again.
+    """
+
+    __slots__ = ("ep", "handlers", "log", "loop")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, log: Log) -> None:
+        self.loop = loop
+        self.log = log
+        self.ep = select.epoll()
+        self.handlers: dict[int, Callable[[int], None]] = {}
+        loop.add_reader(self.ep.fileno(), self.dispatch)
+
+    def add(self, fd: int, events: int, handler: Callable[[int], None]) -> None:
+        self.ep.register(fd, events)
+        self.handlers[fd] = handler
+
+    def change(self, fd: int, events: int, handler: Callable[[int], None]) -> None:
+        self.ep.modify(fd, events)
+        self.handlers[fd] = handler
+
+    def remove(self, fd: int) -> None:
+        """Stop watching a descriptor that stays open."""
+        if self.handlers.pop(fd, None) is not None:
+            with contextlib.suppress(OSError):
+                self.ep.unregister(fd)
+
+    def forget(self, fd: int) -> None:
+        """A descriptor about to be closed: closing it takes it out of the epoll set (nobody else holds it)."""
+        self.handlers.pop(fd, None)
+
+    def dispatch(self) -> None:
+        handlers = self.handlers
+        for fd, events in self.ep.poll(0, 256):
+            handler = handlers.get(fd)
+            if handler is None:
+                continue
+            try:
+                handler(events)
+            except Exception as exc:  # a bug: never let one descriptor spin the loop
+                self.log.warning(f"relay: {type(exc).__name__}: {exc}")
+                self.remove(fd)
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.loop.remove_reader(self.ep.fileno())
+        self.ep.close()
+
+
 class _Flow:
     """One direction of a spliced connection: src socket -> dst socket."""
+
+    __slots__ = ("conn", "counter", "done", "dst", "dst_fd", "in_loop", "name", "pending", "pipe", "src", "src_fd")
 
     def __init__(self, conn: _SpliceConn, src: socket.socket, dst: socket.socket, name: str) -> None:
         self.conn = conn
@@ -150,56 +222,80 @@ class _Flow:
         self.in_loop = False
 
     # In the loop.
-    def watch(self) -> None:
+    def watch(self, registered: bool = False) -> None:
+        """Watch the source for reading (``registered``: it is in the epoll set already, for connecting)."""
         self.in_loop = True
-        self.conn.loop.add_reader(self.src_fd, self.on_readable)
+        mux = self.conn.relay.mux
+        if registered:
+            mux.change(self.src_fd, _EV_IN, self.on_event)
+        else:
+            mux.add(self.src_fd, _EV_IN, self.on_event)
 
     def unwatch(self) -> bool:
-        """Stop watching the source; True if it was watched (uvloop's remove_reader returns None)."""
+        """Stop watching the source; True if it was watched."""
         was, self.in_loop = self.in_loop, False
         if was:
-            self.conn.loop.remove_reader(self.src_fd)
+            self.conn.relay.mux.remove(self.src_fd)
         return was
 
-    def on_readable(self) -> None:
+    def on_event(self, events: int) -> None:
+        # One splice per event while only data waits (the set is level-triggered); when an end (FIN, RST) is
+        # queued too, splice until it is read, so a peer's last bytes and its reset are both passed on.
+        # A burst of BULK bytes or a full destination hands the flow to a worker thread instead.
         conn = self.conn
-        pipe = conn.relay.loop_pipe
-        try:
-            n = os.splice(self.src_fd, pipe[1], CHUNK, flags=os.SPLICE_F_NONBLOCK)
-        except BlockingIOError:
-            return
-        except OSError as exc:
-            self.unwatch()
-            self.finish(exc)
-            return
-        if n == 0:
-            self.unwatch()
-            self.finish(None)
-            return
-        moved = 0
-        failure: OSError | None = None
-        try:
-            while moved < n:
-                moved += os.splice(pipe[0], self.dst_fd, n - moved, flags=os.SPLICE_F_NONBLOCK)
-        except BlockingIOError:
-            pass
-        except OSError as exc:
-            failure = exc
-        self.counter.add(moved)
-        if failure is not None:
-            # The destination failed with bytes still in the loop's pipe: that pipe goes with this flow.
-            conn.relay.loop_pipe = conn.relay.pipes.get()
-            self.pipe = pipe
-            self.unwatch()
-            self.finish(failure)
-            return
-        if moved < n or n >= BULK:
-            self.unwatch()
-            if moved < n:
+        relay = conn.relay
+        pipe = relay.loop_pipe
+        src_fd = self.src_fd
+        dst_fd = self.dst_fd
+        drain = events & _EV_DRAIN
+        total = 0
+        while True:
+            try:
+                n = os.splice(src_fd, pipe[1], CHUNK, flags=os.SPLICE_F_NONBLOCK)
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                self._ended(exc)
+                return
+            if n == 0:
+                self._ended(None)
+                return
+            moved = 0
+            try:
+                while moved < n:
+                    moved += os.splice(pipe[0], dst_fd, n - moved, flags=os.SPLICE_F_NONBLOCK)
+            except BlockingIOError:
+                pass
+            except OSError as exc:
+                # The destination failed with bytes still in the loop's pipe: that pipe goes with this flow.
+                self.counter.add(moved)
+                relay.loop_pipe = relay.pipes.get()
+                self.pipe = pipe
+                self._ended(exc)
+                return
+            self.counter.add(moved)
+            if moved < n:  # the destination is full: a worker waits for it, with the bytes left in this pipe
                 self.pipe, self.pending = pipe, n - moved
-                conn.relay.loop_pipe = conn.relay.pipes.get()
-            fut = conn.loop.run_in_executor(conn.relay.executor, self.pump)
-            fut.add_done_callback(self._pumped)
+                relay.loop_pipe = relay.pipes.get()
+                break
+            total += n
+            if total >= BULK:
+                break
+            if not drain:
+                return
+        self.unwatch()
+        fut = conn.loop.run_in_executor(relay.executor, self.pump)
+        fut.add_done_callback(self._pumped)
+
+    def _ended(self, exc: OSError | None) -> None:
+        """The source ended (EOF) or failed, seen in the loop."""
+        self.in_loop = False
+        other = self.conn.down if self is self.conn.up else self.conn.up
+        if other.done:
+            self.conn.relay.mux.forget(self.src_fd)  # both done: the connection closes right away
+        else:
+            self.conn.relay.mux.remove(self.src_fd)
+        self.finish(exc)
 
     def _pumped(self, fut: asyncio.Future[OSError | bool | None]) -> None:
         result = fut.exception() or fut.result()
@@ -261,32 +357,96 @@ class _Flow:
 
 
 class _SpliceConn:
+    """A plain stream connection relayed with splice: from accept (or connect) to the close of both sockets."""
+
+    __slots__ = (
+        "client",
+        "client_fd",
+        "closed",
+        "closing",
+        "connecting",
+        "done",
+        "down",
+        "loop",
+        "peer_sa",
+        "relay",
+        "reset",
+        "started",
+        "up",
+        "up_fd",
+        "upstream",
+        "watchdog",
+    )
+
     def __init__(
-        self, relay: _Relay, client: socket.socket, upstream: socket.socket, done: asyncio.Future[None]
+        self,
+        relay: _Relay,
+        client: socket.socket,
+        upstream: socket.socket,
+        peer_sa: Any = None,
+        done: asyncio.Future[None] | None = None,
     ) -> None:
         self.relay = relay
         self.loop = relay.loop
         self.client = client
         self.upstream = upstream
+        self.client_fd = client.fileno()
+        self.up_fd = upstream.fileno()
+        self.peer_sa = peer_sa
         self.closing = False
         self.reset = False
-        self.done = done
+        self.closed = False
+        self.connecting = False
+        self.done = done  # the slow path awaits it (and logs); the fast path logs in close()
         self.up = _Flow(self, client, upstream, "up")
         self.down = _Flow(self, upstream, client, "down")
+        self.started = 0.0
+        self.watchdog: asyncio.Task[None] | None = None
 
-    def start(self) -> None:
-        for flow in (self.up, self.down):
-            flow.watch()
+    # Connecting (fast path): the upstream socket waits in the epoll set for writability.
+    def on_connect(self, events: int) -> None:
+        try:
+            err = self.upstream.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        except OSError as exc:
+            err = exc.errno or errno.EIO
+        if err:
+            self.connect_failed(OSError(err, os.strerror(err)))
+        elif events & (select.EPOLLOUT | select.EPOLLERR | select.EPOLLHUP):
+            self.relay.connecting.pop(self, None)
+            self.start(registered=True)
+
+    def connect_failed(self, exc: OSError) -> None:
+        self.relay.connecting.pop(self, None)
+        log = self.relay.opts.log
+        if log.verbose:
+            log.info(f"{self.relay.peer(self.peer_sa)}: {network_error(exc, f'connect {self.relay.target}')}")
+        self.close()
+
+    def start(self, registered: bool = False) -> None:
+        """Connected: watch both sources."""
+        self.connecting = False
+        relay = self.relay
+        if relay.opts.log.verbose and self.done is None:
+            self.started = time.monotonic()
+            relay.opts.log.info(
+                f"connection from {relay.peer(self.peer_sa)} on {_name(self.client, relay.listen_scheme, False)}"
+                f" -> {relay.target} from {_name(self.upstream, relay.target.scheme, False)}"
+            )
+        if relay.opts.idle_timeout:
+            self.watchdog = relay._watch_idle(self, (self.up.counter, self.down.counter))
+        self.down.watch(registered)
+        self.up.watch()
 
     def flow_done(self, flow: _Flow, exc: BaseException | None) -> None:
         if exc is not None:
             self.relay.opts.log.debug(f"{flow.name}: {describe(exc)}")
             self.abort()
-        elif not self.reset:
+        elif not self.reset and not (self.up.done and self.down.done):
             with contextlib.suppress(OSError):
                 flow.dst.shutdown(socket.SHUT_WR)  # half-close passes through
-        if self.up.done and self.down.done and not self.done.done():
-            self.done.set_result(None)
+        # (When both have ended, close() right below sends that FIN: the other source was read to its end.)
+        if self.up.done and self.down.done:
+            self.close()
 
     def abort(self) -> None:
         """A reset or failure on one side: reset both (SO_LINGER 0 makes close() send RST), stop both."""
@@ -300,26 +460,82 @@ class _SpliceConn:
 
     def stop(self) -> None:
         """End both directions now (idle time-out, grace period over); workers notice ``closing`` themselves."""
+        if self.connecting:
+            self.relay.connecting.pop(self, None)
+            self.close()
+            return
         self.closing = True
         for flow in (self.up, self.down):
             if not flow.done and flow.unwatch():
                 flow.finish(None)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        mux = self.relay.mux
+        mux.forget(self.client_fd)
+        mux.forget(self.up_fd)
+        self.client.close()
+        self.upstream.close()
+        if self.watchdog is not None:
+            self.watchdog.cancel()
+        self.relay.closed(self)
 
 
 # --- the relay server ----------------------------------------------------------------------------
 
 
 class _Relay:
-    def __init__(self, target: Address, opts: RelayOptions) -> None:
+    def __init__(
+        self, target: Address, opts: RelayOptions, listen: socket.socket | None = None, bound: Address | None = None
+    ) -> None:
         self.target = target
         self.opts = opts
         self.loop = asyncio.get_running_loop()
         self.pipes = _PipePool()
         self.loop_pipe = self.pipes.get()
         self.executor = ThreadPoolExecutor(max_workers=512, thread_name_prefix="splice")
-        self.active: set[Any] = set()
-        self.tasks: set[asyncio.Task[None]] = set()
-        self.count = 0
+        # Only spliced connections use the epoll set, and only Linux has splice and epoll.
+        self.mux: _Mux = _Mux(self.loop, opts.log) if _HAVE_SPLICE else cast(_Mux, None)
+        self.active: set[Any] = set()  # slow-path connections moving data (stop_all)
+        self.tasks: set[asyncio.Task[None]] = set()  # slow-path connections, from accept to close
+        self.conns: set[_SpliceConn] = set()  # fast-path connections, from accept to close
+        self.connecting: dict[_SpliceConn, float] = {}  # fast-path connects under way -> deadline (in order)
+        self._sweeping = False
+        self.listen = listen
+        self.bound = bound
+        self.listen_scheme = bound.scheme if bound is not None else ""
+        self.accepting = False
+        self.fast_target = self._static_target(listen.type if listen is not None else 0)
+        self.plain_connect = not opts.sockopts and opts.source is None
+
+    def _static_target(self, listen_type: int) -> tuple[int, int, int, Any] | None:
+        """The one ``(family, type, proto, sockaddr)`` of a target that needs no look-up per connection
+        (a Unix path, an IP literal), when both sides can splice: the fast path; None otherwise."""
+        t = self.target
+        if not (
+            _HAVE_SPLICE
+            and not self.opts.hexdump
+            and not _trace.tracing()
+            and self.opts.server_ssl is None
+            and self.opts.client_ssl is None
+            and listen_type == socket.SOCK_STREAM
+            and t.type == socket.SOCK_STREAM
+        ):
+            return None
+        if not t.is_unix:
+            if not (t.is_ip and t.host):
+                return None
+            try:
+                ipaddress.ip_address(t.host.split("%", 1)[0])
+            except ValueError:
+                return None  # a name: resolved per connection, happy eyeballs
+        try:
+            infos = resolve(t)
+        except (OSError, UsageError):
+            return None
+        return infos[0] if len(infos) == 1 else None
 
     def splice_ok(self, a: socket.socket, b: socket.socket) -> bool:
         return (
@@ -332,20 +548,148 @@ class _Relay:
             and b.type == socket.SOCK_STREAM
         )
 
+    def peer(self, sa: Any) -> Address | None:
+        return to_address(self.listen_scheme, sa) if sa else None
+
+    def busy(self) -> bool:
+        return bool(self.conns or self.tasks)
+
+    # --- accepting -------------------------------------------------------------------------------
+
+    def start_accepting(self) -> None:
+        if self.listen is not None and not self.accepting:
+            self.accepting = True
+            self.loop.add_reader(self.listen.fileno(), self._on_accept)
+
+    def stop_accepting(self) -> None:
+        if self.listen is not None and self.accepting:
+            self.accepting = False
+            with contextlib.suppress(Exception):
+                self.loop.remove_reader(self.listen.fileno())
+
+    def _on_accept(self) -> None:
+        """Accept all that wait (up to a batch; the listener stays registered, level-triggered)."""
+        assert self.listen is not None
+        accept = self.listen.accept
+        for _ in range(64):
+            try:
+                client, sa = accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    self.opts.log.warning(f"accept on {self.bound}: {describe(exc)}")
+                    self.stop_accepting()
+                    self.loop.call_later(0.1, self.start_accepting)
+                    return
+                continue  # ECONNABORTED and the like: that client is gone
+            if not self.admit(client, sa):
+                client.close()  # unread: a FIN, or a RST if the client's bytes had arrived
+                continue
+            if self.fast_target is not None:
+                self._start_fast(client, sa)
+            else:
+                peer = self.peer(sa)
+                local = _name(client, self.listen_scheme, False) if self.opts.log.verbose else None
+                task = asyncio.ensure_future(self.handle(client, peer, local))
+                self.tasks.add(task)
+                task.add_done_callback(self.tasks.discard)
+
+    def admit(self, sock: socket.socket, sa: Any) -> bool:
+        opts = self.opts
+        if opts.access.active:
+            peer = self.peer(sa)
+            if not opts.access.permits(peer.host if peer else ""):
+                opts.log.info(f"refused {peer}: not allowed by --allow/--deny")
+                return False
+        if opts.max_conns is not None and len(self.conns) + len(self.tasks) >= opts.max_conns:
+            if opts.log.verbose:
+                opts.log.info(f"refused {self.peer(sa)}: --max-conns {opts.max_conns} reached")
+            return False
+        return True
+
+    # --- the fast path: plain callbacks, a non-blocking connect watched in the epoll set -------------
+
+    def _start_fast(self, client: socket.socket, sa: Any) -> None:
+        assert self.fast_target is not None
+        fam, kind, proto, _sa = self.fast_target
+        try:
+            client.setblocking(False)
+            if self.plain_connect:
+                up = socket.socket(fam, kind | socket.SOCK_NONBLOCK, proto)
+            else:
+                up = _prepare(fam, kind, proto, self.opts.sockopts, self.opts.source, str(self.target))
+                up.setblocking(False)
+        except (OSError, UsageError) as exc:
+            self.opts.log.info(f"{self.peer(sa)}: {exc}")
+            client.close()
+            return
+        conn = _SpliceConn(self, client, up, sa)
+        conn.connecting = True
+        self.conns.add(conn)
+        self._connect(conn)
+
+    def _connect(self, conn: _SpliceConn) -> None:
+        if conn.closed:
+            return
+        assert self.fast_target is not None
+        err = conn.upstream.connect_ex(self.fast_target[3])
+        if err == 0:
+            self.connecting.pop(conn, None)
+            conn.start()
+        elif err == errno.EINPROGRESS:
+            self._await_connect(conn)
+            self.mux.add(conn.up_fd, select.EPOLLOUT, conn.on_connect)
+        elif err == errno.EAGAIN:  # a Unix listener's backlog is full: try again shortly
+            self._await_connect(conn)
+            self.loop.call_later(0.01, self._connect, conn)
+        else:
+            conn.connect_failed(OSError(err, os.strerror(err)))
+
+    def _await_connect(self, conn: _SpliceConn) -> None:
+        timeout = self.opts.connect_timeout
+        if timeout is None or conn in self.connecting:
+            return
+        self.connecting[conn] = time.monotonic() + timeout
+        if not self._sweeping:
+            self._sweeping = True
+            self.loop.call_later(0.05, self._sweep_connecting)
+
+    def _sweep_connecting(self) -> None:
+        """Time out connects (one shared timer: deadlines come in the order the connects started)."""
+        now = time.monotonic()
+        expired = []
+        for conn, deadline in self.connecting.items():
+            if deadline > now:
+                break
+            expired.append(conn)
+        for conn in expired:
+            conn.connect_failed(TimeoutError(errno.ETIMEDOUT, "timed out"))
+        if self.connecting:
+            self.loop.call_later(0.05, self._sweep_connecting)
+        else:
+            self._sweeping = False
+
+    def closed(self, conn: _SpliceConn) -> None:
+        """A splice connection has closed both its sockets."""
+        self.conns.discard(conn)
+        if conn.done is not None:
+            if not conn.done.done():
+                conn.done.set_result(None)
+            return
+        log = self.opts.log
+        if log.verbose and conn.started:
+            log.info(
+                f"closed {self.peer(conn.peer_sa)}: {conn.up.counter.bytes} bytes to {self.target}, "
+                f"{conn.down.counter.bytes} bytes back, {time.monotonic() - conn.started:.3f} s"
+            )
+
+    # --- the general path: a task per connection ---------------------------------------------------
+
     async def connect_upstream(self) -> socket.socket:
         return await _aio.connect_socket(
             self.target, timeout=self.opts.connect_timeout, source=self.opts.source, sockopts=self.opts.sockopts
         )
-
-    def admit(self, sock: socket.socket, peer: Address | None) -> bool:
-        log = self.opts.log
-        if self.opts.access.active and not self.opts.access.permits(peer.host if peer else ""):
-            log.info(f"refused {peer}: not allowed by --allow/--deny")
-            return False
-        if self.opts.max_conns is not None and len(self.tasks) >= self.opts.max_conns:
-            log.info(f"refused {peer}: --max-conns {self.opts.max_conns} reached")
-            return False
-        return True
 
     async def handle(self, client: socket.socket, peer: Address | None, local: Address | None) -> None:
         log = self.opts.log
@@ -357,8 +701,9 @@ class _Relay:
             except (OSError, UsageError) as exc:
                 log.info(f"{peer}: {exc}")
                 return
-            up_local = _name(upstream, self.target.scheme, False)
-            log.info(f"connection from {peer} on {local} -> {self.target} from {up_local}")
+            if log.verbose:
+                up_local = _name(upstream, self.target.scheme, False)
+                log.info(f"connection from {peer} on {local} -> {self.target} from {up_local}")
             started = time.monotonic()
             try:
                 if self.splice_ok(client, upstream):
@@ -379,9 +724,8 @@ class _Relay:
 
     async def _splice(self, client: socket.socket, upstream: socket.socket) -> tuple[int, int]:
         done: asyncio.Future[None] = self.loop.create_future()
-        conn = _SpliceConn(self, client, upstream, done)
+        conn = _SpliceConn(self, client, upstream, done=done)
         self.active.add(conn)
-        watchdog = self._watch_idle(conn, (conn.up.counter, conn.down.counter)) if self.opts.idle_timeout else None
         try:
             conn.start()
             await asyncio.shield(done)
@@ -392,8 +736,6 @@ class _Relay:
             raise
         finally:
             self.active.discard(conn)
-            if watchdog is not None:
-                watchdog.cancel()
         return conn.up.counter.bytes, conn.down.counter.bytes
 
     def _watch_idle(self, conn: Any, counters: tuple[Counter, Counter]) -> asyncio.Task[None]:
@@ -438,8 +780,14 @@ class _Relay:
         return _aio.Stream(sock, "tls" if tls else "tcp", tls=tls)
 
     def stop_all(self) -> None:
-        for conn in list(self.active):
+        for conn in [*self.conns, *self.active]:
             conn.stop()
+
+    def close(self) -> None:
+        self.stop_accepting()
+        self.executor.shutdown(wait=False, cancel_futures=True)
+        if _HAVE_SPLICE:
+            self.mux.close()
 
 
 def _name(sock: socket.socket, scheme: str, peer: bool) -> Address | None:
@@ -637,11 +985,13 @@ def run_relay(listen_address: Address, target: Address, opts: RelayOptions) -> i
             opts.log.always(f"certificate sha256 {opts.fingerprint}")
         children: list[int] = []
         if opts.workers > 1:
+            parent = os.getpid()
             for _ in range(opts.workers - 1):
                 pid = os.fork()
                 if pid == 0:  # a worker: the same listening socket, its own loop
                     code = 1
                     try:
+                        _die_with_parent(parent)
                         code = _serve_in_process(sock, bound, target, opts, is_child=True)
                     finally:
                         os._exit(code)
@@ -655,6 +1005,22 @@ def run_relay(listen_address: Address, target: Address, opts: RelayOptions) -> i
             for pid in children:
                 with contextlib.suppress(ChildProcessError):
                     os.waitpid(pid, 0)
+
+
+def _die_with_parent(parent: int) -> None:
+    """In a forked worker: get SIGTERM when the parent dies, even by SIGKILL (Linux ``PR_SET_PDEATHSIG``).
+
+    SIGTERM is the graceful stop. A parent that died before the request was made is caught by the
+    ``getppid`` check after it.
+    """
+    if sys.platform == "linux":
+        import ctypes
+
+        with contextlib.suppress(OSError, AttributeError):
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, int(signal.SIGTERM), 0, 0, 0)  # PR_SET_PDEATHSIG = 1
+    if os.getppid() != parent:
+        os._exit(0)
 
 
 def _serve_in_process(
@@ -696,55 +1062,61 @@ async def _serve(sock: socket.socket, bound: Address, target: Address, opts: Rel
         await stopping.wait()
         dgram.stop()
         return code[0]
-    relay = _Relay(target, opts)
     sock.setblocking(False)
-    accepting = asyncio.ensure_future(_accept_loop(relay, sock, bound))
-    await stopping.wait()
-    accepting.cancel()
-    # Graceful: no new connections; the ones under way get --grace seconds.
-    if relay.tasks:
-        opts.log.info(f"stopping: {len(relay.tasks)} connection(s) get {opts.grace:g} s to finish")
-        _done, pending = await asyncio.wait(set(relay.tasks), timeout=opts.grace)
-        if pending:
-            relay.stop_all()
-            await asyncio.wait(pending, timeout=2.0)
-            for t in pending:
-                t.cancel()
-    relay.executor.shutdown(wait=False, cancel_futures=True)
+    relay = _Relay(target, opts, sock, bound)
+    relay.start_accepting()
+    try:
+        await stopping.wait()
+        relay.stop_accepting()
+        # Graceful: no new connections; the ones under way get --grace seconds.
+        if relay.busy():
+            opts.log.info(
+                f"stopping: {len(relay.conns) + len(relay.tasks)} connection(s) get {opts.grace:g} s to finish"
+            )
+            await _wait_idle(relay, opts.grace)
+            if relay.busy():
+                relay.stop_all()
+                await _wait_idle(relay, 2.0)
+                for t in list(relay.tasks):
+                    t.cancel()
+    finally:
+        relay.close()
     return code[0]
 
 
-async def _accept_loop(relay: _Relay, sock: socket.socket, bound: Address) -> None:
-    loop = relay.loop
-    log = relay.opts.log
-    while True:
-        try:
-            client, sa = await loop.sock_accept(sock)
-        except OSError as exc:
-            if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                log.warning(f"accept on {bound}: {describe(exc)}")
-                await asyncio.sleep(0.1)
-            continue
-        peer = to_address(bound.scheme, sa) if sa else None
-        if not relay.admit(client, peer):
-            client.close()
-            continue
-        local = _name(client, bound.scheme, False)
-        task = asyncio.ensure_future(relay.handle(client, peer, local))
-        relay.tasks.add(task)
-        task.add_done_callback(_forget(relay.tasks))
-
-
-def _forget(tasks: set[asyncio.Task[None]]) -> Callable[[asyncio.Task[None]], None]:
-    def done(task: asyncio.Task[None]) -> None:
-        tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            pass
-
-    return done
+async def _wait_idle(relay: _Relay, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while relay.busy() and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
 
 
 # --- the library functions -----------------------------------------------------------------------
+
+
+def _disconnect(fd: int) -> bool:
+    """``connect(fd, AF_UNSPEC)``: Linux aborts a TCP connection at once (RST) and wakes its blocked callers."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        unspec = (ctypes.c_ubyte * 16)()  # a sockaddr whose sa_family is AF_UNSPEC (0)
+        return int(libc.connect(fd, ctypes.byref(unspec), ctypes.sizeof(unspec))) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def _reset_now(sock: socket.socket) -> None:
+    """Reset a connection another thread may be blocked on: RST to the peer (never a FIN), the waiter woken.
+
+    SO_LINGER 0 makes the eventual close() send RST; on Linux TCP, ``connect(AF_UNSPEC)`` sends it now and
+    wakes a blocked reader or writer. ``shutdown(SHUT_RD)`` sends nothing but wakes a reader elsewhere.
+    """
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER0)
+    if sys.platform == "linux" and sock.family in (socket.AF_INET, socket.AF_INET6) and sock.fileno() >= 0:
+        _disconnect(sock.fileno())
+    with contextlib.suppress(OSError):
+        socket.socket.shutdown(sock, socket.SHUT_RD)
 
 
 def relay(a: Stream, b: Stream) -> tuple[int, int]:
@@ -761,11 +1133,8 @@ def relay(a: Stream, b: Stream) -> tuple[int, int]:
         try:
             copy(StreamEnd(src), StreamEnd(dst), counter)
         except OSError:
-            for s in (a, b):  # pass the reset on, and wake the other direction
-                with contextlib.suppress(OSError):
-                    s.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER0)
-                with contextlib.suppress(OSError):
-                    socket.socket.shutdown(s.socket, socket.SHUT_RDWR)
+            for s in (a, b):  # pass the reset on (no FIN first), and wake the other direction
+                _reset_now(s.socket)
 
     for s in (a, b):
         s.socket.settimeout(None)
