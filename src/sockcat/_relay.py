@@ -58,6 +58,7 @@ from ._log import SILENT, Log
 from ._options import SockOpt
 from ._sockets import Listener, Stream, _prepare, bind_socket, resolve, to_address
 
+COPY_MIN, COPY_MAX = 1 << 18, 1 << 22  # a moving flow's copy buffer: grows while reads fill it
 CHUNK = 1 << 20  # bytes one splice may move; also the size of a flow's pipe
 BULK = 1 << 18  # a burst this large in the loop means a bulk flow: give it a thread
 QUIET_MS = 200  # a worker hands its flow back to the loop after this long without data
@@ -319,41 +320,67 @@ class _Flow:
 
     # In a worker thread.
     def pump(self) -> OSError | bool | None:
-        """Splice until EOF (None), an error (the OSError) or a quiet source (True: hand back)."""
-        pipe = self.pipe or self.conn.relay.pipes.get()
-        self.pipe = None
-        pending = self.pending
-        self.pending = 0
-        r, w = pipe
+        """Move a bulk flow until EOF (None), an error (the OSError) or a quiet source (True: hand back).
+
+        Bytes the loop left in a pipe go out first (splice); then the flow is copied with recv_into/send through
+        one buffer that starts at COPY_MIN bytes and doubles, up to COPY_MAX, while reads fill it. On Linux
+        loopback this measured faster than splicing through a pipe (docs/benchmarks.md, relay): a 4 MiB copy
+        1.2x socat -b 262144, splice 0.8x. The buffer lives while the flow moves; an idle flow holds none.
+        """
         try:
-            while True:
-                if self.conn.closing:
-                    return None
-                if pending == 0:
-                    try:
-                        n = os.splice(self.src_fd, w, CHUNK, flags=os.SPLICE_F_NONBLOCK)
-                    except BlockingIOError:
-                        if not _wait(self.src_fd, select.POLLIN, QUIET_MS):
-                            return True
-                        continue
-                    if n == 0:
-                        return None
-                    pending = n
-                try:
-                    m = os.splice(r, self.dst_fd, pending, flags=os.SPLICE_F_NONBLOCK)
-                except BlockingIOError:
-                    _wait(self.dst_fd, select.POLLOUT, POLL_MS)
-                    continue
-                pending -= m
-                self.counter.add(m)
+            if self.pipe is not None:
+                self._flush_pipe()
+            return self._copy()
         except OSError as exc:
             return exc
-        finally:
-            if pending == 0:
-                self.conn.relay.pipes.put(pipe)
-            else:
-                for fd in pipe:
-                    os.close(fd)
+
+    def _flush_pipe(self) -> None:
+        pipe, pending = self.pipe, self.pending
+        assert pipe is not None
+        while pending and not self.conn.closing:
+            try:
+                m = os.splice(pipe[0], self.dst_fd, pending, flags=os.SPLICE_F_NONBLOCK)
+            except BlockingIOError:
+                _wait(self.dst_fd, select.POLLOUT, POLL_MS)
+                continue
+            pending -= m
+            self.counter.add(m)
+        self.pending = pending
+        if pending == 0:  # otherwise finish() closes it
+            self.pipe = None
+            self.conn.relay.pipes.put(pipe)
+
+    def _copy(self) -> bool | None:
+        size, n_full = COPY_MIN, 0
+        buf = bytearray(size)
+        view = memoryview(buf)
+        conn, src_fd, dst_fd = self.conn, self.src_fd, self.dst_fd
+        recv_into, send, add = self.src.recv_into, self.dst.send, self.counter.add
+        while not conn.closing:
+            if size < COPY_MAX and n_full >= 2:
+                size *= 2
+                buf = bytearray(size)
+                view = memoryview(buf)
+                n_full = 0
+            try:
+                n = recv_into(buf)
+            except BlockingIOError:
+                if not _wait(src_fd, select.POLLIN, QUIET_MS):
+                    return True
+                continue
+            if n == 0:
+                return None
+            n_full = n_full + 1 if n == size else 0
+            sent = 0
+            while sent < n:
+                try:
+                    sent += send(view[sent:n])
+                except BlockingIOError:
+                    if conn.closing:
+                        return None
+                    _wait(dst_fd, select.POLLOUT, POLL_MS)
+            add(n)
+        return None
 
 
 class _SpliceConn:
