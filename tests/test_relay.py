@@ -1663,3 +1663,20 @@ def test_unix_path_held_by_live_listener_exit_1(short_tmp: Path) -> None:
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("sockcat: error: "), lines
     assert str(path) in lines[0]
+
+
+def test_unnamed_unix_client_is_logged_in_words(
+    start_relay: Callable[..., Relay], upstream: Callable[..., Upstream], short_tmp: Path
+) -> None:
+    """A Unix client that never bound has no §1 address: -v names it in words, never as 'None' or 'unix:'."""
+    up = upstream(hasher)
+    relay = start_relay(f"unix:{short_tmp / 'r.sock'}", up.url, verbose=True)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(30)
+        s.connect(str(short_tmp / "r.sock"))
+        s.sendall(b"abc")
+        s.shutdown(socket.SHUT_WR)
+        assert recv_all(s) == f"{hashlib.sha256(b'abc').hexdigest()} 3\n".encode()
+    closing = relay.wait_for(lambda line: "closed" in line and "3 bytes to" in line)
+    assert "closed unnamed unix peer" in closing, closing
+    assert not any("None" in line or "unix: " in line for line in relay.lines), relay.lines

@@ -10,6 +10,7 @@ import ipaddress
 import os
 import re
 import socket
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
@@ -233,3 +234,29 @@ def _parse_port(text: str, proto: str, bad: _Bad) -> int:
         return socket.getservbyname(text, proto)
     except OSError:
         raise bad(f"unknown service name {text!r}") from None
+
+
+def show(addr: Address | None, sock: socket.socket | None = None) -> str:
+    """An address for log lines and errors: §1 syntax, or words where there is none.
+
+    An unnamed Unix socket (a client that never bound, ``getpeername() == ''``) has no address to write:
+    it shows as ``unnamed unix peer`` (with its process id from SO_PEERCRED when ``sock`` is given),
+    never as ``unix:``, which would read like an address and does not parse as one.
+    """
+    if addr is None:
+        return "unknown address"
+    if not addr.is_unnamed:
+        return str(addr)
+    pid = _peer_pid(sock) if sock is not None else 0
+    return f"unnamed {addr.scheme} peer (pid {pid})" if pid else f"unnamed {addr.scheme} peer"
+
+
+def _peer_pid(sock: socket.socket) -> int:
+    so_peercred = getattr(socket, "SO_PEERCRED", None)
+    if so_peercred is None or sock.family != socket.AF_UNIX:
+        return 0
+    try:
+        pid, _uid, _gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, so_peercred, struct.calcsize("3i")))
+    except (OSError, struct.error):
+        return 0
+    return int(pid)

@@ -16,7 +16,6 @@ import select
 import shutil
 import socket
 import stat
-import struct
 import subprocess
 import threading
 import time
@@ -26,7 +25,7 @@ from typing import TYPE_CHECKING
 
 from . import _trace
 from ._access import AccessPolicy
-from ._address import Address
+from ._address import Address, show
 from ._copy import Counter, End, FdEnd, SockEnd, TLSEnd, copy
 from ._errors import NetworkError, UsageError, network_error
 from ._hexdump import HexDumper
@@ -62,32 +61,6 @@ class ListenOptions:
     sockopts: tuple[SockOpt, ...] = ()
     ssl_context: ssl.SSLContext | None = None
     fingerprint: str | None = None
-
-
-def show(addr: Address | None, sock: socket.socket | None = None) -> str:
-    """An address for log lines and errors: §1 syntax, or words where there is none.
-
-    An unnamed Unix socket (a client that never bound, ``getpeername() == ''``) has no address to write:
-    it shows as ``unnamed unix peer`` (with its process id from SO_PEERCRED when ``sock`` is given),
-    never as ``unix:``, which would read like an address and does not parse as one.
-    """
-    if addr is None:
-        return "unknown address"
-    if not addr.is_unnamed:
-        return str(addr)
-    pid = _peer_pid(sock) if sock is not None else 0
-    return f"unnamed {addr.scheme} peer (pid {pid})" if pid else f"unnamed {addr.scheme} peer"
-
-
-def _peer_pid(sock: socket.socket) -> int:
-    so_peercred = getattr(socket, "SO_PEERCRED", None)
-    if so_peercred is None or sock.family != socket.AF_UNIX:
-        return 0
-    try:
-        pid, _uid, _gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, so_peercred, struct.calcsize("3i")))
-    except (OSError, struct.error):
-        return 0
-    return int(pid)
 
 
 def _dumper(opts: BridgeOptions, mark: str) -> HexDumper | None:

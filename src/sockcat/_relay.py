@@ -50,7 +50,7 @@ from typing import Any, cast
 from . import _trace
 from . import aio as _aio
 from ._access import AccessPolicy
-from ._address import Address
+from ._address import Address, show
 from ._copy import Counter, grow_pipe
 from ._errors import NetworkError, UsageError, describe, network_error
 from ._hexdump import HexDumper
@@ -455,8 +455,9 @@ class _SpliceConn:
         relay = self.relay
         if relay.opts.log.verbose and self.done is None:
             self.started = time.monotonic()
+            who = show(relay.peer(self.peer_sa), self.client)
             relay.opts.log.info(
-                f"connection from {relay.peer(self.peer_sa)} on {_name(self.client, relay.listen_scheme, False)}"
+                f"connection from {who} on {_name(self.client, relay.listen_scheme, False)}"
                 f" -> {relay.target} from {_name(self.upstream, relay.target.scheme, False)}"
             )
         if relay.opts.idle_timeout:
@@ -576,7 +577,7 @@ class _Relay:
         )
 
     def peer(self, sa: Any) -> Address | None:
-        return to_address(self.listen_scheme, sa) if sa else None
+        return to_address(self.listen_scheme, sa) if sa is not None else None
 
     def busy(self) -> bool:
         return bool(self.conns or self.tasks)
@@ -627,11 +628,11 @@ class _Relay:
         if opts.access.active:
             peer = self.peer(sa)
             if not opts.access.permits(peer.host if peer else ""):
-                opts.log.info(f"refused {peer}: not allowed by --allow/--deny")
+                opts.log.info(f"refused {show(peer)}: not allowed by --allow/--deny")
                 return False
         if opts.max_conns is not None and len(self.conns) + len(self.tasks) >= opts.max_conns:
             if opts.log.verbose:
-                opts.log.info(f"refused {self.peer(sa)}: --max-conns {opts.max_conns} reached")
+                opts.log.info(f"refused {show(self.peer(sa))}: --max-conns {opts.max_conns} reached")
             return False
         return True
 
@@ -648,7 +649,7 @@ class _Relay:
                 up = _prepare(fam, kind, proto, self.opts.sockopts, self.opts.source, str(self.target))
                 up.setblocking(False)
         except (OSError, UsageError) as exc:
-            self.opts.log.info(f"{self.peer(sa)}: {exc}")
+            self.opts.log.info(f"{show(self.peer(sa))}: {exc}")
             client.close()
             return
         conn = _SpliceConn(self, client, up, sa)
@@ -707,7 +708,7 @@ class _Relay:
         log = self.opts.log
         if log.verbose and conn.started:
             log.info(
-                f"closed {self.peer(conn.peer_sa)}: {conn.up.counter.bytes} bytes to {self.target}, "
+                f"closed {show(self.peer(conn.peer_sa))}: {conn.up.counter.bytes} bytes to {self.target}, "
                 f"{conn.down.counter.bytes} bytes back, {time.monotonic() - conn.started:.3f} s"
             )
 
@@ -726,11 +727,11 @@ class _Relay:
             try:
                 upstream = await self.connect_upstream()
             except (OSError, UsageError) as exc:
-                log.info(f"{peer}: {exc}")
+                log.info(f"{show(peer)}: {exc}")
                 return
             if log.verbose:
                 up_local = _name(upstream, self.target.scheme, False)
-                log.info(f"connection from {peer} on {local} -> {self.target} from {up_local}")
+                log.info(f"connection from {show(peer)} on {local} -> {self.target} from {up_local}")
             started = time.monotonic()
             try:
                 if self.splice_ok(client, upstream):
@@ -738,10 +739,10 @@ class _Relay:
                 else:
                     sent, received = await self._buffered(client, upstream, peer)
             except OSError as exc:  # a TLS handshake on either side
-                log.info(f"{peer}: {exc}")
+                log.info(f"{show(peer)}: {exc}")
                 return
             log.info(
-                f"closed {peer}: {sent} bytes to {self.target}, {received} bytes back, "
+                f"closed {show(peer)}: {sent} bytes to {self.target}, {received} bytes back, "
                 f"{time.monotonic() - started:.3f} s"
             )
         finally:
@@ -781,7 +782,7 @@ class _Relay:
 
     async def _buffered(self, client: socket.socket, upstream: socket.socket, peer: Address | None) -> tuple[int, int]:
         """TLS, hex dumps and packet sockets: awaited copies through 64 KiB, half-close and resets kept."""
-        a = await self._wrap(client, self.opts.server_ssl, True, str(peer))
+        a = await self._wrap(client, self.opts.server_ssl, True, show(peer))
         b = await self._wrap(upstream, self.opts.client_ssl, False, str(self.target))
         conn = _BufferedConn(a, b, self.opts)
         self.active.add(conn)
@@ -922,10 +923,10 @@ class _DgramRelay:
     def _open(self, sa: Any) -> tuple[socket.socket, list[float]] | None:
         peer = to_address(self.bound.scheme, sa)
         if self.bound.is_ip and not self.opts.access.permits(peer.host):
-            self.opts.log.info(f"refused {peer}: not allowed by --allow/--deny")
+            self.opts.log.info(f"refused {show(peer)}: not allowed by --allow/--deny")
             return None
         if self.opts.max_conns is not None and len(self.sessions) >= self.opts.max_conns:
-            self.opts.log.info(f"refused {peer}: --max-conns {self.opts.max_conns} reached")
+            self.opts.log.info(f"refused {show(peer)}: --max-conns {self.opts.max_conns} reached")
             return None
         if self.bound.is_unix and not sa:
             self.opts.log.info(f"datagram from an unbound {self.bound.scheme} client: replies cannot reach it")
@@ -938,12 +939,12 @@ class _DgramRelay:
             up.connect(target_sa)
         except OSError as exc:
             up.close()
-            self.opts.log.info(f"{peer}: connect {self.target}: {describe(exc)}")
+            self.opts.log.info(f"{show(peer)}: connect {self.target}: {describe(exc)}")
             return None
         session = (up, [time.monotonic()])
         self.sessions[sa] = session
         self.loop.add_reader(up.fileno(), self._from_upstream, sa, up, session[1])
-        self.opts.log.info(f"session from {peer} on {self.bound} -> {self.target}")
+        self.opts.log.info(f"session from {show(peer)} on {self.bound} -> {self.target}")
         return session
 
     def _from_upstream(self, sa: Any, up: socket.socket, stamp: list[float]) -> None:
