@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import os
 import re
@@ -451,3 +452,27 @@ def test_tls_handshake_timeout(run: Runner) -> None:
             (await task).close()
 
     run(body)
+
+
+def test_aio_serve_and_bench_in_one_loop(run: Runner) -> None:
+    """aio.serve runs an echo service as a task; aio.bench loads it from the same loop and measures real replies."""
+
+    async def main() -> None:
+        ready: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        server = asyncio.ensure_future(aio.serve("echo", "tcp://127.0.0.1:0", ready=ready.set_result))
+        try:
+            srv = await asyncio.wait_for(ready, 10)
+            async with await aio.connect(srv.address, timeout=10) as s:
+                await s.sendall(b"ping\n")
+                assert await s.recv_line() == b"ping\n"
+            result = await aio.bench(srv.address, connections=2, requests=200, warmup=0.0)
+            assert isinstance(result, sockcat.BenchResult)
+            assert result.requests >= 200
+            assert result.errors == 0
+            assert 0 < result.latency.p50 <= result.latency.p99 <= result.latency.max
+        finally:
+            server.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await server
+
+    run(main)

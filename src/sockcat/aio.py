@@ -23,7 +23,18 @@ from ._address import Address
 from ._errors import NetworkError, Timeout, UsageError, network_error
 from ._framing import DEFAULT_MAX_LINE, ReceiveBuffer, to_bytes
 
-__all__ = ["Datagram", "Listener", "Stream", "connect", "connect_socket", "listen", "open_datagram", "relay"]
+__all__ = [
+    "Datagram",
+    "Listener",
+    "Stream",
+    "bench",
+    "connect",
+    "connect_socket",
+    "listen",
+    "open_datagram",
+    "relay",
+    "serve",
+]
 
 RECV_SIZE = _s.RECV_SIZE
 _TLS_CHUNK = 1 << 18  # plaintext encrypted per step of a TLS sendall
@@ -572,3 +583,19 @@ async def relay(a: Stream, b: Stream) -> tuple[int, int]:
     from ._relay import relay_async
 
     return await relay_async(a, b)
+
+
+async def bench(address: Address | str, **kwargs: Any) -> Any:
+    """Load an echo, discard or chargen server from a running loop; the twin of :func:`sockcat.bench`
+    (same keyword arguments, one process). Returns a :class:`sockcat.BenchResult`."""
+    from ._bench import bench_async
+
+    return await bench_async(address, **kwargs)
+
+
+async def serve(service: str, address: Address | str, **kwargs: Any) -> None:
+    """Run a test service (echo, discard, chargen, daytime) in a running loop until cancelled; the twin of
+    :func:`sockcat.serve`."""
+    from ._services import serve_async
+
+    await serve_async(service, address, **kwargs)
