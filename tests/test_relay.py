@@ -1680,3 +1680,34 @@ def test_unnamed_unix_client_is_logged_in_words(
     closing = relay.wait_for(lambda line: "closed" in line and "3 bytes to" in line)
     assert "closed unnamed unix peer" in closing, closing
     assert not any("None" in line or "unix: " in line for line in relay.lines), relay.lines
+
+
+@pytest.mark.parametrize("limit", [40, 41])  # an odd spare descriptor: room to accept, none for the upstream
+def test_out_of_descriptors_clients_wait_in_the_backlog(
+    limit: int, procs: list[Proc], upstream: Callable[..., Upstream]
+) -> None:
+    """With 40 descriptors (room for ~10 relayed connections), 30 clients at once: the relay pauses accepting
+    when it runs out, warns once, and serves every client in turn; none is accepted only to be dropped."""
+    up = upstream(hasher)
+    proc = Proc(["prlimit", f"--nofile={limit}:{limit}", *sockcat("relay", "tcp://127.0.0.1:0", up.url)])
+    procs.append(proc)
+    relay = Relay(proc)
+    clients = []
+    try:
+        for i in range(30):
+            s = socket.create_connection(("127.0.0.1", relay.address.port), timeout=30)
+            clients.append(s)
+            s.sendall(b"%d" % i * 1000)
+            s.shutdown(socket.SHUT_WR)
+        for i, s in enumerate(clients):
+            data = b"%d" % i * 1000
+            assert recv_all(s) == f"{hashlib.sha256(data).hexdigest()} {len(data)}\n".encode(), i
+    finally:
+        for s in clients:
+            s.close()
+    warnings = [line for line in relay.lines if "warning" in line]
+    assert 1 <= len(warnings) <= 5, relay.lines
+    assert "accept on tcp://127.0.0.1" in warnings[0] and "too many open files" in warnings[0], warnings
+    assert not any("Traceback" in line for line in relay.lines), relay.lines
+    with relay.connect() as s:  # still serving
+        assert roundtrip(s, b"after") == f"{hashlib.sha256(b'after').hexdigest()} 5\n".encode()

@@ -59,6 +59,7 @@ from ._options import SockOpt
 from ._sockets import Listener, Stream, _prepare, bind_socket, resolve, to_address
 
 COPY_MIN, COPY_MAX = 1 << 18, 1 << 22  # a moving flow's copy buffer: grows while reads fill it
+_NO_RESOURCES = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 CHUNK = 1 << 20  # bytes one splice may move; also the size of a flow's pipe
 BULK = 1 << 18  # a burst this large in the loop means a bulk flow: give it a thread
 QUIET_MS = 200  # a worker hands its flow back to the loop after this long without data
@@ -531,6 +532,9 @@ class _Relay:
         self.conns: set[_SpliceConn] = set()  # fast-path connections, from accept to close
         self.connecting: dict[_SpliceConn, float] = {}  # fast-path connects under way -> deadline (in order)
         self._sweeping = False
+        self._spare: socket.socket | None = None  # the next client's upstream socket, made before its accept
+        self._starved = False  # out of descriptors: accepting paused, warned once
+        self.closing = False
         self.listen = listen
         self.bound = bound
         self.listen_scheme = bound.scheme if bound is not None else ""
@@ -596,32 +600,72 @@ class _Relay:
                 self.loop.remove_reader(self.listen.fileno())
 
     def _on_accept(self) -> None:
-        """Accept all that wait (up to a batch; the listener stays registered, level-triggered)."""
+        """Accept all that wait (up to a batch; the listener stays registered, level-triggered).
+
+        On the callback path the upstream socket is made *before* accept: out of descriptors, the relay stops
+        accepting for a moment and the clients wait in the listen backlog, instead of being accepted only to be
+        closed for want of an upstream socket.
+        """
         assert self.listen is not None
         accept = self.listen.accept
+        fast = self.fast_target is not None
         for _ in range(64):
+            failure: OSError | UsageError | None = None
+            if fast and self._spare is None:
+                try:
+                    self._spare = self._new_upstream()
+                except (OSError, UsageError) as exc:
+                    if isinstance(exc, OSError) and exc.errno in _NO_RESOURCES:
+                        self._starve(exc)
+                        return
+                    failure = exc  # e.g. -s ADDR in use: this client is accepted and closed, with a log line
             try:
                 client, sa = accept()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
-                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    self.opts.log.warning(f"accept on {self.bound}: {describe(exc)}")
-                    self.stop_accepting()
-                    self.loop.call_later(0.1, self.start_accepting)
+                if exc.errno in _NO_RESOURCES:
+                    self._starve(exc)
                     return
                 continue  # ECONNABORTED and the like: that client is gone
+            self._starved = False
             if not self.admit(client, sa):
                 client.close()  # unread: a FIN, or a RST if the client's bytes had arrived
                 continue
-            if self.fast_target is not None:
-                self._start_fast(client, sa)
+            if fast:
+                if failure is not None or self._spare is None:
+                    self.opts.log.info(f"{show(self.peer(sa))}: {failure}")
+                    client.close()
+                    continue
+                up, self._spare = self._spare, None
+                self._start_fast(client, sa, up)
             else:
                 peer = self.peer(sa)
                 local = _name(client, self.listen_scheme, False) if self.opts.log.verbose else None
                 task = asyncio.ensure_future(self.handle(client, peer, local))
                 self.tasks.add(task)
                 task.add_done_callback(self.tasks.discard)
+
+    def _starve(self, exc: OSError) -> None:
+        """Out of descriptors or memory: pause accepting briefly (one warning per episode)."""
+        if not self._starved:
+            self._starved = True
+            self.opts.log.warning(f"accept on {self.bound}: {describe(exc)}; new clients wait until some close")
+        self.stop_accepting()
+        self.loop.call_later(0.05, self._resume_accepting)
+
+    def _resume_accepting(self) -> None:
+        if not self.closing:
+            self.start_accepting()
+
+    def _new_upstream(self) -> socket.socket:
+        assert self.fast_target is not None
+        fam, kind, proto, _sa = self.fast_target
+        if self.plain_connect:
+            return socket.socket(fam, kind | socket.SOCK_NONBLOCK, proto)
+        up = _prepare(fam, kind, proto, self.opts.sockopts, self.opts.source, str(self.target))
+        up.setblocking(False)
+        return up
 
     def admit(self, sock: socket.socket, sa: Any) -> bool:
         opts = self.opts
@@ -638,19 +682,13 @@ class _Relay:
 
     # --- the fast path: plain callbacks, a non-blocking connect watched in the epoll set -------------
 
-    def _start_fast(self, client: socket.socket, sa: Any) -> None:
-        assert self.fast_target is not None
-        fam, kind, proto, _sa = self.fast_target
+    def _start_fast(self, client: socket.socket, sa: Any, up: socket.socket) -> None:
         try:
             client.setblocking(False)
-            if self.plain_connect:
-                up = socket.socket(fam, kind | socket.SOCK_NONBLOCK, proto)
-            else:
-                up = _prepare(fam, kind, proto, self.opts.sockopts, self.opts.source, str(self.target))
-                up.setblocking(False)
-        except (OSError, UsageError) as exc:
+        except OSError as exc:
             self.opts.log.info(f"{show(self.peer(sa))}: {exc}")
             client.close()
+            up.close()
             return
         conn = _SpliceConn(self, client, up, sa)
         conn.connecting = True
@@ -812,7 +850,11 @@ class _Relay:
             conn.stop()
 
     def close(self) -> None:
+        self.closing = True
         self.stop_accepting()
+        if self._spare is not None:
+            self._spare.close()
+            self._spare = None
         self.executor.shutdown(wait=False, cancel_futures=True)
         if _HAVE_SPLICE:
             self.mux.close()
@@ -1095,6 +1137,7 @@ async def _serve(sock: socket.socket, bound: Address, target: Address, opts: Rel
     relay.start_accepting()
     try:
         await stopping.wait()
+        relay.closing = True  # no back-off timer may start accepting again
         relay.stop_accepting()
         # Graceful: no new connections; the ones under way get --grace seconds.
         if relay.busy():
