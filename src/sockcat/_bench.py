@@ -658,7 +658,26 @@ def _pause_reading(transport: asyncio.BaseTransport | None) -> None:
             cast(asyncio.ReadTransport, transport).pause_reading()
 
 
-class _RttStream(_Session, asyncio.Protocol):
+class _TransportSession(_Session):
+    """A stream connection driven by an asyncio protocol: its transport closes and aborts it."""
+
+    __slots__ = ()
+    transport: asyncio.BaseTransport | None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        _settle(self.closed, exc)
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            cast(asyncio.Transport, self.transport).abort()
+        _settle(self.closed, None)
+
+
+class _RttStream(_TransportSession, asyncio.Protocol):
     """Send ``pipeline`` messages; each ``size`` bytes that come back complete the oldest one.
 
     Used for ``--pipeline`` > 1 and for -n runs. Every reply that one read brings shares one timestamp;
@@ -736,9 +755,6 @@ class _RttStream(_Session, asyncio.Protocol):
     def eof_received(self) -> bool | None:
         return None
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        _settle(self.closed, exc)
-
     def expire_before(self, limit_ns: int, final: bool) -> None:
         sent = self.sent
         if sent and sent[0] < limit_ns and not self.expired:
@@ -751,17 +767,8 @@ class _RttStream(_Session, asyncio.Protocol):
     def pause(self) -> None:
         _pause_reading(self.transport)
 
-    def close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
 
-    def abort(self) -> None:
-        if self.transport is not None:
-            self.transport.abort()
-        _settle(self.closed, None)
-
-
-class _RttOne(_Session, asyncio.Protocol):
+class _RttOne(_TransportSession, asyncio.Protocol):
     """One request in flight, measured for -d seconds: the common case and the hot path.
 
     Per reply: one clock read, the next request written, the latency counted in the histogram's bucket
@@ -818,9 +825,6 @@ class _RttOne(_Session, asyncio.Protocol):
     def eof_received(self) -> bool | None:
         return None
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        _settle(self.closed, exc)
-
     def expire_before(self, limit_ns: int, final: bool) -> None:
         if self.t0 and self.t0 < limit_ns and not self.expired:
             self.expired = True
@@ -832,17 +836,8 @@ class _RttOne(_Session, asyncio.Protocol):
     def pause(self) -> None:
         _pause_reading(self.transport)
 
-    def close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
 
-    def abort(self) -> None:
-        if self.transport is not None:
-            self.transport.abort()
-        _settle(self.closed, None)
-
-
-class _Upload(_Session, asyncio.Protocol):
+class _Upload(_TransportSession, asyncio.Protocol):
     """Write ``size``-byte chunks while the transport is not paused (a discard server reads them)."""
 
     __slots__ = ("closed", "expired", "paused", "transport", "w")
@@ -884,20 +879,8 @@ class _Upload(_Session, asyncio.Protocol):
     def eof_received(self) -> bool | None:
         return None
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        _settle(self.closed, exc)
 
-    def close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
-
-    def abort(self) -> None:
-        if self.transport is not None:
-            self.transport.abort()
-        _settle(self.closed, None)
-
-
-class _Download(_Session, asyncio.BufferedProtocol):
+class _Download(_TransportSession, asyncio.BufferedProtocol):
     """Read (into one buffer per worker) and count what a chargen server sends."""
 
     __slots__ = ("closed", "expired", "transport", "w")
@@ -921,18 +904,6 @@ class _Download(_Session, asyncio.BufferedProtocol):
 
     def eof_received(self) -> bool | None:
         return None
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        _settle(self.closed, exc)
-
-    def close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
-
-    def abort(self) -> None:
-        if self.transport is not None:
-            cast(asyncio.Transport, self.transport).abort()
-        _settle(self.closed, None)
 
 
 def _session_class(plan: BenchPlan) -> type[_RttOne] | type[_RttStream] | type[_Upload] | type[_Download]:
