@@ -4,11 +4,12 @@ Design (the reasoning the issue asks for):
 
 * One asyncio loop (uvloop when installed) owns every socket, so an idle relayed connection costs two
   sockets and a few small objects: no thread, no pipe, no buffer.
-* Plain stream sockets on both sides move bytes with ``os.splice`` through a kernel pipe. A short burst is
-  spliced right in the loop's read callback through the loop's own pipe. A flow that keeps coming (a full
-  chunk) or meets a full destination is handed, with its pipe, to a worker thread that splices until the
-  source has been quiet for a moment, then hands the flow back to the loop and its pipe back to a small pool.
-  So threads and pipes belong to moving flows only (pipes count against ``fs.pipe-user-pages-soft``).
+* Plain stream sockets on both sides: a short burst is spliced right in the loop's read callback through the
+  loop's own pipe (no copy into Python). A flow that keeps coming (a full chunk) or meets a full destination is
+  handed to a worker thread that copies it with ``recv_into``/``send`` through a buffer growing from 256 KiB to
+  4 MiB (on Linux loopback that measured 1.3-1.5x faster than splicing through a pipe), until the source has
+  been quiet for a moment; then the flow goes back to the loop and its buffer is freed. So threads, buffers and
+  pipes belong to moving flows only (pipes count against ``fs.pipe-user-pages-soft``).
 * TLS, ``--hexdump``, ``--trace`` and packet sockets take the buffered path: 64 KiB per active direction,
   awaited sends, so a slow reader slows the writer and memory stays bounded.
 * Set-up cost is what limits connections per second, so a target that needs no look-up (an IP literal, a Unix
