@@ -82,8 +82,16 @@ def bad_server(behaviour: str) -> Iterator[str]:
             elif behaviour == "reset":
                 conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                 conn.close()
+            elif behaviour == "first-silent" and held:  # the first connection never answers; the rest echo
+                held.append(conn)
+                threading.Thread(target=echo, args=(conn,), daemon=True).start()
             else:
                 held.append(conn)
+
+    def echo(conn: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := conn.recv(65536):
+                conn.sendall(data)
 
     t = threading.Thread(target=loop, daemon=True)
     t.start()
@@ -240,6 +248,18 @@ def test_bad_server_rtt_is_bounded(behaviour: str) -> None:
     assert len(lines) == 1 and lines[0].startswith("sockcat: error: no round trip completed: "), err
     if behaviour == "silent":
         assert set(d["error_kinds"]) == {"timeout"}
+
+
+def test_request_count_run_with_a_request_never_answered() -> None:
+    """-n has no fixed window: a request from the warm-up still unanswered at the end is a timeout error
+    described as such, never a crash (it used to format a missing -d)."""
+    with bad_server("first-silent") as addr:
+        res = run_sockcat("bench", addr, "-c", "2", "-n", "200", "--warmup", "0.3", "--json")
+    err = res.stderr.decode()
+    assert "Traceback" not in err, err
+    d = json.loads(res.stdout)
+    assert d["requests"] >= 200 and d["errors"] >= 1 and set(d["error_kinds"]) == {"timeout"}, d
+    assert "no reply within the run" in (d["first_error"] or "") or "within 2 s" in (d["first_error"] or ""), d
 
 
 def test_silent_server_shorter_than_timeout_still_counts() -> None:

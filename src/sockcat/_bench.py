@@ -564,7 +564,7 @@ class _Worker:
             self._expire(self.window_start_ns, final=True)
             for _index, start in list(self.attempts.items()):
                 if start < self.window_start_ns:
-                    self.error("timeout", f"{self.where}: no answer within the {self.plan.duration:g} s window")
+                    self.error("timeout", f"{self.where}: no answer within {_window(self.plan)}")
         finally:
             self.measuring = False
 
@@ -645,6 +645,11 @@ class _Session:
 
     def abort(self) -> None:
         pass
+
+
+def _window(plan: BenchPlan) -> str:
+    """The measuring window in words, for error messages (a -n run has no fixed length)."""
+    return f"the {plan.duration:g} s window" if plan.duration is not None else "the run"
 
 
 def _settle(closed: asyncio.Future[BaseException | None], exc: BaseException | None) -> None:
@@ -760,7 +765,7 @@ class _RttStream(_TransportSession, asyncio.Protocol):
         if sent and sent[0] < limit_ns and not self.expired:
             self.expired = True
             w = self.w
-            how = f"the {w.plan.duration:g} s window" if final else f"{w.timeout:g} s"
+            how = _window(w.plan) if final else f"{w.timeout:g} s"
             w.error("timeout", f"{w.where}: no reply within {how}")
             self.abort()
 
@@ -829,7 +834,7 @@ class _RttOne(_TransportSession, asyncio.Protocol):
         if self.t0 and self.t0 < limit_ns and not self.expired:
             self.expired = True
             w = self.w
-            how = f"the {w.plan.duration:g} s window" if final else f"{w.timeout:g} s"
+            how = _window(w.plan) if final else f"{w.timeout:g} s"
             w.error("timeout", f"{w.where}: no reply within {how}")
             self.abort()
 
@@ -1021,7 +1026,7 @@ class _DatagramSession(_Session):
             if out[key] >= limit_ns:
                 break
             del out[key]
-            how = f"the {w.plan.duration:g} s window" if final else f"{w.timeout:g} s"
+            how = _window(w.plan) if final else f"{w.timeout:g} s"
             w.error("timeout", f"{w.where}: no reply within {how}")
             if w.sending and not final:
                 self._send_one()
@@ -1094,7 +1099,7 @@ class _PacketSession(_Session):
         if self.sent and self.sent[0] < limit_ns and not self.expired:
             self.expired = True
             w = self.w
-            how = f"the {w.plan.duration:g} s window" if final else f"{w.timeout:g} s"
+            how = _window(w.plan) if final else f"{w.timeout:g} s"
             w.error("timeout", f"{w.where}: no reply within {how}")
             self.abort()
 
