@@ -1711,3 +1711,21 @@ def test_out_of_descriptors_clients_wait_in_the_backlog(
     assert not any("Traceback" in line for line in relay.lines), relay.lines
     with relay.connect() as s:  # still serving
         assert roundtrip(s, b"after") == f"{hashlib.sha256(b'after').hexdigest()} 5\n".encode()
+
+
+def test_unbound_unixgram_client_is_reported_at_verbose(
+    short_tmp: Path, start_relay: Callable[..., Relay], udp_echo: Callable[..., UdpEcho]
+) -> None:
+    """A unixgram client that never bound cannot get replies: -v says so, and the relay serves others on."""
+    echo_server = udp_echo()
+    relay = start_relay(f"unixgram:{short_tmp}/g.sock", f"udp://127.0.0.1:{echo_server.sockaddr[1]}", verbose=True)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as unbound:
+        unbound.sendto(b"lost", str(short_tmp / "g.sock"))
+    line = relay.wait_for(lambda line: "replies cannot reach it" in line)
+    assert line.startswith("sockcat: ") and "unbound unixgram client" in line, line
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as bound:
+        bound.bind(str(short_tmp / "b.sock"))
+        bound.settimeout(5)
+        assert _ask(bound, relay, b"found").split(b"|")[0] == b"found"
+    assert relay.proc.p.poll() is None
+    assert not any("Traceback" in line for line in relay.lines), relay.lines
