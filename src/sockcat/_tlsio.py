@@ -24,23 +24,94 @@ RECV_SIZE = 65536
 _DRAIN_LIMIT = 64  # recv calls at most when draining unread bytes before close
 
 
+class TLSCore:
+    """The TLS state the sync channel below and ``aio``'s share, with no I/O of its own.
+
+    An ``ssl.SSLObject`` over two memory BIOs, plus what exact half-close needs: plaintext decrypted ahead of
+    our close_notify (served first), the end of the peer's direction, and an error met while reading ahead.
+    The caller moves ciphertext: ``outgoing`` to the wire, the wire to :meth:`feed`.
+    """
+
+    def __init__(self, context: ssl.SSLContext, *, server_side: bool, server_hostname: str | None) -> None:
+        self.incoming = ssl.MemoryBIO()
+        self.outgoing = ssl.MemoryBIO()
+        self.obj = context.wrap_bio(
+            self.incoming, self.outgoing, server_side=server_side, server_hostname=server_hostname
+        )
+        self.plain = bytearray()
+        self.eof = False
+        self.error: ssl.SSLError | None = None
+        self.wrote_close = False
+
+    def feed(self, data: bytes) -> None:
+        """Ciphertext from the wire; ``b""`` is the TCP FIN."""
+        if data:
+            self.incoming.write(data)
+        else:
+            self.incoming.write_eof()
+
+    def read(self, n: int) -> bytes | None:
+        """Up to ``n`` plaintext bytes, ``b""`` once the peer's direction has ended, or None: feed me more."""
+        if self.plain:
+            data = bytes(self.plain[:n])
+            del self.plain[:n]
+            return data
+        if self.eof:
+            return b""
+        if self.error is not None:
+            raise self.error
+        try:
+            data = self.obj.read(min(n, RECV_SIZE))  # a record is 16 KiB at most
+        except ssl.SSLWantReadError:
+            return None
+        except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+            self.eof = True
+            return b""
+        if not data:
+            self.eof = True
+        return data
+
+    def close_notify(self) -> None:
+        """Queue our close_notify in ``outgoing`` (once), keeping every byte already received readable.
+
+        ``unwrap()`` calls OpenSSL's SSL_shutdown twice; the second call reads the records waiting in the
+        incoming BIO and throws their application data away, so they are decrypted into ``plain`` first.
+        """
+        if self.wrote_close:
+            return
+        self.wrote_close = True
+        while not self.eof and self.error is None:
+            try:
+                data = self.obj.read(RECV_SIZE)
+            except ssl.SSLWantReadError:
+                break
+            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                self.eof = True
+                break
+            except ssl.SSLError as exc:
+                self.error = exc
+                break
+            if not data:
+                self.eof = True
+                break
+            self.plain += data
+        with contextlib.suppress(ssl.SSLError):
+            self.obj.unwrap()
+
+
 class TLSChannel:
     def __init__(
         self, sock: socket.socket, context: ssl.SSLContext, *, server_side: bool, server_hostname: str | None = None
     ) -> None:
         self.sock = sock
-        self._in = ssl.MemoryBIO()
-        self._out = ssl.MemoryBIO()
-        self._obj = context.wrap_bio(self._in, self._out, server_side=server_side, server_hostname=server_hostname)
-        self._state = threading.Lock()  # the SSL object, the BIOs and _plain; never held across socket I/O
+        self._core = TLSCore(context, server_side=server_side, server_hostname=server_hostname)
+        self._obj = self._core.obj
+        self._out = self._core.outgoing
+        self._state = threading.Lock()  # the TLS core; never held across socket I/O
         self._send = threading.Lock()  # whoever holds it moves ciphertext from the outgoing BIO to the wire
         self._reading = threading.Lock()  # one reader at a time: socket bytes enter the BIO in order
         self._writing = threading.Lock()  # one sendall (or close_notify) at a time
         self._unsent = memoryview(b"")  # ciphertext out of the BIO, not yet on the wire (guarded by _send)
-        self._plain = bytearray()  # plaintext decrypted ahead of close_notify, served first (guarded by _state)
-        self._eof = False
-        self._error: ssl.SSLError | None = None
-        self._wrote_close = False
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -74,10 +145,7 @@ class TLSChannel:
     def _fill(self) -> None:
         data = self.sock.recv(RECV_SIZE)
         with self._state:
-            if data:
-                self._in.write(data)
-            else:
-                self._in.write_eof()
+            self._core.feed(data)
 
     # -- handshake and facts -------------------------------------------------------------------------
 
@@ -108,35 +176,14 @@ class TLSChannel:
 
     # -- reading -------------------------------------------------------------------------------------
 
-    def _take_plain(self, n: int) -> bytes:
-        data = bytes(self._plain[:n])
-        del self._plain[:n]
-        return data
-
     def recv(self, n: int = RECV_SIZE) -> bytes:
         """Up to ``n`` plaintext bytes; ``b""`` when the peer's direction ended (close_notify or FIN)."""
         if n <= 0:
             return b""
         with self._reading:
             while True:
-                data: bytes | None = None
                 with self._state:
-                    if self._plain:
-                        return self._take_plain(n)
-                    if self._eof:
-                        return b""
-                    if self._error is not None:
-                        raise self._error
-                    try:
-                        data = self._obj.read(min(n, RECV_SIZE))  # a record is 16 KiB at most
-                    except ssl.SSLWantReadError:
-                        pass
-                    except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
-                        self._eof = True
-                        return b""
-                    else:
-                        if not data:
-                            self._eof = True
+                    data = self._core.read(n)
                     owe = self._out.pending
                 if owe:
                     # TLS 1.3 post-handshake replies (key update): sent now unless a writer will send them.
@@ -173,38 +220,13 @@ class TLSChannel:
                 view = view[n:]
                 self._flush()
 
-    def _read_ahead(self) -> None:
-        """Decrypt every whole record already received into ``_plain`` (call with ``_state`` held).
-
-        OpenSSL's SSL_shutdown, called twice by ``unwrap()``, reads the records waiting in the incoming
-        BIO and throws their application data away: they must be out of it first.
-        """
-        while not self._eof and self._error is None:
-            try:
-                data = self._obj.read(RECV_SIZE)
-            except ssl.SSLWantReadError:
-                return
-            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
-                self._eof = True
-                return
-            except ssl.SSLError as exc:
-                self._error = exc
-                return
-            if not data:
-                self._eof = True
-                return
-            self._plain += data
-
     def shutdown_write(self) -> None:
         """close_notify, then TCP FIN; reading goes on until the peer ends its direction too."""
         with self._writing:
             with self._state:
-                if self._wrote_close:
+                if self._core.wrote_close:
                     return
-                self._wrote_close = True
-                self._read_ahead()
-                with contextlib.suppress(ssl.SSLError):
-                    self._obj.unwrap()
+                self._core.close_notify()
             with contextlib.suppress(OSError):
                 self._flush()
             with contextlib.suppress(OSError):

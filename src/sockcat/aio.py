@@ -22,6 +22,7 @@ from . import _sockets as _s
 from ._address import Address
 from ._errors import NetworkError, Timeout, UsageError, network_error
 from ._framing import DEFAULT_MAX_LINE, ReceiveBuffer, to_bytes
+from ._tlsio import TLSCore
 
 __all__ = [
     "Datagram",
@@ -53,20 +54,17 @@ class _TLS:
     One coroutine at a time moves ciphertext from the outgoing BIO to the socket (the "pusher"); it keeps
     going until the BIO is empty, so bytes added meanwhile by others leave with it. A writer waits for the
     pusher to finish; a reader never does (a pusher blocked on a full socket may be waiting for this very
-    reader's peer to drain it: full-duplex transfers would deadlock).
+    reader's peer to drain it: full-duplex transfers would deadlock). The TLS state is the sync channel's
+    :class:`~sockcat._tlsio.TLSCore`.
     """
 
     def __init__(self, sock: socket.socket, ctx: ssl.SSLContext, server_side: bool, hostname: str | None) -> None:
         self.sock = sock
-        self.incoming = ssl.MemoryBIO()
-        self.outgoing = ssl.MemoryBIO()
-        self.obj = ctx.wrap_bio(self.incoming, self.outgoing, server_side=server_side, server_hostname=hostname)
+        self.core = TLSCore(ctx, server_side=server_side, server_hostname=hostname)
+        self.obj = self.core.obj
+        self.outgoing = self.core.outgoing
         self.loop = asyncio.get_running_loop()
-        self.eof = False
         self._pusher: asyncio.Future[None] | None = None
-        self._plain = bytearray()  # decrypted ahead of our close_notify, served first
-        self._error: ssl.SSLError | None = None
-        self._wrote_close = False
 
     async def flush(self) -> None:
         """Put everything in the outgoing BIO on the wire (after whoever is sending now)."""
@@ -89,11 +87,7 @@ class _TLS:
             await self.flush()
 
     async def _fill(self) -> None:
-        data = await self.loop.sock_recv(self.sock, RECV_SIZE)
-        if data:
-            self.incoming.write(data)
-        else:
-            self.incoming.write_eof()
+        self.core.feed(await self.loop.sock_recv(self.sock, RECV_SIZE))
 
     async def handshake(self) -> None:
         while True:
@@ -107,27 +101,11 @@ class _TLS:
 
     async def recv(self, n: int) -> bytes:
         while True:
-            if self._plain:
-                data = bytes(self._plain[:n])
-                del self._plain[:n]
+            data = self.core.read(n)
+            await self._flush_if_idle()  # TLS 1.3 may owe the peer a message (key update)
+            if data is not None:
                 return data
-            if self.eof:
-                return b""
-            if self._error is not None:
-                raise self._error
-            try:
-                data = self.obj.read(min(n, RECV_SIZE))  # a record is 16 KiB at most
-            except ssl.SSLWantReadError:
-                await self._flush_if_idle()  # TLS 1.3 may owe the peer a message (key update)
-                await self._fill()
-                continue
-            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
-                self.eof = True
-                return b""
-            if not data:
-                self.eof = True
-            await self._flush_if_idle()
-            return data
+            await self._fill()
 
     async def sendall(self, data: bytes) -> None:
         view = memoryview(data).cast("B")
@@ -136,34 +114,8 @@ class _TLS:
             view = view[n:]
             await self.flush()
 
-    def _read_ahead(self) -> None:
-        """Decrypt every whole record already in the incoming BIO into ``_plain``.
-
-        ``unwrap()`` calls SSL_shutdown twice; the second call reads the records waiting in the incoming
-        BIO and drops their application data: it must find none.
-        """
-        while not self.eof and self._error is None:
-            try:
-                data = self.obj.read(RECV_SIZE)
-            except ssl.SSLWantReadError:
-                return
-            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
-                self.eof = True
-                return
-            except ssl.SSLError as exc:
-                self._error = exc
-                return
-            if not data:
-                self.eof = True
-                return
-            self._plain += data
-
     async def close_notify(self) -> None:
-        if not self._wrote_close:
-            self._wrote_close = True
-            self._read_ahead()
-            with contextlib.suppress(ssl.SSLError):
-                self.obj.unwrap()
+        self.core.close_notify()
         await self.flush()
 
     def drain(self) -> None:
