@@ -547,15 +547,7 @@ class _Relay:
         """The one ``(family, type, proto, sockaddr)`` of a target that needs no look-up per connection
         (a Unix path, an IP literal), when both sides can splice: the fast path; None otherwise."""
         t = self.target
-        if not (
-            _HAVE_SPLICE
-            and not self.opts.hexdump
-            and not _trace.tracing()
-            and self.opts.server_ssl is None
-            and self.opts.client_ssl is None
-            and listen_type == socket.SOCK_STREAM
-            and t.type == socket.SOCK_STREAM
-        ):
+        if not self._can_splice(listen_type, t.type):
             return None
         if not t.is_unix:
             if not (t.is_ip and t.host):
@@ -571,14 +563,18 @@ class _Relay:
         return infos[0] if len(infos) == 1 else None
 
     def splice_ok(self, a: socket.socket, b: socket.socket) -> bool:
+        return self._can_splice(a.type, b.type)
+
+    def _can_splice(self, a_type: int, b_type: int) -> bool:
+        """Plain bytes both ways between two stream sockets: no TLS, hex dump or trace in between."""
         return (
             _HAVE_SPLICE
             and not self.opts.hexdump
             and not _trace.tracing()
             and self.opts.server_ssl is None
             and self.opts.client_ssl is None
-            and a.type == socket.SOCK_STREAM
-            and b.type == socket.SOCK_STREAM
+            and a_type == socket.SOCK_STREAM
+            and b_type == socket.SOCK_STREAM
         )
 
     def peer(self, sa: Any) -> Address | None:
