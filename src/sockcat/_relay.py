@@ -448,7 +448,7 @@ class _SpliceConn:
         self.relay.connecting.pop(self, None)
         log = self.relay.opts.log
         if log.verbose:
-            log.info(f"{self.relay.peer(self.peer_sa)}: {network_error(exc, f'connect {self.relay.target}')}")
+            log.info(f"{show(self.relay.peer(self.peer_sa))}: {network_error(exc, f'connect {self.relay.target}')}")
         self.close()
 
     def start(self, registered: bool = False) -> None:
