@@ -1265,7 +1265,7 @@ def _on_sigterm(terminated: list[bool]) -> None:
 
 
 def _worker_main(plan: BenchPlan, connections: int, limit: int | None, pipe: Any, report: bool, parent: int) -> None:
-    from ._services import die_with_parent
+    from ._process import die_with_parent
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles ^C and ends its workers
     signal.signal(signal.SIGTERM, signal.SIG_DFL)

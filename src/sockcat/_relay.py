@@ -34,7 +34,6 @@ import contextlib
 import errno
 import ipaddress
 import os
-import resource
 import select
 import signal
 import socket
@@ -57,6 +56,7 @@ from ._errors import NetworkError, UsageError, describe, network_error
 from ._hexdump import HexDumper
 from ._log import SILENT, Log
 from ._options import SockOpt
+from ._process import die_with_parent, raise_nofile_limit
 from ._sockets import Listener, Stream, _prepare, bind_socket, resolve, to_address
 
 COPY_MIN, COPY_MAX = 1 << 18, 1 << 22  # a moving flow's copy buffer: grows while reads fill it
@@ -86,25 +86,6 @@ class RelayOptions:
     sni: str | None = None
     grace: float = 5.0
     workers: int = 1
-
-
-def raise_nofile_limit() -> int:
-    """Raise the open-files limit as far as the OS allows; return the new soft limit."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    try:
-        with open("/proc/sys/fs/nr_open") as f:
-            ceiling = int(f.read())
-    except (OSError, ValueError):
-        ceiling = hard
-    for want in (max(hard, min(ceiling, 1 << 20)), hard):
-        if want == resource.RLIM_INFINITY or want <= soft:
-            continue
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (want, max(want, hard)))
-            return want
-        except (ValueError, OSError):
-            continue
-    return soft
 
 
 # --- the splice path -----------------------------------------------------------------------------
@@ -1058,7 +1039,7 @@ def run_relay(listen_address: Address, target: Address, opts: RelayOptions) -> i
                 if pid == 0:  # a worker: the same listening socket, its own loop
                     code = 1
                     try:
-                        _die_with_parent(parent)
+                        die_with_parent(parent)
                         code = _serve_in_process(sock, bound, target, opts, is_child=True)
                     finally:
                         os._exit(code)
@@ -1072,22 +1053,6 @@ def run_relay(listen_address: Address, target: Address, opts: RelayOptions) -> i
             for pid in children:
                 with contextlib.suppress(ChildProcessError):
                     os.waitpid(pid, 0)
-
-
-def _die_with_parent(parent: int) -> None:
-    """In a forked worker: get SIGTERM when the parent dies, even by SIGKILL (Linux ``PR_SET_PDEATHSIG``).
-
-    SIGTERM is the graceful stop. A parent that died before the request was made is caught by the
-    ``getppid`` check after it.
-    """
-    if sys.platform == "linux":
-        import ctypes
-
-        with contextlib.suppress(OSError, AttributeError):
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(1, int(signal.SIGTERM), 0, 0, 0)  # PR_SET_PDEATHSIG = 1
-    if os.getppid() != parent:
-        os._exit(0)
 
 
 def _serve_in_process(

@@ -36,6 +36,7 @@ from ._address import Address
 from ._errors import NetworkError, UsageError, describe, network_error
 from ._log import SILENT, Log
 from ._options import SockOpt
+from ._process import die_with_parent, raise_nofile_limit
 from ._sockets import Listener, SockOpts, _opts, bind_socket, to_address
 
 SERVICES = ("echo", "discard", "chargen", "daytime")
@@ -675,7 +676,7 @@ def run_serve(service: str, address: Address, opts: ServeOptions) -> int:
         raise UsageError("--workers must be at least 1")
     if address.is_datagram and opts.max_conns is not None:
         raise UsageError("--max-conns is for stream addresses (a datagram service has no connections)")
-    _raise_nofile_limit()
+    raise_nofile_limit()
     sock, bound = _bind(address, opts)
     with Listener(sock, bound) as listener:
         if not bound.is_datagram:
@@ -753,23 +754,3 @@ async def _serve_until_signal(
         for signum in _STOP_SIGNALS:
             loop.remove_signal_handler(signum)
     return code[0]
-
-
-def die_with_parent(parent: int) -> None:
-    """In a forked worker: get SIGTERM when the parent dies, even by SIGKILL (Linux ``PR_SET_PDEATHSIG``)."""
-    with contextlib.suppress(Exception):
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
-    if os.getppid() != parent:  # it died before the call above
-        os._exit(0)
-
-
-def _raise_nofile_limit() -> None:
-    """Many idle clients need many descriptors: raise the soft limit to the hard one."""
-    import resource
-
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))

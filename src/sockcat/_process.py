@@ -1,0 +1,43 @@
+"""Process-level helpers the engines share: descriptor limits and forked workers' lifetime."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import resource
+import signal
+import sys
+
+
+def raise_nofile_limit() -> int:
+    """Raise the open-files limit as far as the OS allows; return the new soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        with open("/proc/sys/fs/nr_open") as f:
+            ceiling = int(f.read())
+    except (OSError, ValueError):
+        ceiling = hard
+    for want in (max(hard, min(ceiling, 1 << 20)), hard):
+        if want == resource.RLIM_INFINITY or want <= soft:
+            continue
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, max(want, hard)))
+            return want
+        except (ValueError, OSError):
+            continue
+    return soft
+
+
+def die_with_parent(parent: int) -> None:
+    """In a forked worker: get SIGTERM when the parent dies, even by SIGKILL (Linux ``PR_SET_PDEATHSIG``).
+
+    SIGTERM is the graceful stop. A parent that died before the request was made is caught by the
+    ``getppid`` check after it.
+    """
+    if sys.platform == "linux":
+        import ctypes
+
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+    if os.getppid() != parent:
+        os._exit(0)
