@@ -31,21 +31,9 @@ def parse_size(text: str) -> int:
     return int(m.group(1)) * _UNITS[m.group(2).lower()]
 
 
-def _sockopt_option(g: Any) -> None:
-    from ._options import NAMES as SOCKOPT_NAMES
-
-    g.add_argument(
-        "--sockopt",
-        action="append",
-        default=[],
-        metavar="NAME=VALUE",
-        help=f"set a socket option (repeatable): {', '.join(SOCKOPT_NAMES)}",
-    )
-
-
 def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     """Add the ``serve`` and ``bench`` subcommands to the main parser's subparsers."""
-    from .cli import _positive, _seconds
+    from .cli import _positive, _seconds, sockopt_option
 
     s = sub.add_parser(
         "serve",
@@ -62,7 +50,7 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     s.add_argument("--workers", type=_positive, default=1, metavar="N", help="processes sharing the address")
     g = s.add_argument_group("connection options")
     g.add_argument("-i", "--idle-timeout", type=_seconds, metavar="S", help="close connections idle for S seconds")
-    _sockopt_option(g)
+    sockopt_option(g)
     t = s.add_argument_group("TLS options (tls:// addresses)")
     t.add_argument("--cert", metavar="PEM", help="certificate (default: a throwaway self-signed one)")
     t.add_argument("--key", metavar="PEM", help="private key (default: in the --cert file)")
@@ -96,7 +84,7 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     g = b.add_argument_group("connection options")
     g.add_argument("-w", "--connect-timeout", type=_seconds, metavar="S", help="give up connecting after S (5)")
     g.add_argument("-s", "--source", metavar="ADDR", help="bind to ADDR before connecting")
-    _sockopt_option(g)
+    sockopt_option(g)
     t = b.add_argument_group("TLS options (tls:// addresses)")
     t.add_argument("--ca", metavar="PEM", help="trust these CA certificates")
     t.add_argument("--cert", metavar="PEM", help="client certificate")

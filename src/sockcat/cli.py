@@ -71,13 +71,10 @@ def _global_options(p: argparse.ArgumentParser, suppress: bool) -> None:
     p.add_argument("--trace", action="store_true", help="print every socket operation as it happens", **d)
 
 
-def _connection_options(p: argparse.ArgumentParser) -> None:
+def sockopt_option(g: Any) -> None:
+    """``--sockopt NAME=VALUE`` (repeatable), its help naming every option sockcat knows."""
     from ._options import NAMES as SOCKOPT_NAMES
 
-    g = p.add_argument_group("connection options")
-    g.add_argument("-w", "--connect-timeout", type=_seconds, metavar="S", help="give up connecting after S seconds")
-    g.add_argument("-i", "--idle-timeout", type=_seconds, metavar="S", help="close after S seconds without traffic")
-    g.add_argument("-s", "--source", metavar="ADDR", help="bind to ADDR before connecting")
     g.add_argument(
         "--sockopt",
         action="append",
@@ -85,6 +82,14 @@ def _connection_options(p: argparse.ArgumentParser) -> None:
         metavar="NAME=VALUE",
         help=f"set a socket option (repeatable): {', '.join(SOCKOPT_NAMES)}",
     )
+
+
+def _connection_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("connection options")
+    g.add_argument("-w", "--connect-timeout", type=_seconds, metavar="S", help="give up connecting after S seconds")
+    g.add_argument("-i", "--idle-timeout", type=_seconds, metavar="S", help="close after S seconds without traffic")
+    g.add_argument("-s", "--source", metavar="ADDR", help="bind to ADDR before connecting")
+    sockopt_option(g)
     g.add_argument("--hexdump", action="store_true", help="show traffic as a hex dump on stderr")
     t = p.add_argument_group("TLS options (tls:// addresses)")
     t.add_argument("--cert", metavar="PEM", help="certificate (a listener without one makes a throwaway one)")
