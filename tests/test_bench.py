@@ -387,6 +387,11 @@ def flaky_echo(replies: int) -> Iterator[str]:
                         return
                     got += len(data)
                     conn.sendall(data)
+                # An orderly close: FIN first, then read until the client goes. Closing with its next request
+                # unread would make the kernel send RST, and the client would see a reset, not a close.
+                conn.shutdown(socket.SHUT_WR)
+                while conn.recv(65536):
+                    pass
 
     def loop() -> None:
         while not stop.is_set():
