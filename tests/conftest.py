@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -277,3 +278,33 @@ def short_tmp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     d.mkdir()
     yield d
     shutil.rmtree(d, ignore_errors=True)
+
+
+class Bg(threading.Thread):
+    """Run ``fn`` in a thread; ``get()`` returns its result or re-raises its exception.
+
+    ``get`` waits at most ``TIMEOUT`` seconds unless told otherwise (a test file sets its own bound
+    by subclassing)."""
+
+    TIMEOUT = 5.0
+
+    def __init__(self, fn: Callable[..., Any], *args: Any) -> None:
+        super().__init__(daemon=True)
+        self.fn, self.args = fn, args
+        self.result: Any = None
+        self.exc: BaseException | None = None
+        self.start()
+
+    def run(self) -> None:
+        try:
+            self.result = self.fn(*self.args)
+        except BaseException as exc:
+            self.exc = exc
+
+    def get(self, timeout: float | None = None) -> Any:
+        timeout = self.TIMEOUT if timeout is None else timeout
+        self.join(timeout)
+        assert not self.is_alive(), f"{self.fn} still running after {timeout} s"
+        if self.exc is not None:
+            raise self.exc
+        return self.result

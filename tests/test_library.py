@@ -7,15 +7,15 @@ import os
 import re
 import socket
 import ssl
-import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trustme
+from conftest import Bg as _Bg
 
 import sockcat
 from sockcat import (
@@ -34,28 +34,8 @@ T = 5.0  # every blocking call in this file is bounded by this
 pytestmark = pytest.mark.timeout(30)
 
 
-class Bg(threading.Thread):
-    """Run ``fn`` in a thread; ``get()`` returns its result or re-raises its exception."""
-
-    def __init__(self, fn: Callable[..., Any], *args: Any) -> None:
-        super().__init__(daemon=True)
-        self.fn, self.args = fn, args
-        self.result: Any = None
-        self.exc: BaseException | None = None
-        self.start()
-
-    def run(self) -> None:
-        try:
-            self.result = self.fn(*self.args)
-        except BaseException as exc:
-            self.exc = exc
-
-    def get(self, timeout: float = T) -> Any:
-        self.join(timeout)
-        assert not self.is_alive(), f"{self.fn} still running after {timeout} s"
-        if self.exc is not None:
-            raise self.exc
-        return self.result
+class Bg(_Bg):
+    TIMEOUT = T
 
 
 def insecure() -> ssl.SSLContext:

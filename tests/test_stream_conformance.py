@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import hashlib
 import random
-import threading
 import time
 import uuid
 from collections.abc import Callable, Coroutine, Iterator
@@ -21,6 +20,7 @@ from typing import Any
 
 import pytest
 import uvloop
+from conftest import Bg as _Bg
 
 import sockcat
 from sockcat import aio
@@ -75,26 +75,8 @@ def kind(request: pytest.FixtureRequest, short_tmp: Path) -> Kind:
 # --- sync side ------------------------------------------------------------------------------------------
 
 
-class Bg(threading.Thread):
-    def __init__(self, fn: Callable[..., Any], *args: Any) -> None:
-        super().__init__(daemon=True)
-        self.fn, self.args = fn, args
-        self.result: Any = None
-        self.exc: BaseException | None = None
-        self.start()
-
-    def run(self) -> None:
-        try:
-            self.result = self.fn(*self.args)
-        except BaseException as exc:
-            self.exc = exc
-
-    def get(self, timeout: float = 2 * T) -> Any:
-        self.join(timeout)
-        assert not self.is_alive(), f"{self.fn} still running after {timeout} s"
-        if self.exc is not None:
-            raise self.exc
-        return self.result
+class Bg(_Bg):
+    TIMEOUT = 2 * T
 
 
 class SyncPair:

@@ -13,11 +13,11 @@ import random
 import socket
 import ssl
 import threading
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Iterator
 
 import pytest
 import trustme
+from conftest import Bg as _Bg
 from conftest import run_sockcat
 
 import sockcat
@@ -42,26 +42,8 @@ def client_ctx(version: ssl.TLSVersion) -> ssl.SSLContext:
     return ctx
 
 
-class Bg(threading.Thread):
-    def __init__(self, fn: Callable[..., Any], *args: Any) -> None:
-        super().__init__(daemon=True)
-        self.fn, self.args = fn, args
-        self.result: Any = None
-        self.exc: BaseException | None = None
-        self.start()
-
-    def run(self) -> None:
-        try:
-            self.result = self.fn(*self.args)
-        except BaseException as exc:
-            self.exc = exc
-
-    def get(self, timeout: float = 2 * T) -> Any:
-        self.join(timeout)
-        assert not self.is_alive(), f"{self.fn} still running after {timeout} s"
-        if self.exc is not None:
-            raise self.exc
-        return self.result
+class Bg(_Bg):
+    TIMEOUT = 2 * T
 
 
 def read_to_eof(s: sockcat.Stream) -> bytes:
