@@ -308,3 +308,44 @@ class Bg(threading.Thread):
         if self.exc is not None:
             raise self.exc
         return self.result
+
+
+def start_listen(
+    procs: list[Proc], *args: str, data: bytes | None = None, stdout: int | None = subprocess.PIPE
+) -> tuple[Proc, str]:
+    """Start ``sockcat listen ARGS``; ``data`` (if given) is its whole stdin. Returns (proc, bound address)."""
+    p = Proc(sockcat("listen", *args), stdin=subprocess.PIPE if data is not None else subprocess.DEVNULL, stdout=stdout)
+    procs.append(p)
+    if data is not None:
+        assert p.p.stdin is not None
+        p.p.stdin.write(data)
+        p.p.stdin.close()
+        p.p.stdin = None
+    return p, p.read_listening()
+
+
+def finish(p: Proc, timeout: float = TIMEOUT) -> tuple[int, bytes, list[str]]:
+    """Wait for ``p`` to exit; return (status, all of stdout, every stderr line) — buffered bytes included."""
+    results: dict[str, bytes] = {}
+
+    def read(name: str, stream: object) -> None:
+        results[name] = stream.read()  # type: ignore[attr-defined]
+
+    threads = [
+        threading.Thread(target=read, args=(name, stream), daemon=True)
+        for name, stream in (("out", p.p.stdout), ("err", p.p.stderr))
+        if stream is not None
+    ]
+    for t in threads:
+        t.start()
+    rc = p.wait(timeout)
+    for t in threads:
+        t.join(timeout)
+    err = p.stderr_lines + results.get("err", b"").decode(errors="replace").splitlines()
+    return rc, results.get("out", b""), err
+
+
+def port_of(address: str) -> int:
+    port = int(address.rsplit(":", 1)[1])
+    assert 0 < port < 65536, address
+    return port

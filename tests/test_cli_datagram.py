@@ -19,7 +19,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import TIMEOUT, Proc, free_port, require, run_sockcat, sockcat
+from conftest import TIMEOUT, Proc, free_port, port_of, require, run_sockcat, sockcat
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -78,12 +78,6 @@ def finish_stderr(p: Proc, timeout: float = TIMEOUT) -> tuple[int, list[str]]:
     rc = p.wait(timeout)
     assert p.p.stderr is not None
     return rc, p.stderr_lines + p.p.stderr.read().decode(errors="replace").splitlines()
-
-
-def port_of(address: str) -> int:
-    port = int(address.rsplit(":", 1)[1])
-    assert 0 < port < 65536, address
-    return port
 
 
 def udp_bound(port: int) -> bool:

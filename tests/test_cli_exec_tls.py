@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import trustme
-from conftest import TIMEOUT, Proc, free_port, require, run_sockcat, sockcat
+from conftest import TIMEOUT, Proc, finish, free_port, port_of, require, run_sockcat, sockcat, start_listen
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -28,17 +28,6 @@ FINGERPRINT = re.compile(r"(?:[0-9A-F]{2}:){31}[0-9A-F]{2}")
 
 
 # -- helpers -------------------------------------------------------------------------------------------
-
-
-def start_listen(procs: list[Proc], *args: str, data: bytes | None = None) -> tuple[Proc, str]:
-    p = Proc(sockcat("listen", *args), stdin=subprocess.PIPE if data is not None else subprocess.DEVNULL)
-    procs.append(p)
-    if data is not None:
-        assert p.p.stdin is not None
-        p.p.stdin.write(data)
-        p.p.stdin.close()
-        p.p.stdin = None
-    return p, p.read_listening()
 
 
 def next_stderr_line(p: Proc, timeout: float = 10.0) -> str:
@@ -52,32 +41,6 @@ def next_stderr_line(p: Proc, timeout: float = 10.0) -> str:
     line = box[0].decode(errors="replace").rstrip("\n")
     p.stderr_lines.append(line)
     return line
-
-
-def finish(p: Proc, timeout: float = TIMEOUT) -> tuple[int, bytes, list[str]]:
-    """Wait for exit; return (status, stdout, all stderr lines) reading through Python's buffers."""
-    results: dict[str, bytes] = {}
-
-    def read(name: str, stream: object) -> None:
-        results[name] = stream.read()  # type: ignore[attr-defined]
-
-    threads = [
-        threading.Thread(target=read, args=(n, s), daemon=True)
-        for n, s in (("out", p.p.stdout), ("err", p.p.stderr))
-        if s is not None
-    ]
-    for t in threads:
-        t.start()
-    rc = p.wait(timeout)
-    for t in threads:
-        t.join(timeout)
-    return rc, results.get("out", b""), p.stderr_lines + results.get("err", b"").decode(errors="replace").splitlines()
-
-
-def port_of(address: str) -> int:
-    port = int(address.rsplit(":", 1)[1])
-    assert 0 < port < 65536, address
-    return port
 
 
 def recv_all(s: socket.socket) -> bytes:
