@@ -46,27 +46,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
+from sockcat._process import raise_nofile_limit  # the relay raises its own limit the same way
+
 HERE = Path(__file__).resolve()
 PING = b"0123456789abcdef"
 LISTEN_TIMEOUT = 10.0
-
-
-def raise_nofile() -> int:
-    """Soft RLIMIT_NOFILE up to the hard limit; as root, the hard limit up to fs.nr_open (capped at 2**20)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    try:
-        ceiling = min(int(Path("/proc/sys/fs/nr_open").read_text()), 1 << 20)
-    except (OSError, ValueError):
-        ceiling = hard
-    for want in (max(hard, ceiling), hard):
-        if want <= soft:
-            return soft
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (want, max(want, hard)))
-            return want
-        except (ValueError, OSError):
-            continue
-    return soft
 
 
 def new_loop() -> asyncio.AbstractEventLoop:
@@ -94,7 +78,7 @@ class _Echo(asyncio.Protocol):
 
 def role_echo() -> int:
     """Echo server on 127.0.0.1:0; prints ``listening on PORT``; runs until SIGTERM."""
-    raise_nofile()
+    raise_nofile_limit()
     loop = new_loop()
     asyncio.set_event_loop(loop)
     server = loop.run_until_complete(loop.create_server(_Echo, "127.0.0.1", 0, backlog=4096))
@@ -149,7 +133,7 @@ async def _hold(port: int, conns: int, touch: bool, concurrency: int, timeout: f
 
 
 def role_hold(port: int, conns: int, touch: bool, concurrency: int) -> int:
-    raise_nofile()
+    raise_nofile_limit()
     loop = new_loop()
     try:
         return loop.run_until_complete(_hold(port, conns, touch, concurrency, 60.0))
@@ -203,7 +187,7 @@ async def _rate(port: int, concurrency: int, warmup: float, window: float) -> di
 
 
 def role_rate(port: int, concurrency: int, warmup: float, window: float) -> int:
-    raise_nofile()
+    raise_nofile_limit()
     loop = new_loop()
     try:
         print(json.dumps(loop.run_until_complete(_rate(port, concurrency, warmup, window))), flush=True)
@@ -743,7 +727,7 @@ def main() -> int:
         if shutil.which(tool) is None:
             print(f"relay_scale: {tool} not found", file=sys.stderr)
             return 1
-    raise_nofile()  # inherited by every process started below
+    raise_nofile_limit()  # inherited by every process started below
     report: dict[str, Any] = {"machine": machine(), "idle": []}
     with tempfile.TemporaryDirectory(prefix="relay-scale-") as tmp:
         procs = Procs(Path(tmp))
