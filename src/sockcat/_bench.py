@@ -268,6 +268,11 @@ class _Worker:
         elif self.result.first_error is None:
             self.result.first_error = message
 
+    def timed_out(self, final: bool) -> None:
+        """A request went unanswered: past ``--timeout``, or through the whole window (``final``)."""
+        how = _window(self.plan) if final else f"{self.timeout:g} s"
+        self.error("timeout", f"{self.where}: no reply within {how}")
+
     def begin_window(self) -> None:
         """Start the measured window: forget the warm-up's samples, start the clocks."""
         self.hist.reset()
@@ -633,9 +638,15 @@ class _Session:
     __slots__ = ()
     expired: bool
     closed: asyncio.Future[BaseException | None]
+    w: _Worker
 
     def expire_before(self, limit_ns: int, final: bool) -> None:
         pass
+
+    def _expire(self, final: bool) -> None:
+        """The request in flight timed out: count it, and drop the connection (a late reply is nobody's)."""
+        self.w.timed_out(final)
+        self.abort()
 
     def pause(self) -> None:
         """The window is over: stop reading (no more replies to count)."""
@@ -764,10 +775,7 @@ class _RttStream(_TransportSession, asyncio.Protocol):
         sent = self.sent
         if sent and sent[0] < limit_ns and not self.expired:
             self.expired = True
-            w = self.w
-            how = _window(w.plan) if final else f"{w.timeout:g} s"
-            w.error("timeout", f"{w.where}: no reply within {how}")
-            self.abort()
+            self._expire(final)
 
     def pause(self) -> None:
         _pause_reading(self.transport)
@@ -833,10 +841,7 @@ class _RttOne(_TransportSession, asyncio.Protocol):
     def expire_before(self, limit_ns: int, final: bool) -> None:
         if self.t0 and self.t0 < limit_ns and not self.expired:
             self.expired = True
-            w = self.w
-            how = _window(w.plan) if final else f"{w.timeout:g} s"
-            w.error("timeout", f"{w.where}: no reply within {how}")
-            self.abort()
+            self._expire(final)
 
     def pause(self) -> None:
         _pause_reading(self.transport)
@@ -1026,8 +1031,7 @@ class _DatagramSession(_Session):
             if out[key] >= limit_ns:
                 break
             del out[key]
-            how = _window(w.plan) if final else f"{w.timeout:g} s"
-            w.error("timeout", f"{w.where}: no reply within {how}")
+            w.timed_out(final)
             if w.sending and not final:
                 self._send_one()
 
@@ -1098,10 +1102,7 @@ class _PacketSession(_Session):
     def expire_before(self, limit_ns: int, final: bool) -> None:
         if self.sent and self.sent[0] < limit_ns and not self.expired:
             self.expired = True
-            w = self.w
-            how = _window(w.plan) if final else f"{w.timeout:g} s"
-            w.error("timeout", f"{w.where}: no reply within {how}")
-            self.abort()
+            self._expire(final)
 
     def abort(self) -> None:
         self.task.cancel()
