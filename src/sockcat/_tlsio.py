@@ -235,23 +235,27 @@ class TLSChannel:
     # -- closing -------------------------------------------------------------------------------------
 
     def drain(self) -> None:
-        """Read and drop whatever the kernel holds for us (unread TLS 1.3 session tickets, say).
-
-        Closing a socket with unread bytes makes the kernel send RST instead of FIN, and the peer would
-        see a reset instead of the end of the stream.
-        """
-        with contextlib.suppress(OSError, ValueError):
-            poller = select.poll()
-            poller.register(self.sock.fileno(), select.POLLIN)
-            # Poll first: on a socket with a timeout, recv would wait for data before trying MSG_DONTWAIT.
-            for _ in range(_DRAIN_LIMIT):
-                if not poller.poll(0) or not socket.socket.recv(self.sock, RECV_SIZE, socket.MSG_DONTWAIT):
-                    return
+        drain_socket(self.sock)
 
     def close(self) -> None:
         if self.sock.fileno() != -1:
             self.drain()
         self.sock.close()
+
+
+def drain_socket(sock: socket.socket) -> None:
+    """Read and drop whatever the kernel holds for us (unread TLS 1.3 session tickets, say) before a close.
+
+    Closing a socket with unread bytes makes the kernel send RST instead of FIN, and the peer would
+    see a reset instead of the end of the stream.
+    """
+    with contextlib.suppress(OSError, ValueError):
+        poller = select.poll()
+        poller.register(sock.fileno(), select.POLLIN)
+        # Poll first: on a socket with a timeout, recv would wait for data before trying MSG_DONTWAIT.
+        for _ in range(_DRAIN_LIMIT):
+            if not poller.poll(0) or not socket.socket.recv(sock, RECV_SIZE, socket.MSG_DONTWAIT):
+                return
 
 
 def tls_error(exc: ssl.SSLError, what: str) -> NetworkError:

@@ -22,7 +22,7 @@ from . import _sockets as _s
 from ._address import Address
 from ._errors import NetworkError, Timeout, UsageError, network_error
 from ._framing import DEFAULT_MAX_LINE, ReceiveBuffer, to_bytes
-from ._tlsio import TLSCore
+from ._tlsio import TLSCore, drain_socket
 
 __all__ = [
     "Datagram",
@@ -119,11 +119,7 @@ class _TLS:
         await self.flush()
 
     def drain(self) -> None:
-        """Drop unread bytes (TLS 1.3 session tickets...) before close: unread bytes make close send RST."""
-        with contextlib.suppress(OSError, ValueError):
-            for _ in range(64):
-                if not socket.socket.recv(self.sock, RECV_SIZE, socket.MSG_DONTWAIT):
-                    return
+        drain_socket(self.sock)
 
     def version(self) -> str | None:
         return self.obj.version()
