@@ -11,7 +11,14 @@ sink reports its byte count, which must equal SIZE). Source and sink are the sam
 compare relays. Relays, interleaved round-robin, every run in alternating order:
 
 * ``sockcat``: ``sockcat relay unix:S tcp://127.0.0.1:P``;
-* ``socat`` / ``socat -b 262144``: ``socat [-b 262144] UNIX-LISTEN:S,fork TCP:127.0.0.1:P``.
+* ``socat`` / ``socat -b 262144``: ``socat [-b 262144] UNIX-LISTEN:S,fork TCP:127.0.0.1:P``;
+* two references that are not products, to show where the ceiling is: ``copy loop``, the least a user-space
+  relay can do (one Python process, one connection, ``recv_into`` a 4 MiB buffer then ``sendall``, no event
+  loop, no second direction), and ``splice loop``, the same with ``os.splice`` through a 1 MiB pipe.
+
+On two CPUs the source, the relay and the sink share the cores, and every byte is copied four times (source
+into the kernel, relay out and back in, sink out): when ``copy loop`` is only a few per cent above socat
+``-b 262144``, no relay can be much faster on that machine.
 
 Only processes this script started are signalled.
 """
@@ -46,6 +53,29 @@ while True:
 print(total, time.perf_counter(), flush=True)
 """
 
+# the reference relays: argv = mode, unix path, tcp port; one connection, one direction, then exit
+LOOP = r"""
+import fcntl, os, socket, sys
+mode, path, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+srv = socket.socket(socket.AF_UNIX)
+srv.bind(path)
+srv.listen()
+c, _ = srv.accept()
+u = socket.create_connection(("127.0.0.1", port))
+if mode == "copy":
+    buf = bytearray(4 << 20)
+    view = memoryview(buf)
+    while n := c.recv_into(buf):
+        u.sendall(view[:n])
+else:
+    r, w = os.pipe()
+    size = fcntl.fcntl(w, 1031, 1 << 20)  # F_SETPIPE_SZ; 1 MiB is the default pipe-max-size
+    while n := os.splice(c.fileno(), w, size):
+        while n:
+            n -= os.splice(r, u.fileno(), n)
+u.shutdown(socket.SHUT_WR)
+"""
+
 
 def parse_size(text: str) -> int:
     units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
@@ -67,6 +97,8 @@ def one(name: str, size: int, tmp: str) -> float:
     with_b = ["-b", "262144"] if name == "socat -b 262144" else []
     if name == "sockcat":
         cmd = [sys.executable, "-m", "sockcat", "-q", "relay", f"unix:{path}", f"tcp://127.0.0.1:{port}"]
+    elif name.endswith(" loop"):
+        cmd = [sys.executable, "-c", LOOP, name.split()[0], path, str(port)]
     else:
         cmd = ["socat", *with_b, f"UNIX-LISTEN:{path},fork,unlink-early", f"TCP:127.0.0.1:{port}"]
     relay = subprocess.Popen(cmd, stderr=subprocess.DEVNULL)
@@ -104,7 +136,7 @@ def main() -> None:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     size = parse_size(args.size)
-    names = ["sockcat", "socat", "socat -b 262144"]
+    names = ["sockcat", "socat", "socat -b 262144", "copy loop", "splice loop"]
     rates: dict[str, list[float]] = {n: [] for n in names}
     with tempfile.TemporaryDirectory() as tmp:
         for run in range(args.runs):
