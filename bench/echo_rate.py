@@ -36,8 +36,9 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from _common import cpu_seconds, descendants, free_port
+
 PY = sys.executable
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 CONNS = 128
 WARMUP = 0.5
 
@@ -150,47 +151,6 @@ def _raise_nofile() -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def _stat(pid: int) -> list[str] | None:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            text = f.read()
-    except OSError:
-        return None
-    return text[text.rindex(")") + 2 :].split()  # fields from 3 (state) on
-
-
-def _children() -> dict[int, list[int]]:
-    kids: dict[int, list[int]] = {}
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            st = _stat(int(name))
-            if st is not None:
-                kids.setdefault(int(st[1]), []).append(int(name))
-    return kids
-
-
-def _tree(pid: int) -> list[int]:
-    kids = _children()
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        todo.extend(kids.get(p, []))
-    return out
-
-
-def tree_cpu(pid: int) -> float:
-    """CPU seconds of a process, its live descendants and the children it has reaped."""
-    ticks = 0
-    for p in _tree(pid):
-        st = _stat(p)
-        if st is None:
-            continue
-        # stat fields 14-17: utime stime cutime cstime (index 11-14 here, counting from field 3)
-        ticks += int(st[11]) + int(st[12]) + int(st[13]) + int(st[14])
-    return ticks / CLK_TCK
-
-
 def rss_kb(pid: int) -> int:
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -201,7 +161,7 @@ def rss_kb(pid: int) -> int:
 
 def tree_pss_kb(pid: int) -> int:
     total = 0
-    for p in _tree(pid):
+    for p in (pid, *descendants(pid)):
         with contextlib.suppress(OSError), open(f"/proc/{p}/smaps_rollup") as f:
             for line in f:
                 if line.startswith("Pss:"):
@@ -210,12 +170,6 @@ def tree_pss_kb(pid: int) -> int:
 
 
 # --- servers ---------------------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_port(port: int, timeout: float = 10.0) -> None:
@@ -255,7 +209,7 @@ class Server:
         return self.proc.pid
 
     def stop(self) -> None:
-        for p in reversed(_tree(self.proc.pid)[1:]):
+        for p in reversed(descendants(self.proc.pid)):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(p, 15)
         self.proc.terminate()
@@ -309,9 +263,9 @@ def rtt_with_cpu(server: Server, size: int, seconds: float, procs: int) -> tuple
     ]  # fmt: skip
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     time.sleep(0.6 + WARMUP)  # start-up, connections, warm-up
-    c0, t0 = tree_cpu(server.pid), time.monotonic()
+    c0, t0 = cpu_seconds(server.pid), time.monotonic()
     time.sleep(seconds * 0.6)
-    c1, t1 = tree_cpu(server.pid), time.monotonic()
+    c1, t1 = cpu_seconds(server.pid), time.monotonic()
     out, err = proc.communicate(timeout=seconds + 60)
     if not out:
         raise RuntimeError(f"{argv}: {err.decode()}")
@@ -451,11 +405,11 @@ def compare_clients(reps: int, seconds: float, size: int = 64) -> None:
     )
     print("|---:|---:|---:|---:|---:|---:|")
     for procs in (1, 2):
-        m, b = rates[("minimal", procs)], rates[("bench", procs)]
-        pairs = median([x / y for x, y in zip(b, m, strict=True) if y])
+        mins, bens = rates[("minimal", procs)], rates[("bench", procs)]
+        pairs = median([x / y for x, y in zip(bens, mins, strict=True) if y])
         mc, bc = median(cpu[("minimal", procs)]), median(cpu[("bench", procs)])
         print(
-            f"| {procs} | {median(m):,.0f} | {median(b):,.0f} | {median(b) / median(m):.3f} | {pairs:.3f} "
+            f"| {procs} | {median(mins):,.0f} | {median(bens):,.0f} | {median(bens) / median(mins):.3f} | {pairs:.3f} "
             f"| {mc:.2f} / {bc:.2f} |"
         )
 

@@ -30,8 +30,6 @@ import asyncio
 import contextlib
 import json
 import os
-import platform
-import re
 import resource
 import select
 import shutil
@@ -46,11 +44,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
+from _common import (
+    LISTEN_TIMEOUT,
+    Procs,
+    cpu_seconds,
+    descendants,
+    free_port,
+    listening_address,
+    machine,
+    source_digest,
+    wait_tcp,
+)
+
 from sockcat._process import raise_nofile_limit  # the relay raises its own limit the same way
 
 HERE = Path(__file__).resolve()
 PING = b"0123456789abcdef"
-LISTEN_TIMEOUT = 10.0
 
 
 def new_loop() -> asyncio.AbstractEventLoop:
@@ -199,74 +208,7 @@ def role_rate(port: int, concurrency: int, warmup: float, window: float) -> int:
 # --- process handling ----------------------------------------------------------------------------
 
 
-def descendants(pid: int) -> list[int]:
-    found: list[int] = []
-    todo = [pid]
-    while todo:
-        p = todo.pop()
-        with contextlib.suppress(OSError):
-            for tid in os.listdir(f"/proc/{p}/task"):
-                with contextlib.suppress(OSError), open(f"/proc/{p}/task/{tid}/children") as f:
-                    for child in (int(x) for x in f.read().split()):
-                        if child not in found:
-                            found.append(child)
-                            todo.append(child)
-    return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-class Procs:
-    """Processes this script started; stopping signals only them (and their descendants) by PID."""
-
-    def __init__(self, work: Path) -> None:
-        self.work = work
-        self.started: list[subprocess.Popen[bytes]] = []
-
-    def start(self, argv: list[str], *, stdin: Any = subprocess.DEVNULL, stdout: Any = None) -> subprocess.Popen[bytes]:
-        err = self.work / f"p{len(self.started)}-{time.monotonic_ns()}.err"
-        with open(err, "wb") as ferr:
-            p = subprocess.Popen(argv, stdin=stdin, stdout=stdout or subprocess.DEVNULL, stderr=ferr)
-        p.stderr_path = err  # type: ignore[attr-defined]
-        self.started.append(p)
-        return p
-
-    def stop(self, p: subprocess.Popen[bytes], grace: float = 5.0) -> None:
-        kids = descendants(p.pid) if p.poll() is None else []
-        for pid in [p.pid, *kids]:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + grace
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            p.wait(timeout=grace)
-        if p.poll() is None:
-            p.kill()
-            p.wait(timeout=5)
-        for pid in kids:
-            while _alive(pid) and time.monotonic() < deadline:
-                time.sleep(0.02)
-            if _alive(pid):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-        for f in (p.stdin, p.stdout):
-            if f is not None:
-                with contextlib.suppress(OSError):
-                    f.close()
-        with contextlib.suppress(ValueError):
-            self.started.remove(p)
-
-    def stop_all(self) -> None:
-        for p in list(self.started):
-            self.stop(p, grace=2.0)
-
-
-def read_line(p: subprocess.Popen[bytes], timeout: float) -> str:
+def read_line(procs: Procs, p: subprocess.Popen[bytes], timeout: float) -> str:
     """One stdout line from ``p`` within ``timeout`` seconds."""
     assert p.stdout is not None
     fd = p.stdout.fileno()
@@ -279,42 +221,9 @@ def read_line(p: subprocess.Popen[bytes], timeout: float) -> str:
         if select.select([fd], [], [], min(left, 0.2))[0]:
             chunk = os.read(fd, 4096)
             if not chunk:
-                raise RuntimeError(f"{p.args!r} ended: {Path(p.stderr_path).read_text()[-500:]}")  # type: ignore[attr-defined]
+                raise RuntimeError(f"{p.args!r} ended: {procs.stderr_text(p)[-500:]}")
             buf += chunk
     return buf.split(b"\n", 1)[0].decode()
-
-
-def wait_listening_line(p: subprocess.Popen[bytes], timeout: float = LISTEN_TIMEOUT) -> int:
-    """The port from sockcat's ``listening on tcp://127.0.0.1:PORT`` stderr line."""
-    path = Path(p.stderr_path)  # type: ignore[attr-defined]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        m = re.search(r"^listening on \S+:(\d+)$", path.read_text(errors="replace"), re.M)
-        if m:
-            return int(m.group(1))
-        if p.poll() is not None:
-            raise RuntimeError(f"{p.args!r} exited {p.returncode}: {path.read_text()[-500:]}")
-        time.sleep(0.02)
-    raise RuntimeError(f"no 'listening on' line from {p.args!r}")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_tcp(port: int, p: subprocess.Popen[bytes], timeout: float = LISTEN_TIMEOUT) -> None:
-    """Poll ``ss -ltn`` until something listens on the port."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        out = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True, timeout=10).stdout
-        if re.search(rf":{port}\s", out):
-            return
-        if p.poll() is not None:
-            raise RuntimeError(f"{p.args!r} exited {p.returncode} before listening")
-        time.sleep(0.02)
-    raise RuntimeError(f"nothing listens on port {port}")
 
 
 def me(role: str, *args: str) -> list[str]:
@@ -323,7 +232,7 @@ def me(role: str, *args: str) -> list[str]:
 
 def start_echo(procs: Procs) -> tuple[subprocess.Popen[bytes], int]:
     p = procs.start(me("echo"), stdout=subprocess.PIPE)
-    line = read_line(p, LISTEN_TIMEOUT)
+    line = read_line(procs, p, LISTEN_TIMEOUT)
     return p, int(line.rsplit(" ", 1)[1])
 
 
@@ -332,7 +241,7 @@ def start_sockcat(procs: Procs, target_port: int, workers: int = 1) -> tuple[sub
     p = procs.start(
         ["sockcat", "-q", "relay", "--grace", "1", *extra, "tcp://127.0.0.1:0", f"tcp://127.0.0.1:{target_port}"]
     )
-    return p, wait_listening_line(p)
+    return p, int(listening_address(procs, p).rsplit(":", 1)[1])
 
 
 def start_socat(procs: Procs, target_port: int, extra: str = "") -> tuple[subprocess.Popen[bytes], int]:
@@ -403,32 +312,6 @@ class Snapshot:
         return snap
 
 
-def cpu_seconds(pid: int) -> float:
-    """CPU time (user+system) of ``pid`` with its reaped children, plus its live descendants."""
-    total = 0.0
-    tck = os.sysconf("SC_CLK_TCK")
-    for i, p in enumerate([pid, *descendants(pid)]):
-        try:
-            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        ticks = int(fields[11]) + int(fields[12]) + (int(fields[13]) + int(fields[14]) if i == 0 else 0)
-        total += ticks / tck
-    return total
-
-
-def source_digest() -> str:
-    """sha256 (first 12 hex digits) of the relay's source, so figures can be tied to the code measured."""
-    import hashlib
-
-    try:
-        import sockcat._relay as mod
-
-        return hashlib.sha256(Path(mod.__file__ or "").read_bytes()).hexdigest()[:12]
-    except (ImportError, OSError):
-        return "?"
-
-
 def one_round_trip(port: int) -> None:
     with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
         s.sendall(PING)
@@ -487,7 +370,7 @@ def idle_scale(procs: Procs, relay: str, conns: int, touch: bool, echo_port: int
         client = procs.start(
             me("hold", *args, *(["--touch"] if touch else [])), stdin=subprocess.PIPE, stdout=subprocess.PIPE
         )
-        made = json.loads(read_line(client, 180.0))
+        made = json.loads(read_line(procs, client, 180.0))
         time.sleep(1.0)  # past the relay's hand-back delay, so only truly idle state remains
         after = wait_sockets(p.pid, before.sockets + 2 * made["established"], children, 60.0)
         held = after.sockets - before.sockets
@@ -527,7 +410,7 @@ def rate_run(procs: Procs, port: int, concurrency: int, relay_pid: int | None) -
         stdout=subprocess.PIPE,
     )
     try:
-        result: dict[str, Any] = json.loads(read_line(client, 30.0))
+        result: dict[str, Any] = json.loads(read_line(procs, client, 30.0))
         client.wait(timeout=10)
         if relay_pid:
             time.sleep(0.3)  # fork children of the last connections exit and are reaped
@@ -587,34 +470,6 @@ def setup_rate(procs: Procs, echo_port: int, runs: int, concurrency: int) -> dic
 
 
 # --- reporting -----------------------------------------------------------------------------------
-
-
-def _version(argv: list[str], pattern: str) -> str:
-    try:
-        out = subprocess.run(argv, capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return "?"
-    m = re.search(pattern, out.stdout + out.stderr)
-    return m.group(1) if m else "?"
-
-
-def machine() -> dict[str, Any]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        uv = version("uvloop")
-    except PackageNotFoundError:
-        uv = "not installed"
-    return {
-        "nproc": os.cpu_count(),
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-        "uvloop": uv,
-        "sockcat": _version(["sockcat", "--version"], r"(\d+\.\d+\S*)"),
-        "socat": _version(["socat", "-V"], r"socat version (\S+)"),
-        "nofile_limit": resource.getrlimit(resource.RLIMIT_NOFILE)[0],
-        "relay_source_sha256": source_digest(),
-    }
 
 
 def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
@@ -728,7 +583,8 @@ def main() -> int:
             print(f"relay_scale: {tool} not found", file=sys.stderr)
             return 1
     raise_nofile_limit()  # inherited by every process started below
-    report: dict[str, Any] = {"machine": machine(), "idle": []}
+    nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    report: dict[str, Any] = {"machine": machine(nofile_limit=nofile, relay_source_sha256=source_digest()), "idle": []}
     with tempfile.TemporaryDirectory(prefix="relay-scale-") as tmp:
         procs = Procs(Path(tmp))
         try:

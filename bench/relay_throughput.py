@@ -31,12 +31,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
-import platform
-import re
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -47,152 +42,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-LISTEN_TIMEOUT = 10.0
+from _common import (
+    Procs,
+    cpu_seconds,
+    free_port,
+    listening_address,
+    machine,
+    parse_size,
+    source_digest,
+    wait_tcp,
+    wait_unix,
+)
+
 SOCAT_BIG = "262144"
 
 
 # --- processes -----------------------------------------------------------------------------------
 
 
-def _children(pid: int) -> list[int]:
-    """Direct children of ``pid`` (every thread's list), from /proc."""
-    out: list[int] = []
-    with contextlib.suppress(OSError):
-        for tid in os.listdir(f"/proc/{pid}/task"):
-            with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{tid}/children") as f:
-                out.extend(int(x) for x in f.read().split())
-    return out
-
-
-def descendants(pid: int) -> list[int]:
-    found: list[int] = []
-    todo = [pid]
-    while todo:
-        for child in _children(todo.pop()):
-            if child not in found:
-                found.append(child)
-                todo.append(child)
-    return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-def cpu_seconds(pid: int) -> float:
-    """CPU time (user+system) of ``pid``, its reaped children and its live descendants."""
-    total = 0.0
-    for i, p in enumerate([pid, *descendants(pid)]):
-        try:
-            with open(f"/proc/{p}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        # fields[0] is field 3 (state): utime=14, stime=15, cutime=16, cstime=17 -> indices 11..14
-        ticks = int(fields[11]) + int(fields[12])
-        if i == 0:
-            ticks += int(fields[13]) + int(fields[14])
-        total += ticks / CLK_TCK
-    return total
-
-
-class Procs:
-    """The processes this script started; ``stop`` signals only them and their own descendants."""
-
-    def __init__(self) -> None:
-        self.started: list[subprocess.Popen[bytes]] = []
-
-    def start(self, argv: list[str], stderr: Path | None = None) -> subprocess.Popen[bytes]:
-        err: Any = open(stderr, "wb") if stderr is not None else subprocess.DEVNULL  # noqa: SIM115
-        try:
-            p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
-        finally:
-            if stderr is not None:
-                err.close()
-        self.started.append(p)
-        return p
-
-    def stop(self, p: subprocess.Popen[bytes], grace: float = 3.0) -> None:
-        kids = descendants(p.pid) if p.poll() is None else []
-        for pid in [p.pid, *kids]:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + grace
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            p.wait(timeout=grace)
-        if p.poll() is None:
-            p.kill()
-            p.wait(timeout=5)
-        for pid in kids:
-            while _alive(pid) and time.monotonic() < deadline:
-                time.sleep(0.02)
-            if _alive(pid):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-        with contextlib.suppress(ValueError):
-            self.started.remove(p)
-
-    def stop_all(self) -> None:
-        for p in list(self.started):
-            self.stop(p, grace=1.0)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _ss(args: list[str]) -> str:
-    return subprocess.run(["ss", *args], capture_output=True, text=True, timeout=10).stdout
-
-
-def wait_tcp(port: int, p: subprocess.Popen[bytes], timeout: float = LISTEN_TIMEOUT) -> None:
-    """Poll ``ss -ltn`` until 127.0.0.1:port (or any address with that port) is listening."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if re.search(rf":{port}\s", _ss(["-ltnH", f"sport = :{port}"])):
-            return
-        if p.poll() is not None:
-            raise RuntimeError(f"{p.args!r} exited with {p.returncode} before listening")
-        time.sleep(0.02)
-    raise RuntimeError(f"nothing listens on port {port} after {timeout:g} s ({p.args!r})")
-
-
-def wait_unix(path: str, p: subprocess.Popen[bytes], timeout: float = LISTEN_TIMEOUT) -> None:
-    """Poll ``ss -lxn`` until a unix stream socket listens on ``path``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if path in _ss(["-lxnH"]):
-            return
-        if p.poll() is not None:
-            raise RuntimeError(f"{p.args!r} exited with {p.returncode} before listening")
-        time.sleep(0.02)
-    raise RuntimeError(f"nothing listens on {path} after {timeout:g} s ({p.args!r})")
-
-
-def wait_listening_line(stderr: Path, p: subprocess.Popen[bytes], timeout: float = LISTEN_TIMEOUT) -> str:
-    """The address from sockcat's ``listening on ADDRESS`` stderr line."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        m = re.search(r"^listening on (\S+)$", stderr.read_text(errors="replace"), re.M)
-        if m:
-            return m.group(1)
-        if p.poll() is not None:
-            raise RuntimeError(f"{p.args!r} exited with {p.returncode}: {stderr.read_text(errors='replace')}")
-        time.sleep(0.02)
-    raise RuntimeError(f"no 'listening on' line from {p.args!r} after {timeout:g} s")
-
-
 def sockcat_relay(procs: Procs, work: Path, listen: str, target: str) -> tuple[subprocess.Popen[bytes], str]:
     err = work / f"sockcat-{len(procs.started)}-{time.monotonic_ns()}.err"
     p = procs.start(["sockcat", "-q", "relay", "--grace", "1", listen, target], stderr=err)
-    return p, wait_listening_line(err, p)
+    return p, listening_address(procs, p)
 
 
 # --- configurations ------------------------------------------------------------------------------
@@ -297,13 +168,6 @@ BASELINES = {
 # --- measuring -----------------------------------------------------------------------------------
 
 
-def parse_size(text: str) -> int:
-    m = re.fullmatch(r"(\d+(?:\.\d+)?)([KMGT]?)", text.strip().upper())
-    if not m:
-        raise argparse.ArgumentTypeError(f"bad size {text!r} (like 2G, 512M)")
-    return int(float(m.group(1)) * 1024 ** " KMGT".index(m.group(2) or " "))
-
-
 @dataclass
 class Sample:
     gbps: float | None = None
@@ -360,47 +224,6 @@ def measure(procs: Procs, work: Path, config: Config, size: str, parallel: int) 
 
 
 # --- reporting -----------------------------------------------------------------------------------
-
-
-def _version(argv: list[str], pattern: str) -> str:
-    try:
-        out = subprocess.run(argv, capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return "?"
-    m = re.search(pattern, out.stdout + out.stderr)
-    return m.group(1) if m else "?"
-
-
-def source_digest() -> str:
-    """sha256 (first 12 hex digits) of the relay's source, so figures can be tied to the code measured."""
-    import hashlib
-
-    try:
-        import sockcat._relay as mod
-
-        return hashlib.sha256(Path(mod.__file__ or "").read_bytes()).hexdigest()[:12]
-    except (ImportError, OSError):
-        return "?"
-
-
-def machine() -> dict[str, Any]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        uv = version("uvloop")
-    except PackageNotFoundError:
-        uv = "not installed"
-    return {
-        "nproc": os.cpu_count(),
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-        "uvloop": uv,
-        "sockcat": _version(["sockcat", "--version"], r"(\d+\.\d+\S*)"),
-        "relay_source_sha256": source_digest(),
-        "socat": _version(["socat", "-V"], r"socat version (\S+)"),
-        "ncat": _version(["ncat", "--version"], r"Version (\S+)"),
-        "iperf3": _version(["iperf3", "--version"], r"iperf (\S+)"),
-    }
 
 
 def median(values: list[float]) -> float | None:
@@ -525,7 +348,7 @@ def main() -> int:
         if shutil.which(tool) is None:
             print(f"relay_throughput: {tool} not found", file=sys.stderr)
             return 1
-    facts = machine()
+    facts = machine(relay_source_sha256=source_digest())
     configs = CONFIGS
     results: dict[int, dict[str, Summary]] = {p: {c.name: Summary() for c in CONFIGS} for p in parallels}
     procs = Procs()

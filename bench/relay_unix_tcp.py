@@ -36,6 +36,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _common import parse_size
+
 BUF = 4 << 20
 
 SINK = r"""
@@ -75,11 +77,6 @@ else:
             n -= os.splice(r, u.fileno(), n)
 u.shutdown(socket.SHUT_WR)
 """
-
-
-def parse_size(text: str) -> int:
-    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
-    return int(text[:-1]) * units[text[-1].upper()] if text[-1].upper() in units else int(text)
 
 
 def wait_for_path(path: str, deadline: float) -> None:

@@ -54,12 +54,10 @@ import contextlib
 import hashlib
 import json
 import os
-import platform
 import re
 import select
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -69,6 +67,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
+
+from _common import free_port, machine, parse_size, tool_version
 
 GIB = 1 << 30
 MIB = 1 << 20
@@ -167,12 +167,6 @@ def tool_missing(tool: Tool) -> str | None:
 
 
 # --- readiness -------------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def tcp_listening(port: int) -> bool:
@@ -468,32 +462,14 @@ class ToolResult:
         }
 
 
-def _version(argv: list[str], pattern: str) -> str | None:
-    try:
-        out = subprocess.run(argv, capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    m = re.search(pattern, out.stdout + out.stderr)
-    return m.group(1) if m else None
-
-
-def machine() -> dict[str, Any]:
-    return {
-        "nproc": len(os.sched_getaffinity(0)),
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-        "sockcat": _version([*sockcat_argv(), "--version"], r"sockcat (\S+)"),
-        "socat": _version(["socat", "-V"], r"socat version (\S+)"),
-        "ncat": _version(["ncat", "--version"], r"Version (\S+)"),
-        "nc": _version(["nc", "-h"], r"(OpenBSD netcat \(Debian patchlevel [^)]*\)|OpenBSD netcat)"),
-    }
-
-
 def build_report(
     args: argparse.Namespace, results: dict[str, ToolResult], verify_size: int, load_start: tuple[float, ...]
 ) -> dict[str, Any]:
     refs = {ref: results[ref].median_rate() if ref in results else None for ref in ("socat", "socat-b256k")}
-    info = machine()
+    info = machine(
+        sockcat=tool_version([*sockcat_argv(), "--version"], r"sockcat (\S+)"),
+        nc=tool_version(["nc", "-h"], r"(OpenBSD netcat \(Debian patchlevel [^)]*\)|OpenBSD netcat)"),
+    )
     # Other work on the machine skews every figure: the load average before and after says how quiet it was.
     info["loadavg_start"] = [round(x, 2) for x in load_start]
     info["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
@@ -587,14 +563,6 @@ def print_table(report: dict[str, Any]) -> None:
 
 
 # --- main ------------------------------------------------------------------------------------------
-
-
-def parse_size(text: str) -> int:
-    """``1G``, ``64M``, ``512K``, ``1GiB``, ``1048576`` -> bytes (binary units, as ``head -c``)."""
-    m = re.fullmatch(r"\s*(\d+)\s*([KMGT]?)(?:i?B)?\s*", text, re.I)
-    if not m:
-        raise argparse.ArgumentTypeError(f"bad size {text!r} (e.g. 1G, 256M, 65536)")
-    return int(m.group(1)) << (10 * " KMGT".index(m.group(2).upper() or " "))
 
 
 def parse_tools(text: str) -> list[str]:
