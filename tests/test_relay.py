@@ -1683,13 +1683,17 @@ def test_unnamed_unix_client_is_logged_in_words(
 
 
 @pytest.mark.parametrize("limit", [40, 41])  # an odd spare descriptor: room to accept, none for the upstream
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])  # resolved once (callback path) / per connection
 def test_out_of_descriptors_clients_wait_in_the_backlog(
-    limit: int, procs: list[Proc], upstream: Callable[..., Upstream]
+    limit: int, host: str, procs: list[Proc], upstream: Callable[..., Upstream]
 ) -> None:
     """With 40 descriptors (room for ~10 relayed connections), 30 clients at once: the relay pauses accepting
-    when it runs out, warns once, and serves every client in turn; none is accepted only to be dropped."""
+    when it runs out, warns once, and serves every client in turn; none is accepted only to be dropped.
+    A host name as the target takes the general path (a task per connection, happy eyeballs): a client
+    accepted there waits for a descriptor for its upstream instead of being dropped."""
     up = upstream(hasher)
-    proc = Proc(["prlimit", f"--nofile={limit}:{limit}", *sockcat("relay", "tcp://127.0.0.1:0", up.url)])
+    target = up.url.replace("127.0.0.1", host)
+    proc = Proc(["prlimit", f"--nofile={limit}:{limit}", *sockcat("relay", "tcp://127.0.0.1:0", target)])
     procs.append(proc)
     relay = Relay(proc)
     clients = []

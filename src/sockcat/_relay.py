@@ -88,6 +88,22 @@ class RelayOptions:
     workers: int = 1
 
 
+def _out_of_descriptors(exc: BaseException) -> OSError | None:
+    """The error saying this process is out of descriptors (or memory) behind ``exc``, else None.
+
+    A name lookup that cannot open /etc/hosts or a DNS socket reports the name as unknown instead, so any other
+    failure is checked with a probe: a pipe that cannot be made for want of descriptors names the real cause."""
+    if isinstance(exc, OSError) and exc.errno in _NO_RESOURCES:
+        return exc
+    try:
+        r, w = os.pipe()
+    except OSError as probe:
+        return probe if probe.errno in _NO_RESOURCES else None
+    os.close(r)
+    os.close(w)
+    return None
+
+
 # --- the splice path -----------------------------------------------------------------------------
 
 
@@ -515,7 +531,11 @@ class _Relay:
         self.connecting: dict[_SpliceConn, float] = {}  # fast-path connects under way -> deadline (in order)
         self._sweeping = False
         self._spare: socket.socket | None = None  # the next client's upstream socket, made before its accept
+        # General path: two descriptors held for the next client's name lookup and upstream, made before its accept
+        self._reserve: tuple[int, int] | None = None
+        self.reserves: set[tuple[int, int]] = set()  # handed to connections that have not used them yet
         self._starved = False  # out of descriptors: accepting paused, warned once
+        self._starved_at = -1e9  # loop time of the last shortage
         self.closing = False
         self.listen = listen
         self.bound = bound
@@ -594,16 +614,22 @@ class _Relay:
                     self._spare = self._new_upstream()
                 except (OSError, UsageError) as exc:
                     if isinstance(exc, OSError) and exc.errno in _NO_RESOURCES:
-                        self._starve(exc)
+                        self._starve(exc, f"accept on {self.bound}")
                         return
                     failure = exc  # e.g. -s ADDR in use: this client is accepted and closed, with a log line
+            elif not fast and self._reserve is None:
+                try:
+                    self._reserve = os.pipe()
+                except OSError as exc:
+                    self._starve(exc, f"accept on {self.bound}")
+                    return
             try:
                 client, sa = accept()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
                 if exc.errno in _NO_RESOURCES:
-                    self._starve(exc)
+                    self._starve(exc, f"accept on {self.bound}")
                     return
                 continue  # ECONNABORTED and the like: that client is gone
             self._starved = False
@@ -620,15 +646,19 @@ class _Relay:
             else:
                 peer = self.peer(sa)
                 local = _name(client, self.listen_scheme, False) if self.opts.log.verbose else None
-                task = asyncio.ensure_future(self.handle(client, peer, local))
+                reserve, self._reserve = self._reserve, None
+                if reserve is not None:
+                    self.reserves.add(reserve)
+                task = asyncio.ensure_future(self.handle(client, peer, local, reserve))
                 self.tasks.add(task)
                 task.add_done_callback(self.tasks.discard)
 
-    def _starve(self, exc: OSError) -> None:
+    def _starve(self, exc: OSError, what: str) -> None:
         """Out of descriptors or memory: pause accepting briefly (one warning per episode)."""
+        self._starved_at = self.loop.time()
         if not self._starved:
             self._starved = True
-            self.opts.log.warning(f"accept on {self.bound}: {describe(exc)}; new clients wait until some close")
+            self.opts.log.warning(f"{what}: {describe(exc)}; new clients wait until some close")
         self.stop_accepting()
         self.loop.call_later(0.05, self._resume_accepting)
 
@@ -735,13 +765,38 @@ class _Relay:
             self.target, timeout=self.opts.connect_timeout, source=self.opts.source, sockopts=self.opts.sockopts
         )
 
-    async def handle(self, client: socket.socket, peer: Address | None, local: Address | None) -> None:
+    async def _connect_when_possible(self, reserve: tuple[int, int] | None) -> socket.socket:
+        """``connect_upstream`` with the descriptors reserved at accept freed first. Out of descriptors anyway
+        (a lookup that could not open /etc/hosts says the name is unknown: within a second of a shortage
+        that counts as one), the client waits for some to free up, accepting paused, for as long as a
+        connect may take (``-w``), instead of being dropped at once."""
+        if reserve is not None and reserve in self.reserves:
+            self.reserves.discard(reserve)
+            os.close(reserve[0])
+            os.close(reserve[1])
+        limit = self.opts.connect_timeout
+        deadline = None if limit is None else self.loop.time() + limit
+        while True:
+            try:
+                return await self.connect_upstream()
+            except (OSError, UsageError) as exc:
+                starved = _out_of_descriptors(exc)
+                if starved is None and self.loop.time() - self._starved_at < 1.0:
+                    starved = OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+                if starved is None or self.closing or (deadline is not None and self.loop.time() >= deadline):
+                    raise
+                self._starve(starved, f"connect to {self.target}")
+            await asyncio.sleep(0.05)
+
+    async def handle(
+        self, client: socket.socket, peer: Address | None, local: Address | None, reserve: tuple[int, int] | None = None
+    ) -> None:
         log = self.opts.log
         client.setblocking(False)
         upstream: socket.socket | None = None
         try:
             try:
-                upstream = await self.connect_upstream()
+                upstream = await self._connect_when_possible(reserve)
             except (OSError, UsageError) as exc:
                 log.info(f"{show(peer)}: {exc}")
                 return
@@ -833,6 +888,13 @@ class _Relay:
         if self._spare is not None:
             self._spare.close()
             self._spare = None
+        if self._reserve is not None:
+            self.reserves.add(self._reserve)
+            self._reserve = None
+        for r, w in self.reserves:  # connections cancelled before they ran
+            os.close(r)
+            os.close(w)
+        self.reserves.clear()
         self.executor.shutdown(wait=False, cancel_futures=True)
         if _HAVE_SPLICE:
             self.mux.close()
