@@ -19,7 +19,7 @@ import stat
 import subprocess
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -527,6 +527,24 @@ class _Hub:
             end.close_write()
 
 
+def _admitted(
+    sock: socket.socket, bound: Address, lopts: ListenOptions, log: Log, active: list[int], lock: threading.Lock
+) -> Iterator[_Accepted]:
+    """Accepted connections, forever, each counted in ``active[0]`` (its handler takes it off); past
+    ``--max-conns`` a client is closed unread, with a log line."""
+    while True:
+        acc = _accept(sock, bound, lopts, log, tls_now=False)
+        if acc is None:
+            continue
+        with lock:
+            if lopts.max_conns is not None and active[0] >= lopts.max_conns:
+                log.info(f"refused {acc.name}: --max-conns {lopts.max_conns} reached")
+                acc.end.close()
+                continue
+            active[0] += 1
+        yield acc
+
+
 def _serve_many(sock: socket.socket, bound: Address, opts: BridgeOptions, lopts: ListenOptions) -> int:
     hub = _Hub(opts)
     active = [0]
@@ -548,18 +566,10 @@ def _serve_many(sock: socket.socket, bound: Address, opts: BridgeOptions, lopts:
                 active[0] -= 1
             opts.log.info(f"closed {acc.name}: {counter.bytes} bytes received")
 
-    while True:
-        acc = _accept(sock, bound, lopts, opts.log, tls_now=False)
-        if acc is None:
-            continue
-        with lock:
-            if lopts.max_conns is not None and active[0] >= lopts.max_conns:
-                opts.log.info(f"refused {acc.name}: --max-conns {lopts.max_conns} reached")
-                acc.end.close()
-                continue
-            active[0] += 1
+    for acc in _admitted(sock, bound, lopts, opts.log, active, lock):
         opts.log.info(f"connection from {acc.name} on {acc.local_name}")
         threading.Thread(target=handle, args=(acc,), daemon=True).start()
+    return 0  # not reached: _admitted never ends (a signal or an error ends the listener)
 
 
 def _child_env(acc: _Accepted) -> dict[str, str]:
@@ -619,22 +629,14 @@ def _serve_exec(sock: socket.socket, bound: Address, opts: BridgeOptions, lopts:
             with lock:
                 active[0] -= 1
 
-    while True:
-        acc = _accept(sock, bound, lopts, opts.log, tls_now=False)
-        if acc is None:
-            continue
-        with lock:
-            if lopts.max_conns is not None and active[0] >= lopts.max_conns:
-                opts.log.info(f"refused {acc.name}: --max-conns {lopts.max_conns} reached")
-                acc.end.close()
-                continue
-            active[0] += 1
+    for acc in _admitted(sock, bound, lopts, opts.log, active, lock):
         opts.log.info(f"connection from {acc.name} on {acc.local_name}: running {argv[0]}")
         if not lopts.keep_open:
             sock.close()
             handle(acc)
             return 0
         threading.Thread(target=handle, args=(acc,), daemon=True).start()
+    return 0  # not reached: _admitted never ends (a signal or an error ends the listener)
 
 
 def _listen_datagram(address: Address, opts: BridgeOptions, lopts: ListenOptions) -> int:
