@@ -41,3 +41,13 @@ def die_with_parent(parent: int) -> None:
             ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
     if os.getppid() != parent:
         os._exit(0)
+
+
+def end_workers(pids: list[int]) -> None:
+    """SIGTERM every forked worker, then reap them all (each ends its own connections on SIGTERM)."""
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    for pid in pids:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)

@@ -56,7 +56,7 @@ from ._errors import NetworkError, UsageError, describe, network_error
 from ._hexdump import HexDumper
 from ._log import SILENT, Log
 from ._options import SockOpt
-from ._process import die_with_parent, raise_nofile_limit
+from ._process import die_with_parent, end_workers, raise_nofile_limit
 from ._sockets import Listener, Stream, _prepare, bind_socket, resolve, to_address
 
 COPY_MIN, COPY_MAX = 1 << 18, 1 << 22  # a moving flow's copy buffer: grows while reads fill it
@@ -1109,12 +1109,7 @@ def run_relay(listen_address: Address, target: Address, opts: RelayOptions) -> i
         try:
             return _serve_in_process(sock, bound, target, opts, is_child=False, children=children)
         finally:
-            for pid in children:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGTERM)
-            for pid in children:
-                with contextlib.suppress(ChildProcessError):
-                    os.waitpid(pid, 0)
+            end_workers(children)
 
 
 def _serve_in_process(

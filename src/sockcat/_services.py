@@ -36,7 +36,7 @@ from ._address import Address
 from ._errors import NetworkError, UsageError, describe, network_error
 from ._log import SILENT, Log
 from ._options import SockOpt
-from ._process import die_with_parent, raise_nofile_limit
+from ._process import die_with_parent, end_workers, raise_nofile_limit
 from ._sockets import Listener, SockOpts, _opts, bind_socket, to_address
 
 SERVICES = ("echo", "discard", "chargen", "daytime")
@@ -707,12 +707,7 @@ def run_serve(service: str, address: Address, opts: ServeOptions) -> int:
             return _run_one(service, sock, bound, opts, children)
         finally:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
-            for pid in children:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGTERM)
-            for pid in children:
-                with contextlib.suppress(ChildProcessError):
-                    os.waitpid(pid, 0)
+            end_workers(children)
 
 
 def _run_one(service: str, sock: socket.socket, bound: Address, opts: ServeOptions, children: list[int]) -> int:
