@@ -18,7 +18,18 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import TIMEOUT, Proc, finish, free_port, port_of, require, run_sockcat, sockcat, start_listen
+from conftest import (
+    TIMEOUT,
+    Proc,
+    finish,
+    free_port,
+    port_of,
+    require,
+    run_sockcat,
+    sockcat,
+    start_listen,
+    wait_port,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -1003,3 +1014,43 @@ def test_sigint_while_bridging_exits_130(who: str, procs: list[Proc]) -> None:
     assert rc == 130
     assert target.p.stderr is not None
     assert b"Traceback" not in target.p.stderr.read()
+
+
+# -- interactive use: what arrives reaches stdout's reader at once, not when the next bytes come ---------------
+
+
+def _read_with_deadline(stream: object, n: int, seconds: float) -> bytes:
+    """Up to ``n`` bytes from a pipe, or b"" if nothing arrived within ``seconds``."""
+    got: list[bytes] = []
+    t = threading.Thread(target=lambda: got.append(stream.read1(n)), daemon=True)  # type: ignore[attr-defined]
+    t.start()
+    t.join(seconds)
+    return got[0] if got else b""
+
+
+def test_connect_reply_reaches_a_piped_stdout_while_the_connection_is_idle(procs: list[Proc]) -> None:
+    """Splicing socket -> stdout pipe must not hold the pipe while waiting for more: the kernel keeps a
+    blocked socket-to-pipe splice holding the pipe's lock, so the reader used to see the reply only when
+    more data (or EOF) came. Here nothing more comes until the reply has been read."""
+    require("socat")
+    port = free_port()
+    echo = Proc(["socat", f"TCP-LISTEN:{port},reuseaddr,fork", "PIPE"], stdout=subprocess.DEVNULL)
+    procs.append(echo)
+    wait_port(port)
+    p = Proc(sockcat("connect", f"tcp://127.0.0.1:{port}"), stdin=subprocess.PIPE)
+    procs.append(p)
+    assert p.p.stdin is not None
+    for line in (b"one\n", b"two\n"):
+        p.p.stdin.write(line)
+        p.p.stdin.flush()
+        assert _read_with_deadline(p.p.stdout, 100, 5.0) == line
+    p.p.stdin.close()
+    p.p.stdin = None
+    assert p.wait(TIMEOUT) == 0
+
+
+def test_listen_data_reaches_a_piped_stdout_while_the_connection_is_idle(procs: list[Proc]) -> None:
+    server, bound = start_listen(procs, "tcp://127.0.0.1:0")
+    with socket.create_connection(("127.0.0.1", port_of(bound)), timeout=TIMEOUT) as c:
+        c.sendall(b"hello\n")
+        assert _read_with_deadline(server.p.stdout, 100, 5.0) == b"hello\n"

@@ -11,6 +11,7 @@ import contextlib
 import errno
 import fcntl
 import os
+import select
 import socket
 import ssl
 import stat
@@ -267,8 +268,17 @@ def _splice(src: int, dst: int, src_pipe: bool, dst_pipe: bool, counter: Counter
     No SPLICE_F_MORE: it corks the socket and costs about a quarter of the throughput.
     """
     if src_pipe or dst_pipe:
+        # A splice from a socket into a pipe holds the pipe's lock while it waits for the socket: the process
+        # reading that pipe (our stdout's reader) could not read what the last call already put there until
+        # more data came. So wait for the socket first, and splice only what is there.
+        poller = None
+        if dst_pipe and not src_pipe:
+            poller = select.poll()
+            poller.register(src, select.POLLIN)
         first = True
         while True:
+            if poller is not None:
+                poller.poll()
             try:
                 n = os.splice(src, dst, SPLICE_CHUNK)
             except OSError as exc:
