@@ -31,6 +31,8 @@ from ._errors import NetworkError, UsageError, network_error
 from ._hexdump import HexDumper
 from ._log import SILENT, Log
 from ._options import SockOpt
+from ._proxy import Proxy
+from ._proxy import check_target as check_proxy_target
 from ._sockets import _safe_name, bind_socket, connect_datagram, connect_socket, open_datagram, to_address
 
 if TYPE_CHECKING:
@@ -259,15 +261,19 @@ def run_connect(
     sockopts: tuple[SockOpt, ...] = (),
     ssl_context: ssl.SSLContext | None = None,
     sni: str | None = None,
+    proxy: Proxy | None = None,
 ) -> int:
     """``sockcat connect``: stdio <-> one connection. Returns the exit status."""
     if address.is_stdio:
         raise UsageError("connect needs a socket address, not stdio:")
+    if proxy is not None:
+        check_proxy_target(address)
     if address.is_datagram:
         return _connect_datagram(address, opts, source=source, sockopts=sockopts, timeout=connect_timeout)
-    sock, addr = connect_socket(address, timeout=connect_timeout, source=source, sockopts=sockopts)
+    sock, addr = connect_socket(address, timeout=connect_timeout, source=source, sockopts=sockopts, proxy=proxy)
     local = show(_safe_name(sock, addr.scheme, peer=False))
-    peer = show(_safe_name(sock, addr.scheme, peer=True) or addr, sock)
+    # through a proxy the socket's peer is the proxy: name the target, and the proxy after it
+    peer = f"{addr} via {proxy}" if proxy is not None else show(_safe_name(sock, addr.scheme, peer=True) or addr, sock)
     conn: End
     if addr.is_tls:
         from ._tls import client_context

@@ -57,6 +57,8 @@ from ._hexdump import HexDumper
 from ._log import SILENT, Log
 from ._options import SockOpt
 from ._process import die_with_parent, end_workers, raise_nofile_limit
+from ._proxy import Proxy
+from ._proxy import check_target as check_proxy_target
 from ._sockets import Listener, Stream, _prepare, bind_socket, resolve, to_address
 
 COPY_MIN, COPY_MAX = 1 << 18, 1 << 22  # a moving flow's copy buffer: grows while reads fill it
@@ -86,6 +88,7 @@ class RelayOptions:
     sni: str | None = None
     grace: float = 5.0
     workers: int = 1
+    proxy: Proxy | None = None  # reach the target through this SOCKS / HTTP CONNECT proxy
 
 
 def _out_of_descriptors(exc: BaseException) -> OSError | None:
@@ -548,7 +551,7 @@ class _Relay:
         """The one ``(family, type, proto, sockaddr)`` of a target that needs no look-up per connection
         (a Unix path, an IP literal), when both sides can splice: the fast path; None otherwise."""
         t = self.target
-        if not self._can_splice(listen_type, t.type):
+        if not self._can_splice(listen_type, t.type) or self.opts.proxy is not None:
             return None
         if not t.is_unix:
             if not (t.is_ip and t.host):
@@ -761,8 +764,9 @@ class _Relay:
     # --- the general path: a task per connection ---------------------------------------------------
 
     async def connect_upstream(self) -> socket.socket:
+        opts = self.opts
         return await _aio.connect_socket(
-            self.target, timeout=self.opts.connect_timeout, source=self.opts.source, sockopts=self.opts.sockopts
+            self.target, timeout=opts.connect_timeout, source=opts.source, sockopts=opts.sockopts, proxy=opts.proxy
         )
 
     async def _connect_when_possible(self, reserve: tuple[int, int] | None) -> socket.socket:
@@ -802,7 +806,8 @@ class _Relay:
                 return
             if log.verbose:
                 up_local = _name(upstream, self.target.scheme, False)
-                log.info(f"connection from {show(peer)} on {local} -> {self.target} from {up_local}")
+                via = f" via {self.opts.proxy}" if self.opts.proxy is not None else ""
+                log.info(f"connection from {show(peer)} on {local} -> {self.target}{via} from {up_local}")
             started = time.monotonic()
             try:
                 if self.splice_ok(client, upstream):
@@ -1079,6 +1084,8 @@ def _check_kinds(listen: Address, target: Address) -> None:
 def run_relay(listen_address: Address, target: Address, opts: RelayOptions) -> int:
     """``sockcat relay LISTEN TARGET`` (CLI entry): bind, print the listening line, serve until a signal."""
     _check_kinds(listen_address, target)
+    if opts.proxy is not None:
+        check_proxy_target(target)
     if opts.workers < 1:
         raise UsageError("--workers must be at least 1")
     raise_nofile_limit()

@@ -24,6 +24,7 @@ from ._address import Address
 from ._errors import NetworkError, Timeout, UsageError, network_error
 from ._framing import DEFAULT_MAX_LINE, ReceiveBuffer, to_bytes
 from ._options import SockOpt, apply_sockopts, parse_sockopts
+from ._proxy import Proxy
 from ._tlsio import TLSChannel
 
 RECV_SIZE = 65536
@@ -236,11 +237,17 @@ def connect_socket(
     timeout: float | None = None,
     source: Address | str | None = None,
     sockopts: SockOpts = None,
+    proxy: Proxy | str | None = None,
 ) -> tuple[socket.socket, Address]:
-    """A connected plain socket (no TLS) for any address kind, errors mapped to sockcat's."""
+    """A connected plain socket (no TLS) for any address kind, errors mapped to sockcat's; with ``proxy``
+    (a ``socks5://``, ``socks5h://``, ``socks4://``, ``socks4a://`` or ``http://`` URL) through that proxy."""
     addr = Address.parse(address)
     src = Address.parse(source) if source is not None else None
     opts = _opts(sockopts)
+    if proxy is not None:
+        from . import _proxy
+
+        return _proxy.connect(_proxy.Proxy.parse(proxy), addr, timeout, src, opts), addr
     try:
         infos = resolve(addr)
         if not infos:
@@ -298,16 +305,18 @@ def connect(
     sockopts: SockOpts = None,
     ssl_context: ssl.SSLContext | None = None,
     sni: str | None = None,
+    proxy: Proxy | str | None = None,
 ) -> Stream:
     """Connect to any stream (or datagram) address and return a :class:`Stream`.
 
     ``timeout`` bounds the connect and every later blocking call (``TimeoutError`` past it);
     ``connect_timeout`` overrides it for the connect alone. A ``tls://`` address verifies the peer's
-    certificate and host name unless ``ssl_context`` says otherwise.
+    certificate and host name unless ``ssl_context`` says otherwise. ``proxy``: connect through a SOCKS or
+    HTTP CONNECT proxy (``socks5h://host:1080``, ``http://user:pw@host:3128``…; tcp and tls addresses).
     """
     addr = Address.parse(address)
     ct = timeout if connect_timeout is None else connect_timeout
-    sock, addr = connect_socket(addr, timeout=ct, source=source, sockopts=sockopts)
+    sock, addr = connect_socket(addr, timeout=ct, source=source, sockopts=sockopts, proxy=proxy)
     tls = _tls_client(sock, addr, ssl_context, sni, ct) if addr.is_tls else None
     sock.settimeout(timeout)
     return Stream(sock, addr.scheme, tls=tls)

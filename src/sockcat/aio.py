@@ -22,6 +22,7 @@ from . import _sockets as _s
 from ._address import Address
 from ._errors import NetworkError, Timeout, UsageError, network_error
 from ._framing import DEFAULT_MAX_LINE, ReceiveBuffer, to_bytes
+from ._proxy import Proxy
 from ._tlsio import TLSCore, drain_socket
 
 __all__ = [
@@ -342,11 +343,12 @@ async def connect(
     sockopts: _s.SockOpts = None,
     ssl_context: ssl.SSLContext | None = None,
     sni: str | None = None,
+    proxy: Proxy | str | None = None,
 ) -> Stream:
     """Connect to a stream address; the asyncio twin of :func:`sockcat.connect`."""
     addr = Address.parse(address)
     ct = timeout if connect_timeout is None else connect_timeout
-    sock = await connect_socket(addr, timeout=ct, source=source, sockopts=sockopts)
+    sock = await connect_socket(addr, timeout=ct, source=source, sockopts=sockopts, proxy=proxy)
     tls = None
     if addr.is_tls:
         from ._tls import client_context
@@ -364,11 +366,17 @@ async def connect_socket(
     timeout: float | None = None,
     source: Address | str | None = None,
     sockopts: _s.SockOpts = None,
+    proxy: Proxy | str | None = None,
 ) -> socket.socket:
-    """A connected non-blocking plain socket (no TLS), happy eyeballs for names; errors mapped."""
+    """A connected non-blocking plain socket (no TLS), happy eyeballs for names; errors mapped.
+    With ``proxy``, through that SOCKS or HTTP CONNECT proxy."""
     addr = Address.parse(address)
     src = Address.parse(source) if source is not None else None
     opts = _s._opts(sockopts)
+    if proxy is not None:
+        from . import _proxy
+
+        return await _proxy.connect_async(_proxy.Proxy.parse(proxy), addr, timeout, src, opts)
     try:
         async with asyncio.timeout(timeout):
             infos = await _resolve(addr)

@@ -21,6 +21,7 @@ from ._log import PROG, Log
 if TYPE_CHECKING:
     from ._address import Address
     from ._bridge import BridgeOptions
+    from ._proxy import Proxy
 
 # Start-up time matters for a command line tool: what a command needs is imported when it runs
 # (`sockcat --help` and `--version` load no socket code, TLS or asyncio).
@@ -99,6 +100,21 @@ def _connection_options(p: argparse.ArgumentParser) -> None:
     t.add_argument("--sni", metavar="NAME", help="server name to send and verify (default: the address's host)")
 
 
+def _proxy_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--proxy",
+        metavar="URL",
+        help="connect through a proxy: socks5://, socks5h:// (the proxy resolves names), socks4://, socks4a://, "
+        "http:// (CONNECT); [USER:PASSWORD@]HOST[:PORT]",
+    )
+
+
+def _proxy(args: argparse.Namespace) -> Proxy | None:
+    from ._proxy import Proxy
+
+    return Proxy.parse(args.proxy) if args.proxy else None
+
+
 def build_parser() -> Parser:
     parser = Parser(
         prog=PROG,
@@ -121,6 +137,7 @@ def build_parser() -> Parser:
     )
     c.add_argument("address", metavar="ADDR")
     _connection_options(c)
+    _proxy_option(c)
     c.set_defaults(func=cmd_connect)
 
     listen = sub.add_parser(
@@ -166,6 +183,7 @@ def build_parser() -> Parser:
         help="on SIGTERM, let connections finish for S seconds (default 5)",
     )
     _connection_options(r)
+    _proxy_option(r)
     r.set_defaults(func=cmd_relay)
     return parser
 
@@ -218,6 +236,7 @@ def cmd_connect(args: argparse.Namespace, log: Log) -> int:
         sockopts=sockopts,
         ssl_context=ctx,
         sni=args.sni,
+        proxy=_proxy(args),
     )
 
 
@@ -271,6 +290,7 @@ def cmd_relay(args: argparse.Namespace, log: Log) -> int:
         grace=args.grace,
         workers=args.workers,
         sni=args.sni,
+        proxy=_proxy(args),
     )
     if listen_addr.is_tls:
         from ._tls import server_context
