@@ -82,12 +82,17 @@ def check_target(addr: Address) -> None:
         raise UsageError(f"--proxy carries tcp and tls connections, not {addr.scheme} ({addr})")
 
 
-def _local(source: Address | None) -> tuple[str, int] | None:
-    if source is None:
-        return None
-    if not source.is_ip:
-        raise UsageError(f"--source {source} with --proxy: give an IP address to connect from")
-    return (source.host or "0.0.0.0", source.port or 0)
+def _begin(proxy: Proxy, addr: Address, source: Address | None) -> tuple[str, int, tuple[str, int] | None]:
+    """Check a proxied connect's arguments: (target host, target port, local address to bind or None)."""
+    check_target(addr)
+    assert addr.host is not None and addr.port is not None
+    local = None
+    if source is not None:
+        if not source.is_ip:
+            raise UsageError(f"--source {source} with --proxy: give an IP address to connect from")
+        local = (source.host or "0.0.0.0", source.port or 0)
+    _trace.emit(f"proxy {proxy}: connect to {proxy.host}:{proxy.port}")
+    return addr.host, addr.port, local
 
 
 def _failure(exc: BaseException, addr: Address, proxy: Proxy) -> NetworkError:
@@ -127,13 +132,10 @@ def connect(
     """A blocking socket connected to ``addr`` through ``proxy`` (the tunnel is up; TLS, if any, comes next)."""
     from python_socks.sync import Proxy as SyncProxy
 
-    check_target(addr)
-    local = _local(source)
-    assert addr.host is not None and addr.port is not None
-    _trace.emit(f"proxy {proxy}: connect to {proxy.host}:{proxy.port}")
+    host, port, local = _begin(proxy, addr, source)
     try:
         client = SyncProxy(**proxy._kwargs())
-        sock = client.connect(addr.host, addr.port, timeout=timeout or DEFAULT_TIMEOUT, local_addr=local)
+        sock = client.connect(host, port, timeout=timeout or DEFAULT_TIMEOUT, local_addr=local)
     except Exception as exc:
         raise _failure(exc, addr, proxy) from None
     return _finish(sock, addr, proxy, opts)
@@ -151,13 +153,10 @@ async def connect_async(
 
     from python_socks.async_.asyncio import Proxy as AsyncProxy
 
-    check_target(addr)
-    local = _local(source)
-    assert addr.host is not None and addr.port is not None
-    _trace.emit(f"proxy {proxy}: connect to {proxy.host}:{proxy.port}")
+    host, port, local = _begin(proxy, addr, source)
     try:
         client = AsyncProxy(**proxy._kwargs(), loop=asyncio.get_running_loop())
-        sock = await client.connect(addr.host, addr.port, timeout=timeout or DEFAULT_TIMEOUT, local_addr=local)
+        sock = await client.connect(host, port, timeout=timeout or DEFAULT_TIMEOUT, local_addr=local)
     except asyncio.CancelledError:
         raise
     except Exception as exc:
