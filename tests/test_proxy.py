@@ -13,6 +13,7 @@ import socket
 import subprocess
 import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from conftest import TIMEOUT, Proc, free_port, require, run_sockcat, sockcat, wait_port
@@ -96,6 +97,24 @@ def http_proxy(procs: list[Proc]) -> Callable[..., str]:
     return start
 
 
+@pytest.fixture
+def dante(procs: list[Proc], tmp_path: Path) -> Callable[[], str]:
+    """A Dante SOCKS server (SOCKS4 and SOCKS5, no auth) on loopback. Returns its host:port."""
+
+    def start() -> str:
+        port = free_port()
+        conf = tmp_path / f"danted-{port}.conf"
+        conf.write_text(
+            f"logoutput: stderr\ninternal: 127.0.0.1 port = {port}\nexternal: 127.0.0.1\n"
+            "socksmethod: none\nclientmethod: none\nuser.privileged: root\nuser.unprivileged: nobody\n"
+            "client pass { from: 127.0.0.0/8 to: 0.0.0.0/0 }\nsocks pass { from: 127.0.0.0/8 to: 0.0.0.0/0 }\n"
+        )
+        _start(procs, [require("danted"), "-f", str(conf), "-N", "1"], port)
+        return f"127.0.0.1:{port}"
+
+    return start
+
+
 def _ask(procs: list[Proc], *args: str, line: bytes = b"hello\n") -> tuple[int, bytes, list[str]]:
     """``sockcat ARGS``: write one line, read one reply line, then close stdin; (status, reply, stderr lines)."""
     p = Proc(sockcat(*args), stdin=subprocess.PIPE)
@@ -139,6 +158,23 @@ def test_connect_through_proxy(
     assert any(f"connected to tcp://{host}:{server.port} via {scheme}://{proxy}" in line for line in err), err
     # the server saw the proxy, not sockcat: the connection really went through it
     assert server.peers and all(peer[0] == "127.0.0.1" for peer in server.peers)
+
+
+@pytest.mark.parametrize(
+    ("scheme", "host"),
+    [
+        ("socks4", "localhost"),  # SOCKS4 carries an IPv4 address: sockcat resolves the name
+        ("socks4a", "127.0.0.1"),  # (Dante answers 4a requests that carry an address, not names; curl fails alike)
+        ("socks5", "127.0.0.1"),
+        ("socks5h", "localhost"),
+    ],
+)
+def test_connect_through_dante(
+    scheme: str, host: str, procs: list[Proc], server: LineServer, dante: Callable[[], str]
+) -> None:
+    proxy = dante()
+    rc, reply, err = _ask(procs, "connect", "--proxy", f"{scheme}://{proxy}", f"tcp://{host}:{server.port}")
+    assert (rc, reply) == (0, b"echo:hello\n"), err
 
 
 @pytest.mark.parametrize("kind", ["socks5", "http"])
