@@ -45,6 +45,7 @@ from . import aio as _aio
 from ._address import Address
 from ._errors import NetworkError, UsageError, describe, network_error
 from ._options import SockOpt
+from ._process import new_runner
 from ._stats import BenchResult, Histogram, WorkerResult, merge
 
 # The histogram's bucket arithmetic, inlined in the sessions' reply callbacks (see Histogram.fast_state).
@@ -1117,14 +1118,6 @@ def _split(total: int, parts: int) -> list[int]:
     return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
 
 
-def _new_runner() -> asyncio.Runner:
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover
-        return asyncio.Runner()
-    return asyncio.Runner(loop_factory=uvloop.new_event_loop)
-
-
 def _result(plan: BenchPlan, parts: list[WorkerResult]) -> BenchResult:
     return merge(
         parts,
@@ -1231,7 +1224,7 @@ def run_plan(plan: BenchPlan, progress: Progress | None = None) -> BenchResult:
     if in_main:  # held until the loop's own handler is in place (see _on_sigterm)
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
     try:
-        with _new_runner() as runner:
+        with new_runner() as runner:
             return runner.run(main())
     except asyncio.CancelledError:
         if not terminated:
@@ -1274,7 +1267,7 @@ def _worker_main(plan: BenchPlan, connections: int, limit: int | None, pipe: Any
     die_with_parent(parent)
     code = 0
     try:
-        with _new_runner() as runner:
+        with new_runner() as runner:
             runner.run(_worker_async(plan, connections, limit, pipe, report))
     except BaseException as exc:
         code = 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import resource
@@ -51,3 +52,12 @@ def end_workers(pids: list[int]) -> None:
     for pid in pids:
         with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, 0)
+
+
+def new_runner() -> asyncio.Runner:
+    """An asyncio runner on uvloop when it is installed."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover
+        return asyncio.Runner()
+    return asyncio.Runner(loop_factory=uvloop.new_event_loop)

@@ -36,7 +36,7 @@ from ._address import Address
 from ._errors import NetworkError, UsageError, describe, network_error
 from ._log import SILENT, Log
 from ._options import SockOpt
-from ._process import die_with_parent, end_workers, raise_nofile_limit
+from ._process import die_with_parent, end_workers, new_runner, raise_nofile_limit
 from ._sockets import Listener, SockOpts, _opts, bind_socket, to_address
 
 SERVICES = ("echo", "discard", "chargen", "daytime")
@@ -585,14 +585,6 @@ def _tls_setup(address: Address, opts: ServeOptions, cert: str | None, key: str 
         )
 
 
-def _new_runner() -> asyncio.Runner:
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a dependency on every platform sockcat runs on
-        return asyncio.Runner()
-    return asyncio.Runner(loop_factory=uvloop.new_event_loop)
-
-
 def _options(
     *,
     log: Log | None,
@@ -664,7 +656,7 @@ def serve(service: str, address: Address | str, **kwargs: Any) -> None:
 
     Takes the keyword arguments of :func:`serve_async`; blocks (uvloop when installed).
     """
-    with _new_runner() as runner:
+    with new_runner() as runner:
         runner.run(serve_async(service, address, **kwargs))
 
 
@@ -713,7 +705,7 @@ def run_serve(service: str, address: Address, opts: ServeOptions) -> int:
 def _run_one(service: str, sock: socket.socket, bound: Address, opts: ServeOptions, children: list[int]) -> int:
     previous = {signum: signal.getsignal(signum) for signum in _STOP_SIGNALS}
     try:
-        with _new_runner() as runner:
+        with new_runner() as runner:
             return runner.run(_serve_until_signal(service, sock, bound, opts, children))
     finally:
         for signum, handler in previous.items():
