@@ -22,7 +22,10 @@ if TYPE_CHECKING:
     from . import aio as aio
     from ._address import Address as Address
     from ._bench import bench as bench
+    from ._proxy import Proxy as Proxy
     from ._relay import relay as relay
+    from ._scan import ScanResult as ScanResult
+    from ._scan import scan as scan
     from ._services import serve as serve
     from ._sockets import Datagram as Datagram
     from ._sockets import Listener as Listener
@@ -42,6 +45,8 @@ _LAZY = {
     "BenchResult": "._stats",
     "Datagram": "._sockets",
     "Listener": "._sockets",
+    "Proxy": "._proxy",
+    "ScanResult": "._scan",
     "Stream": "._sockets",
     "bench": "._bench",
     "connect": "._sockets",
@@ -49,6 +54,7 @@ _LAZY = {
     "listen": "._sockets",
     "open_datagram": "._sockets",
     "relay": "._relay",
+    "scan": "._scan",
     "serve": "._services",
     "set_trace": "._trace",
 }
@@ -62,6 +68,8 @@ __all__ = [
     "LimitOverrunError",
     "Listener",
     "NetworkError",
+    "Proxy",
+    "ScanResult",
     "SockcatError",
     "Stream",
     "UsageError",
@@ -72,6 +80,7 @@ __all__ = [
     "listen",
     "open_datagram",
     "relay",
+    "scan",
     "serve",
     "set_trace",
 ]

@@ -555,3 +555,11 @@ async def serve(service: str, address: Address | str, **kwargs: Any) -> None:
     from ._services import serve_async
 
     await serve_async(service, address, **kwargs)
+
+
+async def scan(host: str, ports: list[int] | str, **kwargs: Any) -> Any:
+    """Scan ``host``'s ports from a running loop; the twin of :func:`sockcat.scan` (same keyword arguments).
+    Returns a :class:`sockcat.ScanResult`."""
+    from ._scan import scan_async
+
+    return await scan_async(host, ports, **kwargs)

@@ -161,6 +161,10 @@ def build_parser() -> Parser:
 
     add_parsers(sub, common)
 
+    from ._cli_scan import add_parser as add_scan
+
+    add_scan(sub, common)
+
     r = sub.add_parser(
         "relay",
         parents=[common],
