@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import os
 import socket
 import time
 from collections import Counter
@@ -121,49 +122,123 @@ async def _resolve(host: str, udp: bool) -> tuple[int, str]:
     return fam, str(sa[0])
 
 
-async def _wait_writable(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
-    fut: asyncio.Future[None] = loop.create_future()
-    fd = sock.fileno()
-
-    def ready() -> None:
-        if not fut.done():
-            fut.set_result(None)
-
-    loop.add_writer(fd, ready)
-    try:
-        await fut
-    finally:
-        loop.remove_writer(fd)
+_LINGER_RST = b"\x01\x00\x00\x00\x00\x00\x00\x00"  # SO_LINGER on, 0 s: close() resets, no TIME_WAIT left
 
 
-async def _tcp_probe(fam: int, ip: str, port: int, timeout: float) -> str:
-    loop = asyncio.get_running_loop()
-    sock = socket.socket(fam, socket.SOCK_STREAM)
-    try:
-        sock.setblocking(False)
-        # no lingering TIME_WAIT or half-open state after an open port: close with a reset
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
-        code = sock.connect_ex((ip, port))
-        if code in (errno.EINPROGRESS, errno.EAGAIN, errno.EALREADY):
-            try:
-                async with asyncio.timeout(timeout):
-                    await _wait_writable(loop, sock)
-            except TimeoutError:
-                return "filtered"
-            code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        if code == 0:
-            # Port P in the ephemeral range may be the very port the kernel picked for this socket: TCP's
-            # simultaneous open then connects the socket to itself. Nothing listens there.
+def _tcp_state(sock: socket.socket, code: int, ip: str, port: int) -> str:
+    """The state a finished ``connect_ex`` (its result or ``SO_ERROR``) means."""
+    if code == 0:
+        # Port P in the ephemeral range may be the very port the kernel picked for this socket: TCP's
+        # simultaneous open then connects the socket to itself. Nothing listens there.
+        try:
             if sock.getsockname()[:2] == sock.getpeername()[:2]:
                 return "closed"
-            return "open"
-        if code in _REFUSED:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RST)  # close() resets: no TIME_WAIT
+        except OSError:
             return "closed"
-        if code in _UNREACHABLE:
-            return "filtered"
-        raise network_error(OSError(code, errno.errorcode.get(code, str(code))), f"scan {ip} port {port}")
-    finally:
+        return "open"
+    if code in _REFUSED:
+        return "closed"
+    if code in _UNREACHABLE:
+        return "filtered"
+    raise network_error(OSError(code, os.strerror(code)), f"scan {ip} port {port}")
+
+
+class _TcpSweep:
+    """Every port's connect in flight at once, up to ``limit``: one non-blocking socket each, started with
+    ``connect_ex``, finished by the loop's writable callback (``SO_ERROR`` says how) or by the deadline sweep
+    (no answer: filtered). Callbacks, no task per port: a port costs a socket and a few system calls."""
+
+    def __init__(self, fam: int, ip: str, ports: list[int], timeout: float, limit: int) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.fam, self.ip, self.timeout, self.limit = fam, ip, timeout, limit
+        self.todo = iter(ports)
+        self.exhausted = False
+        self.states: dict[int, str] = {}
+        self.pending: dict[int, tuple[socket.socket, int, float]] = {}  # fd -> (socket, port, deadline)
+        self.done: asyncio.Future[None] = self.loop.create_future()
+        self.error: BaseException | None = None
+
+    async def run(self) -> dict[int, str]:
+        self._fill()
+        sweep = self.loop.call_later(min(self.timeout / 4, 0.1), self._sweep)
+        try:
+            await self.done
+        finally:
+            sweep.cancel()
+            for fd, (sock, _port, _deadline) in self.pending.items():
+                self.loop.remove_writer(fd)
+                sock.close()
+            self.pending.clear()
+        if self.error is not None:
+            raise self.error
+        return self.states
+
+    def _fill(self) -> None:
+        try:
+            while len(self.pending) < self.limit and not self.exhausted:
+                port = next(self.todo, None)
+                if port is None:
+                    self.exhausted = True
+                    break
+                self._start(port)
+        except BaseException as exc:  # out of descriptors, an unexpected errno: the scan ends with it
+            self._fail(exc)
+            return
+        if self.exhausted and not self.pending and not self.done.done():
+            self.done.set_result(None)
+
+    def _start(self, port: int) -> None:
+        sock = socket.socket(self.fam, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+        try:
+            code = sock.connect_ex((self.ip, port))
+            if code in (errno.EINPROGRESS, errno.EAGAIN, errno.EALREADY):
+                # A refusal from a near host (loopback above all) is often there already: take it now,
+                # without a round through the event loop.
+                code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if code in (0, errno.EINPROGRESS, errno.EAGAIN, errno.EALREADY):  # under way (or just connected)
+                fd = sock.fileno()
+                self.pending[fd] = (sock, port, self.loop.time() + self.timeout)
+                self.loop.add_writer(fd, self._ready, fd)
+                return
+            self.states[port] = _tcp_state(sock, code, self.ip, port)
+        except BaseException:
+            sock.close()
+            raise
         sock.close()
+
+    def _ready(self, fd: int) -> None:
+        entry = self.pending.pop(fd, None)
+        self.loop.remove_writer(fd)
+        if entry is None:
+            return
+        sock, port, _deadline = entry
+        try:
+            self.states[port] = _tcp_state(sock, sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR), self.ip, port)
+        except BaseException as exc:
+            self._fail(exc)
+            return
+        finally:
+            sock.close()
+        self._fill()
+
+    def _sweep(self) -> None:
+        now = self.loop.time()
+        late = [fd for fd, (_s, _p, deadline) in self.pending.items() if deadline <= now]
+        for fd in late:
+            sock, port, _deadline = self.pending.pop(fd)
+            self.loop.remove_writer(fd)
+            sock.close()
+            self.states[port] = "filtered"
+        if not self.done.done():
+            self._fill()
+            self.loop.call_later(min(self.timeout / 4, 0.1), self._sweep)
+
+    def _fail(self, exc: BaseException) -> None:
+        if self.error is None:
+            self.error = exc
+        if not self.done.done():
+            self.done.set_result(None)
 
 
 async def _udp_probe(fam: int, ip: str, port: int, timeout: float) -> str:
@@ -210,17 +285,22 @@ async def scan_async(
         raise UsageError("concurrency must be at least 1")
     fam, ip = await _resolve(host, udp)
     proto = "udp" if udp else "tcp"
-    probe = _udp_probe if udp else _tcp_probe
-    sem = asyncio.Semaphore(limit)
     start = time.monotonic()
+    if udp:
+        sem = asyncio.Semaphore(limit)
 
-    async def one(port: int) -> PortResult:
-        async with sem:
-            state = await probe(fam, ip, port, timeout)
-        return PortResult(port, proto, state, service_name(port, proto) if state != "closed" else "")
+        async def one(port: int) -> str:
+            async with sem:
+                return await _udp_probe(fam, ip, port, timeout)
 
-    results = await asyncio.gather(*(one(p) for p in port_list))
-    return ScanResult(host=host, address=ip, proto=proto, results=list(results), seconds=time.monotonic() - start)
+        states = dict(zip(port_list, await asyncio.gather(*(one(p) for p in port_list)), strict=True))
+    else:
+        states = await _TcpSweep(fam, ip, port_list, timeout, limit).run()
+    results = [
+        PortResult(port, proto, states[port], service_name(port, proto) if states[port] != "closed" else "")
+        for port in port_list
+    ]
+    return ScanResult(host=host, address=ip, proto=proto, results=results, seconds=time.monotonic() - start)
 
 
 def scan(
