@@ -161,8 +161,10 @@ def build_parser() -> Parser:
 
     add_parsers(sub, common)
 
-    from ._cli_scan import add_parser as add_scan
+    from ._cli_tools import add_chat_parser
+    from ._cli_tools import add_parser as add_scan
 
+    add_chat_parser(sub, common)
     add_scan(sub, common)
 
     r = sub.add_parser(

@@ -1,4 +1,4 @@
-"""``sockcat scan HOST PORTS`` on the command line: arguments in, :func:`sockcat._scan.scan` out, a table or JSON."""
+"""``sockcat scan`` and ``sockcat chat`` on the command line: arguments in, one library call out."""
 
 from __future__ import annotations
 
@@ -60,3 +60,40 @@ def print_table(result: ScanResult) -> None:
         console.print(table)
     counts = ", ".join(f"{n} {state}" for state, n in result.counts.items())
     console.print(f"{len(result.results)} ports scanned in {result.seconds:.2f} s: {counts}")
+
+
+def add_chat_parser(sub: Any, common: argparse.ArgumentParser) -> None:
+    from .cli import _positive
+
+    p = sub.add_parser(
+        "chat",
+        parents=[common],
+        help="chat broker for plain line clients (nc, telnet, sockcat connect)",
+        description="A chat broker on ADDR (tcp, unix, tls…): named users, lines to everyone, /msg NAME TEXT "
+        "(kept for offline users until they join), /register to protect a name, /who, /help, /quit.",
+    )
+    p.add_argument("address", metavar="ADDR")
+    p.add_argument("--db", metavar="PATH", help="SQLite store (default $XDG_STATE_HOME/sockcat/chat.sqlite3; :memory:)")
+    p.add_argument("--max-conns", type=_positive, metavar="N", help="close connections past N at once")
+    t = p.add_argument_group("TLS options (tls:// addresses)")
+    t.add_argument("--cert", metavar="PEM", help="certificate (default: a throwaway self-signed one)")
+    t.add_argument("--key", metavar="PEM", help="private key (default: in the --cert file)")
+    p.set_defaults(func=cmd_chat)
+
+
+def cmd_chat(args: argparse.Namespace, log: Log) -> int:
+    from ._address import Address
+    from ._chat import ChatOptions, run_chat
+    from ._errors import UsageError
+
+    address = Address.parse(args.address)
+    opts = ChatOptions(log=log, db=args.db, max_conns=args.max_conns)
+    if (args.cert or args.key) and not address.is_tls:
+        raise UsageError(f"--cert/--key need a tls:// address, not {address}")
+    if address.is_tls:
+        from ._tls import server_context
+
+        opts.ssl_context, opts.fingerprint = server_context(
+            cert=args.cert, key=args.key, hosts=[address.host] if address.host else []
+        )
+    return run_chat(address, opts)
