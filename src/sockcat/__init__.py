@@ -36,6 +36,8 @@ if TYPE_CHECKING:
     from ._sockets import open_datagram as open_datagram
     from ._stats import BenchResult as BenchResult
     from ._trace import set_trace as set_trace
+    from ._transfer import recv_files as recv_files
+    from ._transfer import send_files as send_files
 
 __version__ = "0.1.0"
 
@@ -57,6 +59,8 @@ _LAZY = {
     "scan": "._scan",
     "serve": "._services",
     "set_trace": "._trace",
+    "send_files": "._transfer",
+    "recv_files": "._transfer",
 }
 
 __all__ = [
@@ -79,8 +83,10 @@ __all__ = [
     "connect_datagram",
     "listen",
     "open_datagram",
+    "recv_files",
     "relay",
     "scan",
+    "send_files",
     "serve",
     "set_trace",
 ]

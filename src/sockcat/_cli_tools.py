@@ -1,4 +1,4 @@
-"""``sockcat scan`` and ``sockcat chat`` on the command line: arguments in, one library call out."""
+"""``sockcat scan``, ``chat``, ``send`` and ``recv`` on the command line: arguments in, one library call out."""
 
 from __future__ import annotations
 
@@ -97,3 +97,63 @@ def cmd_chat(args: argparse.Namespace, log: Log) -> int:
             cert=args.cert, key=args.key, hosts=[address.host] if address.host else []
         )
     return run_chat(address, opts)
+
+
+def add_transfer_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
+    from .cli import _seconds
+
+    s = sub.add_parser(
+        "send",
+        parents=[common],
+        help="send files and directories to a 'sockcat recv'",
+        description="Send files and directories (a directory D lands as DIR/D/…) to 'sockcat recv' at ADDR. "
+        "Every file is checked by SHA-256 and renamed into place only when whole; running the same send again "
+        "after an interruption sends only the missing bytes.",
+    )
+    s.add_argument("address", metavar="ADDR")
+    s.add_argument("paths", metavar="PATH", nargs="+")
+    s.add_argument("-w", "--connect-timeout", type=_seconds, metavar="S", help="give up connecting after S seconds")
+    t = s.add_argument_group("TLS options (tls:// addresses)")
+    t.add_argument("--ca", metavar="PEM", help="trust these CA certificates")
+    t.add_argument("--insecure", action="store_true", help="do not verify the receiver's certificate")
+    t.add_argument("--sni", metavar="NAME", help="server name to send and verify (default: the address's host)")
+    s.set_defaults(func=cmd_send)
+    r = sub.add_parser(
+        "recv",
+        parents=[common],
+        help="receive files from a 'sockcat send'",
+        description="Listen on ADDR and receive one 'sockcat send' session into DIR (-k: one after another).",
+    )
+    r.add_argument("address", metavar="ADDR")
+    r.add_argument("-o", "--output", default=".", metavar="DIR", help="where files land (default: .)")
+    r.add_argument("-k", "--keep-open", action="store_true", help="keep receiving sessions")
+    t = r.add_argument_group("TLS options (tls:// addresses)")
+    t.add_argument("--cert", metavar="PEM", help="certificate (default: a throwaway self-signed one)")
+    t.add_argument("--key", metavar="PEM", help="private key (default: in the --cert file)")
+    r.set_defaults(func=cmd_recv)
+
+
+def cmd_send(args: argparse.Namespace, log: Log) -> int:
+    from ._address import Address
+    from ._transfer import run_send
+
+    address = Address.parse(args.address)
+    ctx = None
+    if address.is_tls:
+        from ._tls import client_context
+
+        ctx = client_context(ca=args.ca, insecure=args.insecure)
+    elif args.ca or args.insecure or args.sni:
+        from ._errors import UsageError
+
+        raise UsageError(f"--ca/--insecure/--sni need a tls:// address, not {address}")
+    return run_send(address, args.paths, connect_timeout=args.connect_timeout, log=log, ssl_context=ctx, sni=args.sni)
+
+
+def cmd_recv(args: argparse.Namespace, log: Log) -> int:
+    from ._address import Address
+    from ._transfer import run_recv
+
+    return run_recv(
+        Address.parse(args.address), args.output, keep_open=args.keep_open, log=log, cert=args.cert, key=args.key
+    )

@@ -161,10 +161,11 @@ def build_parser() -> Parser:
 
     add_parsers(sub, common)
 
-    from ._cli_tools import add_chat_parser
+    from ._cli_tools import add_chat_parser, add_transfer_parsers
     from ._cli_tools import add_parser as add_scan
 
     add_chat_parser(sub, common)
+    add_transfer_parsers(sub, common)
     add_scan(sub, common)
 
     r = sub.add_parser(
