@@ -9,7 +9,9 @@ Each run, in rotating order, moves the same random file from a temporary directo
 * ``sockcat recv tcp://127.0.0.1:0 -o OUT`` + ``sockcat send ADDR FILE``: it hashes the file before sending (to build
   the manifest) and while receiving, fsyncs, and renames into place;
 * ``nc -l 127.0.0.1 P > OUT/FILE`` + ``nc -N 127.0.0.1 P < FILE`` (OpenBSD nc): no check at all;
-* ``socat -u TCP-LISTEN:P OPEN:OUT/FILE,creat`` + ``socat -u FILE TCP:127.0.0.1:P`` (socat -b 262144 too).
+* ``socat -u TCP-LISTEN:P OPEN:OUT/FILE,creat`` + ``socat -u FILE TCP:127.0.0.1:P`` (socat -b 262144 too);
+* ``nc + sha256sum``: the same nc pipe with ``sha256sum`` of the source before and of the copy after, then
+  ``sync`` of the copy: the like-for-like verified pipeline a careful user would script around nc.
 
 The time is from starting the sender to the receiver's exit; every copy is then checked against the source's
 SHA-256 (outside the timing). Medians, rates and ratios to ``nc`` are printed as Markdown. The page cache holds
@@ -54,11 +56,13 @@ def one(tool: str, src: Path, out: Path) -> float:
         subprocess.run([sys.executable, "-m", "sockcat", "send", m.group(1), str(src)], check=True, timeout=600)
     else:
         port = free_port()
-        if tool == "nc":
+        if tool.startswith("nc"):
             with open(dest, "wb") as f:
                 recv = subprocess.Popen(["nc", "-l", "127.0.0.1", str(port)], stdout=f)
             wait_tcp(port, recv)
             t0 = time.perf_counter()
+            if tool == "nc + sha256sum":
+                subprocess.run(["sha256sum", str(src)], check=True, capture_output=True, timeout=600)
             with open(src, "rb") as f:
                 subprocess.run(["nc", "-N", "127.0.0.1", str(port)], stdin=f, check=True, timeout=600)
         else:
@@ -69,6 +73,9 @@ def one(tool: str, src: Path, out: Path) -> float:
             subprocess.run(["socat", *b, "-u", f"FILE:{src}", f"TCP:127.0.0.1:{port}"], check=True, timeout=600)
     if recv.wait(timeout=600) != 0:
         raise SystemExit(f"{tool}: the receiver failed")
+    if tool == "nc + sha256sum":
+        subprocess.run(["sha256sum", str(dest)], check=True, capture_output=True, timeout=600)
+        subprocess.run(["sync", str(dest)], check=True, timeout=600)
     return time.perf_counter() - t0
 
 
@@ -78,7 +85,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=5)
     args = ap.parse_args()
     size = parse_size(args.size)
-    tools = ["sockcat", "nc", "socat", "socat -b 262144"]
+    tools = ["sockcat", "nc", "nc + sha256sum", "socat", "socat -b 262144"]
     times: dict[str, list[float]] = {t: [] for t in tools}
     with tempfile.TemporaryDirectory(prefix="sc-xfer-") as tmp:
         src = Path(tmp) / "data.bin"
@@ -101,7 +108,8 @@ def main() -> None:
     print("| tool | seconds (median) | MiB/s | × nc (speed) | verified by the tool |")
     print("|---|---:|---:|---:|---|")
     for t in tools:
-        verified = "SHA-256, fsync, atomic rename" if t == "sockcat" else "no"
+        checks = {"sockcat": "SHA-256, fsync, atomic rename", "nc + sha256sum": "SHA-256 both ends, sync"}
+        verified = checks.get(t, "no")
         print(f"| {t} | {med[t]:.2f} | {size / med[t] / (1 << 20):,.0f} | {med['nc'] / med[t]:.2f} | {verified} |")
 
 

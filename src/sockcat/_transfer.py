@@ -21,9 +21,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import queue
 import ssl
 import stat
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -39,6 +41,7 @@ MAX_MANIFEST = 64 << 20  # bytes of manifest JSON accepted
 MAX_FILES = 1_000_000
 CHUNK = 1 << 20
 PART_SUFFIX = ".part"
+QUEUE_CHUNKS = 8  # chunks (of at most 4 MiB) waiting for the receiver's writer thread
 
 Progress = Callable[[int], None]  # called with bytes just moved
 
@@ -268,6 +271,10 @@ def _parse_manifest(obj: dict[str, Any]) -> tuple[list[FileEntry], list[str]]:
 
 
 def _receive_file(stream: Stream, final: Path, entry: FileEntry, offset: int, progress: Progress | None) -> int:
+    """Append the missing bytes to the part file, check the whole file's SHA-256, rename it into place.
+
+    Two threads: this one receives, a second one hashes and writes (hashlib and file writes release the GIL),
+    joined by a queue of at most QUEUE_CHUNKS chunks, so memory stays bounded and both CPUs work."""
     part = _part_path(final, entry.sha256)
     h = hashlib.sha256()
     if offset:
@@ -275,21 +282,39 @@ def _receive_file(stream: Stream, final: Path, entry: FileEntry, offset: int, pr
             while chunk := f.read(CHUNK):
                 h.update(chunk)
     received = 0
+    failure: list[BaseException] = []
+    chunks: queue.Queue[bytes | None] = queue.Queue(QUEUE_CHUNKS)
     with open(part, "ab") as out:
-        left = entry.size - offset
-        while left:
-            data = stream.recv(min(left, CHUNK))
-            if not data:
-                out.flush()
-                raise TransferError(0, f"the sender closed the connection inside {entry.path} ({left} bytes short)")
-            n = len(data)
-            h.update(data)
-            out.write(data)
-            left -= n
-            received += n
-            if progress is not None:
-                progress(n)
-        out.flush()
+
+        def write_and_hash() -> None:
+            try:
+                while (data := chunks.get()) is not None:
+                    h.update(data)
+                    out.write(data)
+            except BaseException as exc:  # a full disk: the receiving side stops at its next chunk
+                failure.append(exc)
+                while chunks.get() is not None:
+                    pass
+
+        worker = threading.Thread(target=write_and_hash, name="recv writer", daemon=True)
+        worker.start()
+        try:
+            left = entry.size - offset
+            while left and not failure:
+                data = stream.recv(min(left, 4 * CHUNK))
+                if not data:
+                    raise TransferError(0, f"the sender closed the connection inside {entry.path} ({left} bytes short)")
+                chunks.put(data)
+                left -= len(data)
+                received += len(data)
+                if progress is not None:
+                    progress(len(data))
+        finally:
+            chunks.put(None)
+            worker.join()
+            out.flush()
+        if failure:
+            raise failure[0]
         os.fsync(out.fileno())
     if h.hexdigest() != entry.sha256:
         part.unlink(missing_ok=True)
