@@ -33,7 +33,7 @@ def parse_size(text: str) -> int:
 
 def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     """Add the ``serve`` and ``bench`` subcommands to the main parser's subparsers."""
-    from .cli import _positive, _seconds, sockopt_option
+    from .cli import _positive, _seconds, sockopt_option, tls_listen_options
 
     s = sub.add_parser(
         "serve",
@@ -51,9 +51,7 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     g = s.add_argument_group("connection options")
     g.add_argument("-i", "--idle-timeout", type=_seconds, metavar="S", help="close connections idle for S seconds")
     sockopt_option(g)
-    t = s.add_argument_group("TLS options (tls:// addresses)")
-    t.add_argument("--cert", metavar="PEM", help="certificate (default: a throwaway self-signed one)")
-    t.add_argument("--key", metavar="PEM", help="private key (default: in the --cert file)")
+    t = tls_listen_options(s)
     t.add_argument("--ca", metavar="PEM", help="require client certificates signed by these CAs")
     s.set_defaults(func=cmd_serve)
 

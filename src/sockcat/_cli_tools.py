@@ -63,7 +63,7 @@ def print_table(result: ScanResult) -> None:
 
 
 def add_chat_parser(sub: Any, common: argparse.ArgumentParser) -> None:
-    from .cli import _positive
+    from .cli import _positive, tls_listen_options
 
     p = sub.add_parser(
         "chat",
@@ -75,9 +75,7 @@ def add_chat_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("address", metavar="ADDR")
     p.add_argument("--db", metavar="PATH", help="SQLite store (default $XDG_STATE_HOME/sockcat/chat.sqlite3; :memory:)")
     p.add_argument("--max-conns", type=_positive, metavar="N", help="close connections past N at once")
-    t = p.add_argument_group("TLS options (tls:// addresses)")
-    t.add_argument("--cert", metavar="PEM", help="certificate (default: a throwaway self-signed one)")
-    t.add_argument("--key", metavar="PEM", help="private key (default: in the --cert file)")
+    tls_listen_options(p)
     p.set_defaults(func=cmd_chat)
 
 
@@ -100,7 +98,7 @@ def cmd_chat(args: argparse.Namespace, log: Log) -> int:
 
 
 def add_transfer_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
-    from .cli import _seconds
+    from .cli import _seconds, tls_connect_options, tls_listen_options
 
     s = sub.add_parser(
         "send",
@@ -113,10 +111,7 @@ def add_transfer_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     s.add_argument("address", metavar="ADDR")
     s.add_argument("paths", metavar="PATH", nargs="+")
     s.add_argument("-w", "--connect-timeout", type=_seconds, metavar="S", help="give up connecting after S seconds")
-    t = s.add_argument_group("TLS options (tls:// addresses)")
-    t.add_argument("--ca", metavar="PEM", help="trust these CA certificates")
-    t.add_argument("--insecure", action="store_true", help="do not verify the receiver's certificate")
-    t.add_argument("--sni", metavar="NAME", help="server name to send and verify (default: the address's host)")
+    tls_connect_options(s)
     s.set_defaults(func=cmd_send)
     r = sub.add_parser(
         "recv",
@@ -127,9 +122,7 @@ def add_transfer_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     r.add_argument("address", metavar="ADDR")
     r.add_argument("-o", "--output", default=".", metavar="DIR", help="where files land (default: .)")
     r.add_argument("-k", "--keep-open", action="store_true", help="keep receiving sessions")
-    t = r.add_argument_group("TLS options (tls:// addresses)")
-    t.add_argument("--cert", metavar="PEM", help="certificate (default: a throwaway self-signed one)")
-    t.add_argument("--key", metavar="PEM", help="private key (default: in the --cert file)")
+    tls_listen_options(r)
     r.set_defaults(func=cmd_recv)
 
 

@@ -85,6 +85,23 @@ def sockopt_option(g: Any) -> None:
     )
 
 
+def tls_listen_options(p: argparse.ArgumentParser) -> Any:
+    """``--cert``/``--key`` for a command that listens on a tls:// address; returns the group for more."""
+    t = p.add_argument_group("TLS options (tls:// addresses)")
+    t.add_argument("--cert", metavar="PEM", help="certificate (default: a throwaway self-signed one)")
+    t.add_argument("--key", metavar="PEM", help="private key (default: in the --cert file)")
+    return t
+
+
+def tls_connect_options(p: argparse.ArgumentParser) -> Any:
+    """``--ca``/``--insecure``/``--sni`` for a command that connects to a tls:// address."""
+    t = p.add_argument_group("TLS options (tls:// addresses)")
+    t.add_argument("--ca", metavar="PEM", help="trust these CA certificates")
+    t.add_argument("--insecure", action="store_true", help="do not verify the server's certificate")
+    t.add_argument("--sni", metavar="NAME", help="server name to send and verify (default: the address's host)")
+    return t
+
+
 def _connection_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("connection options")
     g.add_argument("-w", "--connect-timeout", type=_seconds, metavar="S", help="give up connecting after S seconds")
