@@ -164,8 +164,10 @@ class _Client(asyncio.Protocol):
             return
         cmd = proto.parse(line)
         if self.name is None:
-            if cmd.verb == "nick":
-                self._join(*cmd.args[:2]) if cmd.args else self._ask("/nick needs a NAME")
+            if cmd.verb == "nick" and cmd.args:
+                self._join(*cmd.args[:2])
+            elif cmd.verb == "nick":
+                self._ask("/nick needs a NAME")
             elif cmd.verb == "say":
                 self._join(line.strip())
             elif cmd.verb == "quit":
