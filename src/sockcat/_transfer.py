@@ -180,10 +180,16 @@ class SendReport:
 
 
 def send_files(
-    stream: Stream, paths: list[str | Path], *, log: Log = SILENT, progress: Progress | None = None
+    stream: Stream,
+    paths: list[str | Path],
+    *,
+    log: Log = SILENT,
+    progress: Progress | None = None,
+    manifest: tuple[list[SendItem], list[str]] | None = None,
 ) -> SendReport:
-    """Send files and directories over a connected stream to a ``recv``; returns what moved."""
-    items, dirs = build_manifest(paths)
+    """Send files and directories over a connected stream to a ``recv``; returns what moved.
+    ``manifest``: what :func:`build_manifest` made of ``paths`` already (it reads and hashes every file)."""
+    items, dirs = manifest if manifest is not None else build_manifest(paths)
     stream.sendall(MAGIC + b"\n")
     _send_json(stream, {"files": [i.entry.to_json() for i in items], "dirs": dirs})
     reply = _recv_json(stream, "answer to the manifest")
@@ -411,12 +417,11 @@ def run_send(
 
     if address.is_datagram or address.is_stdio:
         raise UsageError(f"send needs a stream address, not {address}")
-    build_manifest(list(paths))  # bad paths are a usage error before any connection
+    manifest = build_manifest(list(paths))  # bad paths are a usage error before any connection
     with connect(address, connect_timeout=connect_timeout, ssl_context=ssl_context, sni=sni) as stream:
-        total = sum(Path(p).stat().st_size for p in paths if Path(p).is_file()) or None
-        bar = _Bar(total, "send")
+        bar = _Bar(sum(item.entry.size for item in manifest[0]) or None, "send")
         try:
-            report = send_files(stream, list(paths), log=log, progress=bar.advance)
+            report = send_files(stream, list(paths), log=log, progress=bar.advance, manifest=manifest)
         finally:
             bar.close()
     log.info(
