@@ -50,11 +50,25 @@ class _Broker:
     scheme: str
     online: dict[str, _Client] = field(default_factory=dict)  # folded name -> client
     clients: set[_Client] = field(default_factory=set)
+    dirty: set[_Client] = field(default_factory=set)  # clients with lines queued for the next flush
 
     def broadcast(self, line: str, exclude: _Client | None = None) -> None:
+        data = line.encode() + b"\n"  # encoded once for everyone
         for client in list(self.online.values()):
             if client is not exclude:
-                client.send(line)
+                client.send_bytes(data)
+
+    def queued(self, client: _Client) -> None:
+        """``client`` has lines to write: one flush at the end of this loop iteration writes them all, so a
+        burst of lines reaches each client in one system call instead of one per line."""
+        if not self.dirty:
+            asyncio.get_running_loop().call_soon(self.flush)
+        self.dirty.add(client)
+
+    def flush(self) -> None:
+        dirty, self.dirty = self.dirty, set()
+        for client in dirty:
+            client.flush()
 
 
 class _Client(asyncio.Protocol):
@@ -69,6 +83,7 @@ class _Client(asyncio.Protocol):
         self.dropped = 0
         self.unacked: list[int] = []  # stored messages written, waiting for the socket to take them
         self.closing = False
+        self.out: list[bytes] = []  # lines queued for the broker's next flush
 
     # --- asyncio ---------------------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -121,13 +136,29 @@ class _Client(asyncio.Protocol):
 
     # --- sending -----------------------------------------------------------------------------------------------
     def send(self, line: str) -> None:
+        self.send_bytes(line.encode() + b"\n")
+
+    def send_bytes(self, data: bytes) -> None:
+        """Queue one encoded line (with its ``\n``) for the broker's next flush."""
         t = self.transport
         if t is None or t.is_closing():
             return
-        t.write(line.encode() + b"\n")
+        if not self.out:
+            self.broker.queued(self)
+        self.out.append(data)
+
+    def flush(self) -> None:
+        """Write the queued lines in one go; drop a client that has stopped reading."""
+        t, data = self.transport, b"".join(self.out)
+        self.out = []
+        if t is None or t.is_closing() or not data:
+            return
+        t.write(data)
         if t.get_write_buffer_size() > SLOW_CLIENT:
             self.broker.opts.log.info(f"{self.peer}: not reading; dropped")
             t.abort()
+            return
+        self._ack()
 
     def _ack(self) -> None:
         """Stored messages whose lines the kernel has taken are delivered."""
@@ -138,6 +169,7 @@ class _Client(asyncio.Protocol):
 
     def quit(self, line: str) -> None:
         self.send(line)
+        self.flush()
         self.closing = True
         if self.transport is not None:
             self.transport.close()
@@ -211,8 +243,7 @@ class _Client(asyncio.Protocol):
         waiting = b.store.waiting(name)
         for _id, sender, text in waiting:
             self.send(proto.msg_line(sender, text))
-        self.unacked += [row[0] for row in waiting]
-        self._ack()
+        self.unacked += [row[0] for row in waiting]  # marked delivered by flush(), once written
 
     def _cmd_say(self, text: str) -> None:
         assert self.name is not None
@@ -250,8 +281,7 @@ class _Client(asyncio.Protocol):
         b.broadcast(proto.notice(f"{old} is now {name}"))
         for _id, sender, text in (waiting := b.store.waiting(name)):
             self.send(proto.msg_line(sender, text))
-        self.unacked += [row[0] for row in waiting]
-        self._ack()
+        self.unacked += [row[0] for row in waiting]  # marked delivered by flush(), once written
 
     def _cmd_register(self, password: str = "") -> None:
         assert self.name is not None
