@@ -785,7 +785,8 @@ class _Relay:
                 return await self.connect_upstream()
             except (OSError, UsageError) as exc:
                 starved = _out_of_descriptors(exc)
-                if starved is None and self.loop.time() - self._starved_at < 1.0:
+                lookup_failed = isinstance(exc.__cause__, socket.gaierror)
+                if starved is None and lookup_failed and self.loop.time() - self._starved_at < 1.0:
                     starved = OSError(errno.EMFILE, os.strerror(errno.EMFILE))
                 if starved is None or self.closing or (deadline is not None and self.loop.time() >= deadline):
                     raise
