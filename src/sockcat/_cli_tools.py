@@ -34,10 +34,9 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
 
 
 def cmd_scan(args: argparse.Namespace, log: Log) -> int:
-    from ._scan import parse_ports, scan
+    from ._scan import scan
 
-    ports = parse_ports(args.ports)
-    result = scan(args.host, ports, udp=args.udp, timeout=args.timeout, concurrency=args.concurrency)
+    result = scan(args.host, args.ports, udp=args.udp, timeout=args.timeout, concurrency=args.concurrency)
     if args.json:
         sys.stdout.write(json.dumps(result.to_dict()) + "\n")
     else:

@@ -158,14 +158,17 @@ class _TcpSweep:
         self.pending: dict[int, tuple[socket.socket, int, float]] = {}  # fd -> (socket, port, deadline)
         self.done: asyncio.Future[None] = self.loop.create_future()
         self.error: BaseException | None = None
+        self.tick = min(timeout / 4, 0.1)  # how often the deadline sweep runs
+        self.sweeper: asyncio.TimerHandle | None = None
 
     async def run(self) -> dict[int, str]:
         self._fill()
-        sweep = self.loop.call_later(min(self.timeout / 4, 0.1), self._sweep)
+        self.sweeper = self.loop.call_later(self.tick, self._sweep)
         try:
             await self.done
         finally:
-            sweep.cancel()
+            if self.sweeper is not None:  # the one due next (each sweep schedules the following one)
+                self.sweeper.cancel()
             for fd, (sock, _port, _deadline) in self.pending.items():
                 self.loop.remove_writer(fd)
                 sock.close()
@@ -232,7 +235,7 @@ class _TcpSweep:
             self.states[port] = "filtered"
         if not self.done.done():
             self._fill()
-            self.loop.call_later(min(self.timeout / 4, 0.1), self._sweep)
+            self.sweeper = self.loop.call_later(self.tick, self._sweep)
 
     def _fail(self, exc: BaseException) -> None:
         if self.error is None:
