@@ -18,6 +18,7 @@ SHA-256) never resumes from a stale part.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -26,7 +27,7 @@ import ssl
 import stat
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -78,18 +79,6 @@ def _sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def _walk(root: Path) -> Iterator[tuple[Path, str]]:
-    """(file, its relative name) under directory ``root``, named ``ROOT/…`` like ``scp -r``; sorted."""
-    base = root.name
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        rel = Path(dirpath).relative_to(root)
-        for name in sorted(filenames):
-            p = Path(dirpath) / name
-            if p.is_file():  # a symlink to a file counts; sockets, fifos and dangling links do not
-                yield p, str(PurePosixPath(base, *rel.parts, name))
-
-
 def build_manifest(paths: list[str | Path]) -> tuple[list[SendItem], list[str]]:
     """The files (with their SHA-256) and directories that ``send PATH...`` moves; UsageError for bad paths."""
     if not paths:
@@ -109,15 +98,18 @@ def build_manifest(paths: list[str | Path]) -> tuple[list[SendItem], list[str]]:
     for raw in paths:
         p = Path(raw)
         try:
-            if p.is_dir():
-                if not p.resolve().name:
+            if p.is_dir():  # D lands as D/…, like `scp -r`
+                base = p.resolve().name
+                if not base:
                     raise UsageError(f"send: cannot send {raw} (no name to land under)")
-                dirs.append(p.resolve().name)
-                for dirpath, dirnames, _files in os.walk(p):
-                    rel = Path(dirpath).relative_to(p)
-                    dirs += [str(PurePosixPath(p.resolve().name, *rel.parts, d)) for d in sorted(dirnames)]
-                for source, name in _walk(p.resolve()):
-                    add(source, name)
+                for dirpath, dirnames, filenames in os.walk(p):
+                    dirnames.sort()
+                    rel = PurePosixPath(base, *Path(dirpath).relative_to(p).parts)
+                    dirs.append(str(rel))
+                    for name in sorted(filenames):
+                        source = Path(dirpath) / name
+                        if source.is_file():  # a symlink to a file counts; sockets, fifos, dangling links do not
+                            add(source, str(rel / name))
             elif p.is_file():
                 add(p, p.name)
             else:
@@ -367,7 +359,7 @@ def recv_files(
             received += _receive_file(stream, final, entry, offset, progress)
             log.info(f"received {final} ({entry.size} bytes, sha256 {entry.sha256[:16]}…)")
     except TransferError as exc:
-        if "closed the connection" not in str(exc):
+        with contextlib.suppress(OSError):  # a sender that is gone gets nothing
             _send_json(stream, {"ok": False, "error": str(exc)})
         raise
     except OSError as exc:
