@@ -240,10 +240,7 @@ class _Client(asyncio.Protocol):
         self.send(proto.notice(f"hello {name}; {len(others)} others online; /help lists the commands"))
         b.broadcast(proto.notice(f"{name} joined"), exclude=self)
         b.opts.log.info(f"{self.peer} is {name}")
-        waiting = b.store.waiting(name)
-        for _id, sender, text in waiting:
-            self.send(proto.msg_line(sender, text))
-        self.unacked += [row[0] for row in waiting]  # marked delivered by flush(), once written
+        self._deliver_waiting()
 
     def _cmd_say(self, text: str) -> None:
         assert self.name is not None
@@ -279,7 +276,13 @@ class _Client(asyncio.Protocol):
         self.name = name
         b.online[fold(name)] = self
         b.broadcast(proto.notice(f"{old} is now {name}"))
-        for _id, sender, text in (waiting := b.store.waiting(name)):
+        self._deliver_waiting()
+
+    def _deliver_waiting(self) -> None:
+        """Queue the messages stored for this client's name, oldest first, exactly as live /msg lines."""
+        assert self.name is not None
+        waiting = self.broker.store.waiting(self.name)
+        for _id, sender, text in waiting:
             self.send(proto.msg_line(sender, text))
         self.unacked += [row[0] for row in waiting]  # marked delivered by flush(), once written
 
