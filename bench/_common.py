@@ -183,6 +183,15 @@ def tool_version(argv: list[str], pattern: str) -> str | None:
     return m.group(1) if m else None
 
 
+def sha256_file(path: Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB pieces."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def source_digest(module: str = "sockcat._relay") -> str:
     """sha256 (first 12 hex digits) of a sockcat module's source, to tie figures to the code measured."""
     try:

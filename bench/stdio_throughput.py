@@ -68,7 +68,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from _common import free_port, machine, parse_size, tool_version
+from _common import free_port, machine, parse_size, sha256_file, tool_version
 
 GIB = 1 << 30
 MIB = 1 << 20
@@ -359,14 +359,6 @@ def transfer(
 
 
 # --- verification ----------------------------------------------------------------------------------
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(MIB):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def make_random_file(path: Path, size: int) -> str:

@@ -21,7 +21,6 @@ the file after the first run, so these are network-and-CPU figures, not disk fig
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import re
 import statistics
@@ -31,15 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import free_port, machine, parse_size, wait_tcp
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
+from _common import free_port, machine, parse_size, sha256_file, wait_tcp
 
 
 def one(tool: str, src: Path, out: Path) -> float:
@@ -92,13 +83,13 @@ def main() -> None:
         with open(src, "wb") as f:
             for _ in range(size // (1 << 20)):
                 f.write(os.urandom(1 << 20))
-        want = sha256(src)
+        want = sha256_file(src)
         for run in range(args.runs):
             order = tools[run % len(tools) :] + tools[: run % len(tools)]
             for tool in order:
                 out = Path(tmp) / f"out-{tool.replace(' ', '_')}-{run}"
                 secs = one(tool, src, out)
-                if sha256(out / src.name) != want:
+                if sha256_file(out / src.name) != want:
                     raise SystemExit(f"{tool}: the copy differs from the source")
                 (out / src.name).unlink()
                 times[tool].append(secs)
