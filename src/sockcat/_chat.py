@@ -9,6 +9,7 @@ line, its extra lines are dropped, and it is disconnected if it keeps on.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import socket
 import ssl
@@ -311,10 +312,23 @@ class _Client(asyncio.Protocol):
 # --- running -----------------------------------------------------------------------------------------------------
 
 
-async def chat_async(sock: socket.socket, bound: Address, opts: ChatOptions, stop: asyncio.Event) -> None:
-    """Serve the chat on a bound, listening socket until ``stop`` is set."""
+def open_store(opts: ChatOptions) -> ChatStore:
+    """The store ``--db`` names (default: under the user's state directory); one error line if it cannot open."""
+    where = opts.db if opts.db is not None else default_db()
+    try:
+        return ChatStore(where)
+    except Exception as exc:
+        raise NetworkError(0, f"chat store {where}: {describe(exc)}") from None
+
+
+async def chat_async(
+    sock: socket.socket, bound: Address, opts: ChatOptions, stop: asyncio.Event, store: ChatStore | None = None
+) -> None:
+    """Serve the chat on a bound, listening socket until ``stop`` is set. ``store``: an open one (kept open),
+    else the one ``opts.db`` names (opened and closed here)."""
     loop = asyncio.get_running_loop()
-    store = ChatStore(opts.db if opts.db is not None else default_db())
+    owned = store is None
+    store = open_store(opts) if store is None else store
     broker = _Broker(store, opts, bound.scheme)
 
     def factory() -> asyncio.BaseProtocol:
@@ -335,7 +349,8 @@ async def chat_async(sock: socket.socket, bound: Address, opts: ChatOptions, sto
             for client in list(broker.clients):
                 client._ack()
     finally:
-        store.close()
+        if owned:
+            store.close()
 
 
 def run_chat(address: Address, opts: ChatOptions) -> int:
@@ -343,10 +358,12 @@ def run_chat(address: Address, opts: ChatOptions) -> int:
     if address.is_datagram or address.is_stdio or address.type == socket.SOCK_SEQPACKET:
         raise UsageError(f"chat needs a stream address (tcp, unix, tls…), not {address}")
     raise_nofile_limit()
-    try:  # open the store before binding: a bad --db is one error line, not a half-started broker
-        ChatStore(opts.db if opts.db is not None else default_db()).close()
-    except Exception as exc:
-        raise NetworkError(0, f"chat store {opts.db or default_db()}: {describe(exc)}") from None
+    store = open_store(opts)  # before binding: a bad --db is one error line, not a half-started broker
+    with contextlib.closing(store):
+        return _serve_chat(address, opts, store)
+
+
+def _serve_chat(address: Address, opts: ChatOptions, store: ChatStore) -> int:
     sock, bound = bind_socket(address)
     with Listener(sock, bound):
         try:
@@ -370,7 +387,7 @@ def run_chat(address: Address, opts: ChatOptions) -> int:
             for signum in _STOP_SIGNALS:
                 loop.add_signal_handler(signum, on_signal, signum)
             signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
-            await chat_async(sock, bound, opts, stop)
+            await chat_async(sock, bound, opts, stop, store)
 
         try:
             with new_runner() as runner:
