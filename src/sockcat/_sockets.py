@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from types import TracebackType
 from typing import Any, Self
 
-from . import _trace
+from . import _proxy, _trace
 from ._address import Address
 from ._errors import NetworkError, Timeout, UsageError, network_error
 from ._framing import DEFAULT_MAX_LINE, ReceiveBuffer, to_bytes
@@ -245,9 +245,7 @@ def connect_socket(
     src = Address.parse(source) if source is not None else None
     opts = _opts(sockopts)
     if proxy is not None:
-        from . import _proxy
-
-        return _proxy.connect(_proxy.Proxy.parse(proxy), addr, timeout, src, opts), addr
+        return _proxy.connect(Proxy.parse(proxy), addr, timeout, src, opts), addr
     try:
         infos = resolve(addr)
         if not infos:

@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator
 from types import TracebackType
 from typing import Any, Self
 
+from . import _proxy
 from . import _sockets as _s
 from ._address import Address
 from ._errors import NetworkError, Timeout, UsageError, network_error
@@ -374,9 +375,7 @@ async def connect_socket(
     src = Address.parse(source) if source is not None else None
     opts = _s._opts(sockopts)
     if proxy is not None:
-        from . import _proxy
-
-        return await _proxy.connect_async(_proxy.Proxy.parse(proxy), addr, timeout, src, opts)
+        return await _proxy.connect_async(Proxy.parse(proxy), addr, timeout, src, opts)
     try:
         async with asyncio.timeout(timeout):
             infos = await _resolve(addr)
