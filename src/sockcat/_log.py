@@ -11,6 +11,8 @@ import sys
 import threading
 from typing import TextIO
 
+from ._untrusted import escape_line
+
 PROG = "sockcat"
 
 
@@ -22,7 +24,10 @@ class Log:
         self._lock = threading.Lock()
 
     def _write(self, line: str) -> None:
+        """One line, whatever it holds: a control character, bidi override or line break that came from a
+        peer (a name, a path, an error text) is shown escaped, never acted on by the terminal."""
         out = self._stream or sys.stderr
+        line = escape_line(line)
         with self._lock:
             try:
                 out.write(line + "\n")

@@ -613,6 +613,11 @@ class Stream:
         """One line ending in ``b"\\n"`` (kept unless ``drop``), like ``readline()``."""
         return self.recv_until(b"\n", drop=drop, max_size=max_size)
 
+    @property
+    def buffered(self) -> int:
+        """How many bytes a delimited read took off the socket ahead of need; the next reads return them first."""
+        return len(self._buf)
+
     def unrecv(self, data: bytes) -> None:
         """Push bytes back so the next read returns them first."""
         self._buf.unread(data)

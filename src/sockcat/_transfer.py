@@ -1,99 +1,149 @@
-"""``sockcat send`` / ``sockcat recv``: verified, atomic, resumable file and directory transfer.
+"""``sockcat send`` / ``sockcat recv``: verified, atomic, resumable file transfer that is safe to leave listening.
 
-The wire format is in ``docs/transfer.md``. In short, over any stream connection (``send`` connects, ``recv``
-listens):
+The wire format (version 2) is in ``docs/transfer.md``; in short, over any stream connection:
 
-1. send: ``SOCKCAT-TRANSFER 1`` and one JSON line, the manifest: every file's relative path, size, SHA-256 and
-   mode, and the directories to create;
-2. recv: one JSON line, ``{"have": [...]}``: how many leading bytes of each file it already holds (a finished file
-   with the same SHA-256: all of them; a part file left by an interrupted run: its length);
-3. send: the missing bytes of each file, in manifest order, back to back (``socket.sendfile``);
-4. recv: one JSON line, ``{"ok": true, ...}`` or ``{"ok": false, "error": "..."}``.
+1. send: ``SOCKCAT-TRANSFER 2`` and a hello: a SPAKE2 message for the one-time code (or "no code");
+2. recv: its answer and key confirmation; from here on, with a code, everything is sealed (AES-256-GCM);
+3. send: the manifest, one line per file (path, size, mode) and directory, announced and bounded up front;
+4. recv: what it already holds (a final file of that size, or a part left by an interrupted run), then the
+   SHA-256 of those bytes; send: for each, whether its own bytes match; recv: go, or why not (an existing
+   different file without ``--overwrite``, a link in the way, no room, ``--max-size``);
+5. send: the missing bytes of each file, each followed by the SHA-256 of the whole file, hashed while sending;
+6. recv: the result.
 
-A file is received into ``.NAME.<sha256 prefix>.part`` beside its final name, hashed as it arrives (a resumed part
-is hashed from its start), fsync'ed, checked against the manifest's SHA-256 and only then renamed into place: a
-reader never sees a partial file, a finished transfer leaves no part file, and a changed source file (another
-SHA-256) never resumes from a stale part.
+What lands is confined to the receiving directory (:mod:`._xfer_fs`); what a peer sends is checked by type and
+bound (:mod:`._xfer_proto`) and escaped wherever it is shown (:mod:`._untrusted`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
-import queue
-import ssl
 import stat
 import sys
 import threading
-from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from ._address import Address
-from ._errors import IncompleteReadError, LimitOverrunError, NetworkError, UsageError, describe
+from ._errors import NetworkError, UsageError, describe
 from ._log import SILENT, Log
 from ._sockets import Stream
+from ._untrusted import escape
+from ._xfer_channel import Channel, Hash, PeerClosed, PlainChannel, Progress, SealedChannel, hash_range, hash_read
+from ._xfer_code import CodeError, ReceiverHandshake, SenderHandshake
+from ._xfer_fs import (
+    Refused,
+    Tree,
+    current_umask,
+    install,
+    open_existing,
+    open_part,
+    remove_part,
+    usable_part,
+)
+from ._xfer_proto import (
+    DIGEST,
+    FINAL,
+    HELLO,
+    LINE,
+    LIST_LINE,
+    MAGIC,
+    MAX_ENTRIES,
+    PART,
+    FileEntry,
+    Header,
+    Manifest,
+    Offer,
+    ProtocolError,
+    b64,
+    check_digest_hex,
+    check_path,
+    dump_line,
+    get_bytes,
+    get_list,
+    parse_offers,
+    part_name,
+    peer_text,
+    shown_path,
+)
 
-MAGIC = b"SOCKCAT-TRANSFER 1"
-MAX_MANIFEST = 64 << 20  # bytes of manifest JSON accepted
-MAX_FILES = 1_000_000
-CHUNK = 1 << 20
-PART_SUFFIX = ".part"
-QUEUE_CHUNKS = 8  # chunks (of at most 4 MiB) waiting for the receiver's writer thread
-
-Progress = Callable[[int], None]  # called with bytes just moved
+IDLE_TIMEOUT = 30.0  # seconds a peer may send nothing (recv's -i default; send's too)
+KEPT_PARTS = 64  # part files of failed sessions a receiver keeps for resuming; the oldest go first
 
 
 class TransferError(NetworkError):
-    """The transfer failed: the peer's report, a bad manifest, a hash that does not match."""
+    """The transfer failed: the peer's report, a refused manifest, a hash that does not match, a wrong code."""
 
 
-@dataclass(frozen=True)
-class FileEntry:
-    path: str  # relative, '/'-separated
-    size: int
-    sha256: str
-    mode: int
+class CodeMismatch(TransferError):
+    """The two sides do not hold the same code."""
+
+
+def _fail(message: str) -> TransferError:
+    return TransferError(0, message)
+
+
+@dataclass
+class Report:
+    """What one session did. ``bytes``: file bytes that travelled; ``skipped``: bytes already there."""
+
+    files: int = 0
+    bytes: int = 0
+    skipped: int = 0
+    seconds: float = 0.0
+    ok: bool = False
+    error: str | None = None
+    total: int = 0  # the files' sizes
+    skipped_files: int = 0
+    paths: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
-        return {"path": self.path, "size": self.size, "sha256": self.sha256, "mode": self.mode}
+        out: dict[str, Any] = {
+            "files": self.files,
+            "bytes": self.bytes,
+            "skipped": self.skipped,
+            "seconds": round(self.seconds, 6),
+            "ok": self.ok,
+        }
+        if self.error is not None:
+            out["error"] = self.error
+        return out
+
+
+# --- the sender's side -------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
-class SendItem:
+class Source:
     entry: FileEntry
-    source: Path
+    path: Path
 
 
-# --- the manifest ------------------------------------------------------------------------------------------------
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def build_manifest(paths: list[str | Path]) -> tuple[list[SendItem], list[str]]:
-    """The files (with their SHA-256) and directories that ``send PATH...`` moves; UsageError for bad paths."""
+def build_manifest(paths: list[str | Path]) -> tuple[list[Source], list[tuple[str, ...]]]:
+    """The files and directories ``send PATH...`` moves (nothing is read yet); UsageError for what cannot go."""
     if not paths:
         raise UsageError("send needs at least one PATH")
-    items: list[SendItem] = []
-    dirs: list[str] = []
-    seen: set[str] = set()
+    sources: list[Source] = []
+    dirs: list[tuple[str, ...]] = []
+    seen: set[tuple[str, ...]] = set()
 
-    def add(source: Path, name: str) -> None:
-        if name in seen:
-            raise UsageError(f"send: two sources would both land as {name!r}")
-        seen.add(name)
+    def name_of(parts: tuple[str, ...], where: Path) -> tuple[str, ...]:
+        try:
+            return check_path("/".join(parts))
+        except ProtocolError as exc:
+            raise UsageError(f"send: cannot send {escape(str(where))}: {str(exc).split(': ', 1)[-1]}") from None
+
+    def add(source: Path, parts: tuple[str, ...]) -> None:
+        parts = name_of(parts, source)
+        if parts in seen:
+            raise UsageError(f"send: two sources would both land as {shown_path(parts)}")
+        seen.add(parts)
         st = source.stat()
-        entry = FileEntry(name, st.st_size, _sha256_file(source), stat.S_IMODE(st.st_mode))
-        items.append(SendItem(entry, source))
+        sources.append(Source(FileEntry(parts, st.st_size, stat.S_IMODE(st.st_mode)), source))
 
     for raw in paths:
         p = Path(raw)
@@ -101,278 +151,491 @@ def build_manifest(paths: list[str | Path]) -> tuple[list[SendItem], list[str]]:
             if p.is_dir():  # D lands as D/…, like `scp -r`
                 base = p.resolve().name
                 if not base:
-                    raise UsageError(f"send: cannot send {raw} (no name to land under)")
+                    raise UsageError(f"send: cannot send {escape(str(raw))} (no name to land under)")
                 for dirpath, dirnames, filenames in os.walk(p):
                     dirnames.sort()
-                    rel = PurePosixPath(base, *Path(dirpath).relative_to(p).parts)
-                    dirs.append(str(rel))
+                    rel = (base, *Path(dirpath).relative_to(p).parts)
+                    dirs.append(name_of(rel, Path(dirpath)))
                     for name in sorted(filenames):
                         source = Path(dirpath) / name
-                        if source.is_file():  # a symlink to a file counts; sockets, fifos, dangling links do not
-                            add(source, str(rel / name))
+                        if source.is_file():  # a link to a file counts; sockets, fifos, dangling links do not
+                            add(source, (*rel, name))
             elif p.is_file():
-                add(p, p.name)
+                add(p, (p.name,))
             else:
-                raise UsageError(f"send: {raw}: no such file or directory")
+                raise UsageError(f"send: {escape(str(raw))}: no such file or directory")
         except OSError as exc:
-            raise UsageError(f"send: {raw}: {describe(exc)}") from None
-    return items, sorted(set(dirs))
+            raise UsageError(f"send: {escape(str(raw))}: {describe(exc)}") from None
+        if len(sources) + len(dirs) > MAX_ENTRIES:
+            raise UsageError(f"send: more than {MAX_ENTRIES:,} files and directories; send them in several sessions")
+    return sources, sorted(set(dirs))
 
 
-def safe_relative(path: str) -> PurePosixPath:
-    """A manifest path as a safe relative path: no absolute path, ``..``, empty part or NUL."""
-    p = PurePosixPath(path)
-    if (
-        not path
-        or "\0" in path
-        or "\\" in path
-        or p.is_absolute()
-        or any(part in ("", ".", "..") for part in path.split("/"))
-    ):
-        raise TransferError(0, f"refused unsafe path {path!r}")
-    return p
-
-
-# --- wire helpers ------------------------------------------------------------------------------------------------
-
-
-def _send_json(stream: Stream, obj: dict[str, Any]) -> None:
-    stream.sendall(json.dumps(obj, separators=(",", ":")).encode() + b"\n")
-
-
-def _recv_json(stream: Stream, what: str, max_size: int = 1 << 20) -> dict[str, Any]:
+def _sender_channel(stream: Stream, code: str | None, idle: float | None) -> Channel:
+    """Say hello and, with a code, run the key exchange; the channel everything else travels on."""
+    hs = SenderHandshake(code) if code is not None else None
+    hello = {"auth": "code", "pake": b64(hs.start())} if hs is not None else {"auth": "none"}
+    plain = PlainChannel(stream, idle)
+    plain.send_bytes(HELLO + b"\n" + dump_line(hello))
     try:
-        line = stream.recv_line(max_size=max_size)
-    except IncompleteReadError:
-        raise TransferError(0, f"the peer closed the connection before the {what}") from None
-    except LimitOverrunError:
-        raise TransferError(0, f"the {what} is too long") from None
+        reply = plain.recv_msg("answer to the hello")
+    except PeerClosed:
+        raise _fail(f"{plain.where} closed the connection without answering (not a sockcat recv, or too old)") from None
+    if "error" in reply:
+        raise _fail(f"the receiver refused: {peer_text(reply)}")
+    if hs is None:
+        if reply.get("auth") != "none":
+            raise _fail("bad answer to the hello")
+        return plain
     try:
-        obj = json.loads(line)
-    except ValueError:
-        raise TransferError(0, f"bad {what} from the peer") from None
-    if not isinstance(obj, dict):
-        raise TransferError(0, f"bad {what} from the peer")
-    return obj
-
-
-def _part_path(final: Path, sha256: str) -> Path:
-    return final.with_name(f".{final.name}.{sha256[:16]}{PART_SUFFIX}")
-
-
-# --- sending -----------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class SendReport:
-    files: int
-    bytes_total: int  # the files' sizes
-    bytes_sent: int  # what travelled (less after a resume)
-    skipped: int  # files the receiver already had whole
+        keys = hs.finish(get_bytes(reply, "pake", "answer to the hello"), get_bytes(reply, "confirm", "answer", 32))
+    except CodeError:
+        with contextlib.suppress(OSError):
+            plain.send_msg({"error": "wrong code"})
+        raise CodeMismatch(0, "wrong code: the receiver does not hold that code") from None
+    plain.send_msg({"confirm": b64(keys.sender_confirm)})
+    return SealedChannel(stream, idle, keys.send_to_recv, keys.recv_to_send)
 
 
 def send_files(
     stream: Stream,
     paths: list[str | Path],
     *,
+    code: str | None = None,
+    idle_timeout: float | None = IDLE_TIMEOUT,
     log: Log = SILENT,
     progress: Progress | None = None,
-    manifest: tuple[list[SendItem], list[str]] | None = None,
-) -> SendReport:
+    manifest: tuple[list[Source], list[tuple[str, ...]]] | None = None,
+) -> Report:
     """Send files and directories over a connected stream to a ``recv``; returns what moved.
-    ``manifest``: what :func:`build_manifest` made of ``paths`` already (it reads and hashes every file)."""
-    items, dirs = manifest if manifest is not None else build_manifest(paths)
-    stream.sendall(MAGIC + b"\n")
-    _send_json(stream, {"files": [i.entry.to_json() for i in items], "dirs": dirs})
-    reply = _recv_json(stream, "answer to the manifest")
-    if reply.get("error"):
-        raise TransferError(0, f"the receiver refused: {reply['error']}")
-    have = reply.get("have")
-    if not isinstance(have, list) or len(have) != len(items) or not all(isinstance(h, int) for h in have):
-        raise TransferError(0, "bad answer to the manifest")
-    sent = skipped = 0
-    plain = stream.tls_version is None  # TLS bytes go through the stream; plain ones straight from the file
-    for item, offset in zip(items, have, strict=True):
-        size = item.entry.size
-        if not 0 <= offset <= size:
-            raise TransferError(0, f"the receiver asked for {item.entry.path} from byte {offset}")
-        if offset == size:
-            skipped += 1 if size else 0
-            continue
-        if offset:
-            log.info(f"{item.entry.path}: resuming at byte {offset} of {size}")
-        with open(item.source, "rb") as f:
-            left, pos = size - offset, offset
-            while left:
-                if plain:
-                    n = stream.socket.sendfile(f, pos, min(left, 64 * CHUNK))
-                else:
-                    f.seek(pos)
-                    chunk = f.read(min(left, CHUNK))
-                    stream.sendall(chunk)
-                    n = len(chunk)
-                if n == 0:
-                    raise TransferError(0, f"{item.source} shrank while it was sent")
-                pos += n
-                left -= n
-                sent += n
-                if progress is not None:
-                    progress(n)
-    result = _recv_json(stream, "result")
-    if not result.get("ok"):
-        raise TransferError(0, f"the receiver failed: {result.get('error', 'no reason given')}")
-    return SendReport(len(items), sum(i.entry.size for i in items), sent, skipped)
+
+    ``code``: the receiver's one-time code (None: a receiver started with ``--no-code``).
+    ``manifest``: what :func:`build_manifest` made of ``paths`` already."""
+    started = time.monotonic()
+    sources, dirs = manifest if manifest is not None else build_manifest(paths)
+    report = Report(files=len(sources), total=sum(s.entry.size for s in sources))
+    chan = _sender_channel(stream, code, idle_timeout)
+    header = Header(len(sources), len(dirs), report.total)
+    chan.send_bytes(
+        b"".join([dump_line(header.to_json())])
+        + b"".join(dump_line({"dir": "/".join(d)}) for d in dirs)
+        + b"".join(dump_line(s.entry.to_json()) for s in sources)
+    )
+    reply = _reply(chan, "answer to the manifest", LIST_LINE)
+    offers = parse_offers(reply, [s.entry for s in sources])
+    mine: dict[int, Hash] = {}
+    with chan.keepalive():  # the receiver hashes what it holds meanwhile; compare once both are done
+        for offer in offers:
+            mine[offer.index] = _prefix_hash(sources[offer.index], offer.length)
+    theirs = get_list(_reply(chan, "hashes", LIST_LINE), "hashes", "hashes", len(offers))
+    plan = [mine[o.index].copy().digest() == check_digest_hex(t, "hashes") for o, t in zip(offers, theirs, strict=True)]
+    chan.send_msg({"plan": plan})
+    _reply(chan, "answer to the plan")
+    kept = {o.index: o for o, ok in zip(offers, plan, strict=True) if ok}
+    try:
+        for i, source in enumerate(sources):
+            entry = source.entry
+            matched = kept.get(i)
+            if matched is not None and matched.kind == FINAL:
+                report.skipped += entry.size
+                report.skipped_files += 1
+                continue
+            start = matched.length if matched is not None else 0
+            if start:
+                log.info(f"{shown_path(entry.parts)}: resuming at byte {start} of {entry.size}")
+                report.skipped += start
+            _send_one(chan, source, start, mine[i] if matched is not None else hashlib.sha256(), progress)
+            report.bytes += entry.size - start
+    except (OSError, ProtocolError) as exc:
+        raise _receiver_reason(chan, exc) from None
+    result = _reply(chan, "result")
+    if result.get("ok") is not True:
+        raise _fail(f"the receiver failed: {peer_text(result)}")
+    report.ok = True
+    report.seconds = time.monotonic() - started
+    return report
 
 
-# --- receiving ---------------------------------------------------------------------------------------------------
+def _reply(chan: Channel, what: str, max_size: int = LINE) -> dict[str, Any]:
+    obj = chan.recv_msg(what, max_size)
+    if "error" in obj:
+        raise _fail(f"the receiver refused: {peer_text(obj)}")
+    return obj
+
+
+def _receiver_reason(chan: Channel, exc: BaseException) -> TransferError:
+    """A send that failed mid-way: the receiver usually said why before it closed; report that if so."""
+    with contextlib.suppress(Exception):
+        chan.stream.settimeout(2.0)
+        obj = chan.recv_msg("result")
+        if "error" in obj:
+            return _fail(f"the receiver failed: {peer_text(obj)}")
+    if isinstance(exc, TransferError):
+        return exc
+    return _fail(str(exc) if isinstance(exc, (NetworkError, ProtocolError)) else describe(exc))
+
+
+def _open_source(source: Source) -> int:
+    fd = os.open(source.path, os.O_RDONLY | os.O_CLOEXEC)
+    if os.fstat(fd).st_size != source.entry.size:
+        os.close(fd)
+        raise _fail(f"{escape(str(source.path))} changed size since the transfer began; send it again")
+    return fd
+
+
+def _prefix_hash(source: Source, length: int) -> Hash:
+    h = hashlib.sha256()
+    fd = _open_source(source)
+    try:
+        hash_read(fd, 0, length, h)
+    finally:
+        os.close(fd)
+    return h
+
+
+def _send_one(chan: Channel, source: Source, start: int, h: Hash, progress: Progress | None) -> None:
+    fd = _open_source(source)
+    try:
+        chan.send_file(fd, start, source.entry.size - start, h, progress)
+    finally:
+        os.close(fd)
+    chan.send_bytes(h.digest())
+
+
+# --- the receiver's side -----------------------------------------------------------------------------------------
+
+
+class CodeGuard:
+    """One receiver's defence against guessing: every key exchange answered is one guess at the code. After a
+    wrong one, answers are spaced out (0.25 s, doubling up to 30 s), so a listener cannot be brute-forced."""
+
+    MAX_DELAY = 30.0
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.failures = 0
+        self._next = 0.0
+
+    def delay(self) -> float:
+        return 0.0 if not self.failures else min(self.MAX_DELAY, 0.25 * 2 ** min(self.failures - 1, 16))
+
+    def wait_turn(self) -> None:
+        with self._lock:
+            now = time.monotonic()
+            turn = max(now, self._next)
+            self._next = turn + self.delay()
+        if turn > now:
+            time.sleep(turn - now)
+
+    def failed(self) -> None:
+        with self._lock:
+            self.failures += 1
+            self._next = max(self._next, time.monotonic() + self.delay())
+
+
+class PartKeeper:
+    """Parts left by failed sessions, kept for resuming up to :data:`KEPT_PARTS`; past that the oldest is
+    removed (by its exact name, relative to the receiving directory)."""
+
+    def __init__(self, limit: int = KEPT_PARTS) -> None:
+        self.limit = limit
+        self._parts: OrderedDict[tuple[str, ...], None] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def keep(self, tree: Tree, parts: tuple[str, ...]) -> None:
+        with self._lock:
+            self._parts[parts] = None
+            self._parts.move_to_end(parts)
+            drop = []
+            while len(self._parts) > self.limit:
+                drop.append(self._parts.popitem(last=False)[0])
+        for old in drop:
+            with contextlib.suppress(Refused, OSError):
+                d = tree.directory(old[:-1], create=False)
+                if d is not None:
+                    remove_part(d, old[-1])
+
+    def done(self, parts: tuple[str, ...]) -> None:
+        with self._lock:
+            self._parts.pop(parts, None)
 
 
 @dataclass
-class RecvReport:
-    files: int
-    bytes_received: int
-    paths: list[Path]
+class Receiver:
+    """What every session of one ``recv`` shares: where files land and the rules they land by."""
+
+    root_fd: int
+    outdir: str = "."
+    code: str | None = None
+    overwrite: bool = False
+    max_size: int | None = None
+    idle_timeout: float | None = IDLE_TIMEOUT
+    log: Log = SILENT
+    umask: int = field(default_factory=current_umask)
+    guard: CodeGuard = field(default_factory=CodeGuard)
+    parts: PartKeeper = field(default_factory=PartKeeper)
+
+    @classmethod
+    def open(cls, outdir: str | Path, **kw: Any) -> Receiver:
+        from ._xfer_fs import open_root
+
+        try:
+            fd = open_root(str(outdir))
+        except OSError as exc:
+            raise _fail(f"{escape(str(outdir))}: {describe(exc)}") from None
+        return cls(fd, str(outdir), **kw)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            os.close(self.root_fd)
 
 
-def _offset(final: Path, entry: FileEntry) -> int:
-    """How many leading bytes of ``entry`` the receiver already holds."""
-    if final.is_file() and final.stat().st_size == entry.size and _sha256_file(final) == entry.sha256:
-        return entry.size
-    part = _part_path(final, entry.sha256)
+def _receiver_channel(stream: Stream, rx: Receiver) -> Channel:
+    plain = PlainChannel(stream, rx.idle_timeout)
     try:
-        n = part.stat().st_size
-    except FileNotFoundError:
-        return 0
-    if n > entry.size:
-        part.unlink()
-        return 0
-    return n
+        magic = stream.recv_line(max_size=64)
+    except Exception:
+        magic = b""
+    words = magic.split()
+    if len(words) != 2 or words[0] != MAGIC:
+        raise _fail(f"{plain.where} is not a sockcat send (no {MAGIC.decode()} line)")
+    if words[1] != b"2":
+        with contextlib.suppress(OSError):  # in the form version 1 senders read: they show it and exit 1
+            plain.send_msg({"error": "this receiver speaks transfer version 2: upgrade the sending sockcat"})
+        raise _fail(f"{plain.where} speaks transfer version {escape(words[1].decode(errors='replace'))}, not 2")
+    hello = plain.recv_msg("hello")
+    auth = hello.get("auth")
+    if rx.code is None:
+        if auth != "none":
+            plain.send_msg({"error": "this receiver runs without a code (--no-code): send without --code"})
+            raise CodeMismatch(0, f"{plain.where} offered a code, but this receiver runs with --no-code")
+        plain.send_msg({"auth": "none"})
+        return plain
+    if auth != "code":
+        plain.send_msg({"error": "this receiver needs its code: sockcat send --code CODE (or SOCKCAT_CODE)"})
+        raise CodeMismatch(0, f"{plain.where} gave no code")
+    pake = get_bytes(hello, "pake", "hello")
+    rx.guard.wait_turn()
+    hs = ReceiverHandshake(rx.code)
+    try:
+        reply, confirm = hs.respond(pake)
+        plain.send_msg({"auth": "code", "pake": b64(reply), "confirm": b64(confirm)})
+        answer = plain.recv_msg("key confirmation")
+        if "error" in answer:
+            raise CodeError("wrong code")
+        keys = hs.check(get_bytes(answer, "confirm", "key confirmation", 32))
+    except (CodeError, ProtocolError, OSError):
+        rx.guard.failed()
+        raise CodeMismatch(0, f"wrong code from {plain.where} ({rx.guard.failures} so far)") from None
+    return SealedChannel(stream, rx.idle_timeout, keys.recv_to_send, keys.send_to_recv)
 
 
-def _parse_manifest(obj: dict[str, Any]) -> tuple[list[FileEntry], list[str]]:
-    files, dirs = obj.get("files"), obj.get("dirs", [])
-    if not isinstance(files, list) or not isinstance(dirs, list) or len(files) > MAX_FILES:
-        raise TransferError(0, "bad manifest")
-    entries = []
-    for f in files:
-        try:
-            entry = FileEntry(str(f["path"]), int(f["size"]), str(f["sha256"]).lower(), int(f.get("mode", 0o644)))
-        except (KeyError, TypeError, ValueError):
-            raise TransferError(0, "bad manifest entry") from None
-        safe_relative(entry.path)
-        if entry.size < 0 or len(entry.sha256) != 64 or any(c not in "0123456789abcdef" for c in entry.sha256):
-            raise TransferError(0, f"bad manifest entry for {entry.path!r}")
-        entries.append(entry)
-    for d in dirs:
-        safe_relative(str(d))
-    return entries, [str(d) for d in dirs]
+@dataclass
+class _Plan:
+    """For one file of the manifest: what is there, and where its bytes start."""
 
-
-def _receive_file(stream: Stream, final: Path, entry: FileEntry, offset: int, progress: Progress | None) -> int:
-    """Append the missing bytes to the part file, check the whole file's SHA-256, rename it into place.
-
-    Two threads: this one receives, a second one hashes and writes (hashlib and file writes release the GIL),
-    joined by a queue of at most QUEUE_CHUNKS chunks, so memory stays bounded and both CPUs work."""
-    part = _part_path(final, entry.sha256)
-    h = hashlib.sha256()
-    if offset:
-        with open(part, "rb") as f:
-            while chunk := f.read(CHUNK):
-                h.update(chunk)
-    received = 0
-    failure: list[BaseException] = []
-    chunks: queue.Queue[bytes | None] = queue.Queue(QUEUE_CHUNKS)
-    with open(part, "ab") as out:
-
-        def write_and_hash() -> None:
-            try:
-                while (data := chunks.get()) is not None:
-                    h.update(data)
-                    out.write(data)
-            except BaseException as exc:  # a full disk: the receiving side stops at its next chunk
-                failure.append(exc)
-                while chunks.get() is not None:
-                    pass
-
-        worker = threading.Thread(target=write_and_hash, name="recv writer", daemon=True)
-        worker.start()
-        try:
-            left = entry.size - offset
-            while left and not failure:
-                data = stream.recv(min(left, 4 * CHUNK))
-                if not data:
-                    raise TransferError(0, f"the sender closed the connection inside {entry.path} ({left} bytes short)")
-                chunks.put(data)
-                left -= len(data)
-                received += len(data)
-                if progress is not None:
-                    progress(len(data))
-        finally:
-            chunks.put(None)
-            worker.join()
-            out.flush()
-        if failure:
-            raise failure[0]
-        os.fsync(out.fileno())
-    if h.hexdigest() != entry.sha256:
-        part.unlink(missing_ok=True)
-        raise TransferError(0, f"{entry.path}: SHA-256 does not match; the file was not kept")
-    os.chmod(part, entry.mode & 0o7777)
-    os.replace(part, final)
-    for stale in final.parent.glob(f".{final.name}.*{PART_SUFFIX}"):  # parts of older versions of this file
-        stale.unlink(missing_ok=True)
-    return received
+    entry: FileEntry
+    final: os.stat_result | None = None  # a regular file of the same size, offered
+    part: os.stat_result | None = None  # a usable part, offered
+    replace: bool = False  # a different final file is there and --overwrite replaces it
+    hash: Hash | None = None  # SHA-256 of the offered bytes
+    keep: bool = False  # the sender's bytes match what is offered
+    start: int = 0
 
 
 def recv_files(
-    stream: Stream, outdir: str | Path, *, log: Log = SILENT, progress: Progress | None = None
-) -> RecvReport:
-    """Receive one ``send`` session over a connected stream into ``outdir``."""
-    out = Path(outdir)
+    stream: Stream,
+    outdir: str | Path | Receiver,
+    *,
+    code: str | None = None,
+    overwrite: bool = False,
+    max_size: int | None = None,
+    idle_timeout: float | None = IDLE_TIMEOUT,
+    log: Log = SILENT,
+    progress: Progress | None = None,
+) -> Report:
+    """Receive one ``send`` session over a connected stream into ``outdir``; TransferError if it fails (the
+    sender is told why). ``code``: the code the sender must hold (None: no code, a trusted network)."""
+    if isinstance(outdir, Receiver):
+        return _session(stream, outdir, progress)
+    rx = Receiver.open(outdir, code=code, overwrite=overwrite, max_size=max_size, idle_timeout=idle_timeout, log=log)
     try:
-        magic = stream.recv_line(max_size=64)
-    except (IncompleteReadError, LimitOverrunError):
-        magic = b""
-    if magic.rstrip(b"\r\n") != MAGIC:
-        raise TransferError(0, "the peer is not a sockcat send (no SOCKCAT-TRANSFER 1 line)")
-    try:
-        entries, dirs = _parse_manifest(_recv_json(stream, "manifest", MAX_MANIFEST))
-        out.mkdir(parents=True, exist_ok=True)
-        for d in dirs:
-            (out / d).mkdir(parents=True, exist_ok=True)
-        finals = [out / e.path for e in entries]
-        for final in finals:
-            final.parent.mkdir(parents=True, exist_ok=True)
-        have = [_offset(final, e) for final, e in zip(finals, entries, strict=True)]
-    except TransferError as exc:
-        _send_json(stream, {"error": str(exc)})
-        raise
-    except OSError as exc:
-        _send_json(stream, {"error": describe(exc)})
-        raise TransferError(exc.errno or 0, f"{out}: {describe(exc)}") from None
-    _send_json(stream, {"have": have})
-    received = 0
-    try:
-        for final, entry, offset in zip(finals, entries, have, strict=True):
-            if offset == entry.size and final.is_file():
+        return _session(stream, rx, progress)
+    finally:
+        rx.close()
+
+
+def _session(stream: Stream, rx: Receiver, progress: Progress | None) -> Report:
+    started = time.monotonic()
+    report = Report()
+    chan = _receiver_channel(stream, rx)
+    with Tree(rx.root_fd) as tree:
+        try:
+            _receive(chan, rx, tree, report, progress)
+        except (Refused, ProtocolError, TransferError, OSError) as exc:
+            message = _session_error(exc)
+            with contextlib.suppress(Exception):
+                chan.send_msg({"ok": False, "error": message})
+            raise _fail(message) from None
+    report.ok = True
+    report.seconds = time.monotonic() - started
+    return report
+
+
+def _session_error(exc: BaseException) -> str:
+    if isinstance(exc, (Refused, ProtocolError, TransferError, NetworkError)):
+        return str(exc)
+    return describe(exc) + (f": {escape(str(exc.filename))}" if isinstance(exc, OSError) and exc.filename else "")
+
+
+def _read_manifest(chan: Channel) -> Manifest:
+    manifest = Manifest(Header.parse(chan.recv_msg("manifest")))
+    while not manifest.complete:
+        manifest.add(chan.recv_msg("manifest entry"))
+    manifest.finish()
+    return manifest
+
+
+def _survey(tree: Tree, rx: Receiver, manifest: Manifest) -> list[_Plan]:
+    """What the receiving directory already holds for each file; Refused for what forbids the session."""
+    for dir_parts in manifest.dirs:
+        tree.directory(dir_parts, create=False)  # a link or a file in the way: refused before anything is written
+    plans = []
+    for entry in manifest.files:
+        plan = _Plan(entry)
+        plans.append(plan)
+        d = tree.directory(entry.parts[:-1], create=False)
+        if d is None:
+            continue
+        name = entry.parts[-1]
+        there = tree.lookup(d, name)
+        if there is not None:
+            if not there.regular:
+                raise Refused(f"{shown_path(entry.parts)}: exists and is not a regular file; refused")
+            if there.st.st_size == entry.size:
+                plan.final = there.st
                 continue
-            received += _receive_file(stream, final, entry, offset, progress)
-            log.info(f"received {final} ({entry.size} bytes, sha256 {entry.sha256[:16]}…)")
-    except TransferError as exc:
-        with contextlib.suppress(OSError):  # a sender that is gone gets nothing
-            _send_json(stream, {"ok": False, "error": str(exc)})
-        raise
-    except OSError as exc:
-        _send_json(stream, {"ok": False, "error": describe(exc)})
-        raise TransferError(exc.errno or 0, f"{out}: {describe(exc)}") from None
-    _send_json(stream, {"ok": True, "files": len(entries), "bytes": received})
-    return RecvReport(len(entries), received, finals)
+            if not rx.overwrite:
+                raise Refused(
+                    f"{shown_path(entry.parts)}: exists with different content; not replaced (recv --overwrite)"
+                )
+            plan.replace = True
+        part = tree.lookup(d, part_name(name))
+        if part is not None and usable_part(part.st) and 0 < part.st.st_size <= entry.size:
+            plan.part = part.st
+    return plans
+
+
+def _hash_offered(tree: Tree, plan: _Plan) -> Hash:
+    d = tree.directory(plan.entry.parts[:-1], create=False)
+    name = plan.entry.parts[-1]
+    st = plan.final or plan.part
+    assert d is not None and st is not None
+    fd = open_existing(d, name if plan.final is not None else part_name(name), st)
+    if fd is None:
+        raise Refused(f"{shown_path(plan.entry.parts)}: changed during the session")
+    try:
+        h = hashlib.sha256()
+        hash_range(fd, 0, st.st_size, h)
+        return h
+    finally:
+        os.close(fd)
+
+
+def _receive(chan: Channel, rx: Receiver, tree: Tree, report: Report, progress: Progress | None) -> None:
+    manifest = _read_manifest(chan)
+    report.files = len(manifest.files)
+    report.total = manifest.header.bytes
+    plans = _survey(tree, rx, manifest)
+    offered = [(i, p) for i, p in enumerate(plans) if p.final is not None or p.part is not None]
+    offers = [Offer(i, FINAL if p.final is not None else PART, (p.final or p.part).st_size) for i, p in offered]  # type: ignore[union-attr]
+    chan.send_msg({"offers": [o.to_json() for o in offers]})
+    with chan.keepalive():
+        for _i, p in offered:
+            p.hash = _hash_offered(tree, p)
+    chan.send_msg({"hashes": [p.hash.hexdigest() for _i, p in offered]})  # type: ignore[union-attr]
+    answer = chan.recv_msg("plan", LIST_LINE)
+    if "error" in answer:
+        raise _fail(f"the sender gave up: {peer_text(answer)}")
+    keep = get_list(answer, "plan", "plan", len(offered))
+    for (_i, p), ok in zip(offered, keep, strict=True):
+        if type(ok) is not bool:
+            raise ProtocolError("bad plan: each answer must be true or false")
+        p.keep = ok
+        if p.final is not None and not ok:
+            if not rx.overwrite:
+                raise Refused(
+                    f"{shown_path(p.entry.parts)}: exists with different content; not replaced (recv --overwrite)"
+                )
+            p.final, p.replace = None, True
+        p.start = (p.part.st_size if p.part is not None else 0) if ok else 0
+        if not ok:
+            p.part, p.hash = None, None
+    to_come = sum(p.entry.size - p.start for p in plans if not (p.final is not None and p.keep))
+    if rx.max_size is not None and to_come > rx.max_size:
+        raise Refused(f"the session would write {to_come:,} bytes; recv --max-size is {rx.max_size:,}")
+    vfs = os.statvfs(rx.root_fd)
+    free = vfs.f_bavail * vfs.f_frsize
+    if to_come > free:
+        raise Refused(f"not enough space: {to_come:,} bytes to come, {free:,} free")
+    chan.send_msg({"go": True})
+    for dir_parts in manifest.all_dirs():
+        tree.directory(dir_parts, create=True)
+    touched: set[tuple[str, ...]] = set()
+    for p in plans:
+        if p.final is not None and p.keep:
+            report.skipped += p.entry.size
+            report.skipped_files += 1
+            continue
+        report.skipped += p.start
+        _receive_one(chan, rx, tree, p, progress)
+        report.bytes += p.entry.size - p.start
+        report.paths.append(p.entry.path)
+        touched.add(p.entry.parts[:-1])
+    for parts in touched:  # the new names themselves survive a crash too
+        d = tree.directory(parts, create=False)
+        if d is not None:
+            with contextlib.suppress(OSError):
+                os.fsync(d)
+    chan.send_msg({"ok": True, "files": report.files, "bytes": report.bytes, "skipped": report.skipped})
+
+
+def _receive_one(chan: Channel, rx: Receiver, tree: Tree, p: _Plan, progress: Progress | None) -> None:
+    entry = p.entry
+    shown = shown_path(entry.parts)
+    d = tree.directory(entry.parts[:-1], create=True)
+    assert d is not None
+    name = entry.parts[-1]
+    fd, kept = open_part(d, name, shown, p.part if p.keep else None)
+    complete = False
+    try:
+        if kept != p.start:
+            raise Refused(f"{shown}: its part file changed during the session")
+        h = p.hash if p.hash is not None else hashlib.sha256()
+        chan.recv_file(fd, entry.size - p.start, h, progress, shown)
+        digest = chan.recv_exactly(DIGEST, f"SHA-256 of {shown}")
+        os.fsync(fd)
+        if digest != h.digest():
+            remove_part(d, name)
+            complete = True  # nothing of it is kept
+            raise _fail(f"{shown}: SHA-256 does not match; the file was not kept")
+        install(d, name, fd, entry.mode, rx.umask, replace=p.replace and rx.overwrite, shown=shown)
+        complete = True
+        rx.parts.done(entry.parts)
+        rx.log.info(f"received {shown} ({entry.size} bytes, sha256 {h.hexdigest()[:16]}…)")
+    finally:
+        if not complete:
+            if os.fstat(fd).st_size == 0:
+                remove_part(d, name)
+            else:
+                rx.parts.keep(tree, entry.parts)
+        os.close(fd)
 
 
 # --- progress on a terminal -------------------------------------------------------------------------------------
 
 
-class _Bar:
+class Bar:
     """A rich progress bar on stderr when it is a terminal; nothing otherwise."""
 
     def __init__(self, total: int | None, what: str) -> None:
@@ -393,60 +656,3 @@ class _Bar:
     def close(self) -> None:
         if self.progress is not None:
             self.progress.stop()
-
-
-def run_send(
-    address: Address,
-    paths: list[str],
-    *,
-    connect_timeout: float | None,
-    log: Log,
-    ssl_context: ssl.SSLContext | None = None,
-    sni: str | None = None,
-) -> int:
-    """``sockcat send ADDR PATH...`` (CLI entry)."""
-    from ._sockets import connect
-
-    if address.is_datagram or address.is_stdio:
-        raise UsageError(f"send needs a stream address, not {address}")
-    manifest = build_manifest(list(paths))  # bad paths are a usage error before any connection
-    with connect(address, connect_timeout=connect_timeout, ssl_context=ssl_context, sni=sni) as stream:
-        bar = _Bar(sum(item.entry.size for item in manifest[0]) or None, "send")
-        try:
-            report = send_files(stream, list(paths), log=log, progress=bar.advance, manifest=manifest)
-        finally:
-            bar.close()
-    log.info(
-        f"sent {report.files} files: {report.bytes_sent} of {report.bytes_total} bytes travelled"
-        + (f", {report.skipped} already there" if report.skipped else "")
-    )
-    return 0
-
-
-def run_recv(
-    address: Address, outdir: str, *, keep_open: bool, log: Log, cert: str | None = None, key: str | None = None
-) -> int:
-    """``sockcat recv ADDR [-o DIR] [-k]`` (CLI entry): one send session (``-k``: one after another)."""
-    from ._sockets import listen
-
-    if address.is_datagram or address.is_stdio:
-        raise UsageError(f"recv needs a stream address, not {address}")
-    with listen(address, cert=cert, key=key) as server:
-        log.always(f"listening on {server.address}")
-        if server.fingerprint:
-            log.always(f"certificate sha256 {server.fingerprint}")
-        while True:
-            with server.accept() as stream:
-                bar = _Bar(None, "recv")
-                try:
-                    report = recv_files(stream, outdir, log=log, progress=bar.advance)
-                except (TransferError, OSError) as exc:
-                    if not keep_open:
-                        raise
-                    log.warning(str(exc))
-                    continue
-                finally:
-                    bar.close()
-                log.info(f"received {report.files} files, {report.bytes_received} bytes into {outdir}")
-            if not keep_open:
-                return 0
