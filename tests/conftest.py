@@ -24,6 +24,20 @@ import pytest
 
 SOCKCAT = [sys.executable, "-m", "sockcat"]
 TIMEOUT = 20.0
+# Hypothesis budgets: fixed in CI; SOCKCAT_FUZZ_SCALE=50 (say) runs every fuzz test 50 times longer.
+FUZZ_SCALE = float(os.environ.get("SOCKCAT_FUZZ_SCALE", "1"))
+
+
+def fuzz(examples: int) -> Any:
+    """Settings for a Hypothesis test of a network parser: ``examples`` cases (times SOCKCAT_FUZZ_SCALE)."""
+    from hypothesis import HealthCheck, settings
+
+    return settings(
+        max_examples=max(1, int(examples * FUZZ_SCALE)),
+        deadline=None,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
 
 
 def require(tool: str) -> str:

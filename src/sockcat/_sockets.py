@@ -590,6 +590,26 @@ class Stream:
             return self._buf.take_some(bufsize)
         return self._recv_raw(bufsize)
 
+    def recv_into(self, buffer: bytearray | memoryview, nbytes: int = 0) -> int:
+        """Like ``socket.recv_into``: up to ``nbytes`` (default: the buffer's length) bytes into ``buffer``, as
+        soon as any are there; 0 means the peer closed. Bytes read ahead by the delimited reads come first."""
+        view = memoryview(buffer).cast("B")
+        n = nbytes or len(view)
+        if self._buf:
+            data = self._buf.take_some(n)
+            view[: len(data)] = data
+            return len(data)
+        if self._tls is not None:
+            data = self._recv_raw(n)
+            view[: len(data)] = data
+            return len(data)
+        try:
+            return self.socket.recv_into(view, n)
+        except TimeoutError as exc:
+            raise Timeout(errno.ETIMEDOUT, f"recv from {self._where()}: timed out") from exc
+        except OSError as exc:
+            raise network_error(exc, f"recv from {self._where()}") from exc
+
     def recv_exactly(self, n: int) -> bytes:
         """Exactly ``n`` bytes, or IncompleteReadError (with ``.partial``) if the peer closes first."""
         while (out := self._buf.take_exactly(n)) is None:

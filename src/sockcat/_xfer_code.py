@@ -13,11 +13,10 @@ import hashlib
 import hmac
 import secrets
 import struct
+from typing import Any
 
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.hashes import SHA256
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from spake2 import SPAKE2_A, SPAKE2_B  # type: ignore[import-untyped]
+# spake2 and cryptography are imported where they are used: together they cost 30 ms of start-up, which only a
+# session with a code needs (``recv --no-code`` and the code generator do without them).
 
 # 256 short, common words: two of them and a number from 1 to 999 give about 26 bits, plenty when every guess
 # costs a connection and the receiver slows down after each wrong one.
@@ -316,6 +315,9 @@ def normalize_code(text: str) -> str:
 
 
 def _hkdf(key: bytes, purpose: bytes) -> bytes:
+    from cryptography.hazmat.primitives.hashes import SHA256
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
     return HKDF(algorithm=SHA256(), length=32, salt=None, info=b"sockcat transfer 2 " + purpose).derive(key)
 
 
@@ -333,6 +335,8 @@ class SenderHandshake:
     """The sending side: ``start()`` gives the first message; ``finish()`` takes the receiver's answer."""
 
     def __init__(self, code: str) -> None:
+        from spake2 import SPAKE2_A  # type: ignore[import-untyped]
+
         self._pake = SPAKE2_A(normalize_code(code).encode(), idA=SENDER_ID, idB=RECEIVER_ID)
         self._msg = b""
 
@@ -356,6 +360,8 @@ class ReceiverHandshake:
     """The receiving side: ``respond()`` answers the sender's message; ``check()`` its confirmation."""
 
     def __init__(self, code: str) -> None:
+        from spake2 import SPAKE2_B
+
         self._pake = SPAKE2_B(normalize_code(code).encode(), idA=SENDER_ID, idB=RECEIVER_ID)
         self.keys: Keys | None = None
 
@@ -375,12 +381,18 @@ class ReceiverHandshake:
         return self.keys
 
 
+def _aead(key: bytes) -> Any:
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    return AESGCM(key)
+
+
 class Sealer:
     """Seals one direction's records: AES-256-GCM, the record counter as nonce, the header as associated data.
     A record can be neither changed, dropped, replayed nor reordered without the opener noticing."""
 
     def __init__(self, key: bytes) -> None:
-        self._aead = AESGCM(key)
+        self._aead = _aead(key)
         self._n = 0
 
     def seal(self, data: bytes | memoryview) -> tuple[bytes, bytes]:
@@ -390,14 +402,14 @@ class Sealer:
         header = HEADER.pack(len(data) + TAG)
         nonce = self._n.to_bytes(12, "big")
         self._n += 1
-        return header, self._aead.encrypt(nonce, bytes(data), header)
+        return header, self._aead.encrypt(nonce, data, header)
 
 
 class Opener:
     """Opens the records of one direction, in order."""
 
     def __init__(self, key: bytes) -> None:
-        self._aead = AESGCM(key)
+        self._aead = _aead(key)
         self._n = 0
 
     @staticmethod
@@ -411,7 +423,7 @@ class Opener:
     def open(self, header: bytes, ciphertext: bytes | bytearray | memoryview) -> bytes:
         nonce = self._n.to_bytes(12, "big")
         try:
-            data = self._aead.decrypt(nonce, bytes(ciphertext), header)
+            data: bytes = self._aead.decrypt(nonce, ciphertext, header)
         except Exception:  # cryptography's InvalidTag
             raise SealError("a sealed record does not open (changed, replayed or out of order)") from None
         self._n += 1
