@@ -67,6 +67,15 @@ def test_ipv4_mapped_ipv6_peer_is_judged_as_ipv4() -> None:
     assert not allow.permits("::ffff:10.0.0.1")
 
 
+def test_rules_written_as_ipv4_mapped_ipv6_mean_ipv4() -> None:
+    deny = AccessPolicy.parse(deny=["::ffff:127.0.0.1"])
+    assert not deny.permits("127.0.0.1") and not deny.permits("::ffff:127.0.0.1")
+    assert deny.permits("127.0.0.2")
+    allow = AccessPolicy.parse(allow=["::ffff:10.0.0.0/104"])
+    assert allow.permits("10.9.8.7") and not allow.permits("11.0.0.1")
+    assert AccessPolicy.parse(deny=["::/0"]).permits("127.0.0.1")  # a plain IPv6 rule stays IPv6
+
+
 def test_ipv6_with_zone_id() -> None:
     p = AccessPolicy.parse(allow=["fe80::/10"])
     assert p.permits("fe80::1%eth0")

@@ -402,3 +402,23 @@ def test_library_send_and_recv(source: Path, tmp_path: Path) -> None:
     assert report.ok and report.bytes == report.total and report.files == 4
     assert got and got[0].ok  # type: ignore[attr-defined]
     assert _sha(tmp_path / "lib" / "D" / "big.bin") == _sha(source / "D" / "big.bin")
+
+
+def test_allow_deny_and_max_conns(procs: list[Proc], source: Path, tmp_path: Path) -> None:
+    recv = Recv(procs, tmp_path / "out", "-k", "--deny", "127.0.0.0/8", "--no-code")
+    res = recv.send(str(source / "top.txt"), code=None)
+    assert res.returncode == 1 and not (tmp_path / "out" / "top.txt").exists()
+    recv = Recv(procs, tmp_path / "out2", "-k", "--allow", "::ffff:127.0.0.1/128", "--no-code")
+    assert recv.send(str(source / "top.txt"), code=None).returncode == 0  # a mapped rule matches 127.0.0.1
+    recv = Recv(procs, tmp_path / "out3", "-k", "--max-conns", "1", "--no-code")
+    with socket.create_connection(("127.0.0.1", recv.port), timeout=TIMEOUT) as first:
+        first.sendall(b"SOCKCAT-TRANSFER 2\n")  # an unfinished session holds the only place
+        res = recv.send(str(source / "top.txt"), code=None)
+        assert res.returncode == 1 and not (tmp_path / "out3" / "top.txt").exists()
+    for _ in range(200):  # once the first connection is gone, the place is free again
+        res = recv.send(str(source / "top.txt"), code=None)
+        if res.returncode == 0:
+            break
+    assert (tmp_path / "out3" / "top.txt").exists()
+    with pytest.raises(AssertionError):  # no address to match on a unix listener: a usage error
+        Recv(procs, tmp_path / "out4", "--allow", "10.0.0.0/8", address="unix:@sc-xfer-allow")

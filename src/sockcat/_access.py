@@ -11,11 +11,21 @@ from ._errors import UsageError
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
+_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
+
+
 def parse_cidr(text: str) -> Network:
+    """A rule as a network; one written in IPv4-mapped IPv6 (``::ffff:10.0.0.0/104``) is the IPv4 network it
+    means, since peers' addresses are compared as IPv4 once unmapped."""
     try:
-        return ipaddress.ip_network(text.strip(), strict=False)
+        net = ipaddress.ip_network(text.strip(), strict=False)
     except ValueError:
         raise UsageError(f"bad CIDR {text!r} (expected e.g. 10.0.0.0/8, 127.0.0.1 or ::1/128)") from None
+    if isinstance(net, ipaddress.IPv6Network) and net.prefixlen >= 96 and net.subnet_of(_MAPPED):
+        mapped = net.network_address.ipv4_mapped
+        assert mapped is not None
+        return ipaddress.IPv4Network((mapped, net.prefixlen - 96))
+    return net
 
 
 @dataclass(frozen=True, slots=True)
