@@ -239,6 +239,16 @@ def test_sync_relay_passes_a_reset_on(short_tmp: Path, sync_pairs: list) -> None
         y.socket.recv(100)
 
 
+TCP_CLOSE = 7
+
+
+def _wait_tcp_state(sock: socket.socket, state: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0] != state:
+        assert time.monotonic() < deadline, f"the socket never reached TCP state {state}"
+        time.sleep(0.005)
+
+
 def test_sync_relay_reset_wakes_a_direction_blocked_writing(short_tmp: Path, sync_pairs: list) -> None:
     """X floods while Y reads nothing (X->Y blocks writing to b); then X resets and Y speaks (Y->X fails):
     the blocked direction is woken too, the relay returns, and Y sees a reset."""
@@ -250,10 +260,9 @@ def test_sync_relay_reset_wakes_a_direction_blocked_writing(short_tmp: Path, syn
     with contextlib.suppress(BlockingIOError):
         for _ in range(2000):  # until every buffer on the way is full
             x.socket.send(b"f" * 65536)
-    time.sleep(0.3)
     x.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER0)
     x.close()  # X resets
-    time.sleep(0.2)
+    _wait_tcp_state(a.socket, TCP_CLOSE)  # the relay's end has taken the reset
     with contextlib.suppress(OSError):
         y.sendall(b"hello?")  # Y->X now fails writing to a
     relaying.result()

@@ -177,9 +177,8 @@ def test_whole_manifest_rules() -> None:
         Header.parse({"files": 100_000, "dirs": 1, "bytes": 0})
     m = Manifest(Header(2, 0, 2))
     m.add({"file": "a", "size": 1, "mode": 420})
-    m.add({"file": "a", "size": 1, "mode": 420})
     with pytest.raises(ProtocolError, match="listed twice"):
-        m.finish()
+        m.add({"file": "a", "size": 1, "mode": 420})
     m = Manifest(Header(2, 0, 2))
     m.add({"file": "a", "size": 1, "mode": 420})
     m.add({"file": "a/b", "size": 1, "mode": 420})
@@ -200,7 +199,7 @@ def test_whole_manifest_rules() -> None:
 @fuzz(300)
 @given(json_objects | st.fixed_dictionaries({"offers": json_values}))
 def test_any_offers_line_is_accepted_only_when_it_fits_the_manifest(obj: dict) -> None:  # type: ignore[type-arg]
-    files = [FileEntry(("a",), 10, 420), FileEntry(("b",), 0, 420)]
+    files = [FileEntry("a", 10, 420), FileEntry("b", 0, 420)]
     try:
         offers = parse_offers(obj, files)
     except ProtocolError:
@@ -314,3 +313,19 @@ def test_record_lengths_are_bounded() -> None:
         Opener.length((3).to_bytes(4, "big"))
     with pytest.raises(ValueError):
         Sealer(bytes(32)).seal(b"x" * (RECORD + 1))
+
+
+def test_the_code_guard_spaces_guesses_and_bounds_the_queue() -> None:
+    from sockcat._transfer import CodeMismatch
+    from sockcat._xfer_recv import CodeGuard
+
+    guard = CodeGuard()
+    assert guard.turn() == 0.0  # no failure yet: no wait
+    guard.done(ok=False)
+    waits = [guard.turn() for _ in range(CodeGuard.MAX_WAITING)]
+    assert waits == sorted(waits) and waits[0] > 0  # each waits its own, later turn
+    with pytest.raises(CodeMismatch, match="too many tries"):
+        guard.turn()
+    for _ in waits:
+        guard.done(ok=True)
+    assert guard.failures == 1

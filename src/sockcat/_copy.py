@@ -17,6 +17,7 @@ import ssl
 import stat
 import threading
 import time
+import weakref
 from collections.abc import Callable
 
 from . import _trace
@@ -140,6 +141,7 @@ class SockEnd(End):
         self.sock.sendall(data)
 
     def close_write(self) -> None:
+        _FIN_SENT.add(self.sock)
         with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_WR)
 
@@ -165,6 +167,7 @@ class TLSEnd(End):
             raise tls_error(exc, f"send to {self.name}") from exc
 
     def close_write(self) -> None:
+        _FIN_SENT.add(self.channel.sock)
         self.channel.shutdown_write()
 
     def close(self) -> None:
@@ -198,6 +201,7 @@ class StreamEnd(End):
         self.stream.sendall(data)
 
     def close_write(self) -> None:
+        _FIN_SENT.add(self.stream.socket)
         self.stream.shutdown_write()
 
     def close(self) -> None:
@@ -232,10 +236,32 @@ def copy(
             moved = _splice(src.splice_fd, dst.splice_fd, src.is_pipe, dst.is_pipe, counter)
         if not moved:
             _buffered(src, dst, counter, hexdump, emit)
+        if _was_reset(src):
+            raise ConnectionResetError(errno.ECONNRESET, "connection reset by peer")
         ok = True
     finally:
         if close_write and (ok or not isinstance(dst, (SockEnd, StreamEnd))):
             dst.close_write()
+
+
+_TCP_CLOSE = 7  # tcpi_state of a connection ended by a reset (an orderly end leaves it in CLOSE_WAIT)
+_FIN_SENT: weakref.WeakSet[socket.socket] = weakref.WeakSet()  # sockets a close_write() here half-closed
+
+
+def _was_reset(end: End) -> bool:
+    """Whether an end that read EOF was in fact reset. A reset is reported once (``sk_err``), to whichever call
+    comes first: when the other direction's write took it, this direction's next read sees a plain EOF. The TCP
+    state tells them apart (CLOSE after a reset; CLOSE_WAIT after the peer's FIN, or CLOSE once our own FIN was
+    answered too, hence the check that we sent none), so a reset is passed on as a reset, never as a FIN."""
+    sock = getattr(end, "sock", None) or getattr(getattr(end, "stream", None), "socket", None)
+    if not isinstance(sock, socket.socket) or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return False
+    if sock in _FIN_SENT:
+        return False
+    try:
+        return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0] == _TCP_CLOSE
+    except (OSError, IndexError):
+        return False
 
 
 def _buffered(

@@ -29,6 +29,10 @@ class UsageError(SockcatError, ValueError):
     """A bad argument or option (exit status 2 on the command line)."""
 
 
+class ProtocolError(SockcatError, ValueError):
+    """A peer sent something the protocol does not allow (exit status 1): the message says what, escaped."""
+
+
 class NetworkError(SockcatError, OSError):
     """A socket operation failed; ``errno`` is the system's, the message names the address."""
 

@@ -7,7 +7,9 @@ import os
 import resource
 import signal
 import sys
-from typing import TYPE_CHECKING
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import asyncio
@@ -66,3 +68,23 @@ def new_runner() -> asyncio.Runner:
     except ImportError:  # pragma: no cover
         return asyncio.Runner()
     return asyncio.Runner(loop_factory=uvloop.new_event_loop)
+
+
+# Signals a server ends on: only the main thread may take them (see start_thread).
+STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+
+
+def start_thread(target: Callable[..., Any], *args: Any, name: str) -> threading.Thread:
+    """Start a daemon thread that never takes SIGTERM, SIGINT or SIGHUP (nor do the threads it starts).
+
+    The kernel hands a process's signal to any thread that does not block it. Python runs the handler in the
+    main thread, but only once that thread wakes up: a main thread blocked in ``accept()`` would sleep through
+    the SIGTERM that a session thread took. Blocked here, the signals always reach the main thread and
+    interrupt its system call."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        t = threading.Thread(target=target, args=args, name=name, daemon=True)
+        t.start()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+    return t

@@ -23,15 +23,16 @@ import queue
 import select
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from ._copy import grow_pipe
-from ._errors import IncompleteReadError, LimitOverrunError, NetworkError, Timeout
+from ._errors import IncompleteReadError, LimitOverrunError, NetworkError, ProtocolError, Timeout
 from ._framing import ReceiveBuffer
 from ._sockets import Stream
 from ._xfer_code import RECORD, Opener, Sealer, SealError
-from ._xfer_proto import LINE, ProtocolError, dump_line, parse_line
+from ._xfer_proto import LINE, dump_line, parse_line
 
 Progress = Callable[[int], None]
 Hash = Any  # hashlib's SHA-256 object
@@ -148,12 +149,15 @@ class Channel:
     def send_msg(self, obj: dict[str, Any]) -> None:
         self._send(dump_line(obj))
 
-    def recv_msg(self, what: str, max_size: int = LINE) -> dict[str, Any]:
-        """The next protocol line as an object; ``{"busy": …}`` lines (the peer is working) are skipped."""
+    def recv_msg(self, what: str, max_size: int = LINE, *, busy: bool | float = True) -> dict[str, Any]:
+        """The next protocol line as an object. ``{"busy": …}`` lines (the peer is working) are skipped if
+        ``busy`` is true, refused if false, and skipped until the monotonic time ``busy`` if it is a float."""
         while True:
             obj = parse_line(self._recv_line(what, max_size), what)
             if "busy" not in obj:
                 return obj
+            if busy is False or (type(busy) is float and time.monotonic() > busy):
+                raise ProtocolError(f"the peer said it was busy where the {what} was due, or for too long")
 
     @contextlib.contextmanager
     def keepalive(self) -> Iterator[None]:

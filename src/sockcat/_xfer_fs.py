@@ -19,14 +19,14 @@ import stat
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from ._errors import describe
+from ._errors import SockcatError, describe
 from ._xfer_proto import part_name, shown_path
 
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 OPEN_DIRS = 32  # directory descriptors a session keeps open (most recently used)
 
 
-class Refused(Exception):
+class Refused(SockcatError):
     """What is on disk forbids the session: the message names the path (escaped)."""
 
 
@@ -53,6 +53,10 @@ class Existing:
     @property
     def regular(self) -> bool:
         return stat.S_ISREG(self.st.st_mode)
+
+    @property
+    def link(self) -> bool:
+        return stat.S_ISLNK(self.st.st_mode)
 
 
 class Tree:
@@ -152,12 +156,52 @@ def _lock(fd: int, shown: str) -> None:
         raise Refused(f"{shown}: another session is receiving this file") from None
 
 
+def _same_file(dir_fd: int, name: str, fd: int) -> bool:
+    """Whether ``name`` in the directory is still the file open as ``fd`` (links not followed)."""
+    try:
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except OSError:
+        return False
+    now = os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (now.st_dev, now.st_ino)
+
+
+def _clear_part(dir_fd: int, part: str, shown: str) -> None:
+    """Remove whatever holds a part file's name, unless a session is writing it: a regular file is removed only
+    once its lock is ours; a link (never followed) or anything else, by name."""
+    try:
+        fd = os.open(part, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return
+    except OSError:
+        fd = -1  # a link (ELOOP), or nothing this user may open: remove the name below
+    try:
+        if fd >= 0:
+            if stat.S_ISDIR(os.fstat(fd).st_mode):
+                raise Refused(f"{shown}: a directory holds its part file's name; refused")
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise Refused(f"{shown}: another session is receiving this file") from None
+            if not _same_file(dir_fd, part, fd):
+                raise Refused(f"{shown}: another session is receiving this file")
+        os.unlink(part, dir_fd=dir_fd)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise Refused(f"{shown}: cannot remove an old part file: {describe(exc)}") from None
+    finally:
+        if fd >= 0:
+            os.close(fd)
+
+
 def open_part(dir_fd: int, name: str, shown: str, resume: os.stat_result | None) -> tuple[int, int]:
     """(descriptor, bytes kept) of the part file for final name ``name``, locked for this session.
 
     ``resume``: the part as it was offered; it is reopened only if it is still that very file (same inode,
     size and time, still usable); otherwise, and without ``resume``, whatever has the part's name is removed
-    (the name itself, never what a link points to) and a new empty part is created exclusively."""
+    (the name itself, never what a link points to, and never a part another session holds) and a new empty part
+    is created exclusively."""
     part = part_name(name)
     if resume is not None:
         try:
@@ -179,8 +223,7 @@ def open_part(dir_fd: int, name: str, shown: str, resume: os.stat_result | None)
                 return fd, now.st_size
             os.close(fd)
         raise Refused(f"{shown}: its part file changed during the session")
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(part, dir_fd=dir_fd)
+    _clear_part(dir_fd, part, shown)
     try:
         fd = os.open(part, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dir_fd)
     except FileExistsError:
@@ -191,16 +234,55 @@ def open_part(dir_fd: int, name: str, shown: str, resume: os.stat_result | None)
     return fd, 0
 
 
-def remove_part(dir_fd: int, name: str) -> None:
-    with contextlib.suppress(OSError):
-        os.unlink(part_name(name), dir_fd=dir_fd)
+def part_in_use(dir_fd: int, name: str) -> bool:
+    """Whether a session holds the part file of final name ``name`` (its lock is taken)."""
+    try:
+        fd = os.open(part_name(name), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)  # (the lock, if it was taken here, goes with it)
+    return False
+
+
+def remove_part(dir_fd: int, name: str, fd: int) -> None:
+    """Remove this session's part (open as ``fd``) by name, if the name is still that file."""
+    part = part_name(name)
+    if _same_file(dir_fd, part, fd):
+        with contextlib.suppress(OSError):
+            os.unlink(part, dir_fd=dir_fd)
+
+
+def remove_idle_part(dir_fd: int, name: str) -> None:
+    """Remove a kept part that no session is writing (a locked one stays)."""
+    part = part_name(name)
+    try:
+        fd = os.open(part, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
+    except OSError:
+        return
+    try:
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            remove_part(dir_fd, name, fd)
+    except OSError:
+        pass  # locked: a session is writing it again
+    finally:
+        os.close(fd)
 
 
 def install(dir_fd: int, name: str, fd: int, mode: int, umask: int, *, replace: bool, shown: str) -> None:
-    """Give the checked part its final name and mode. Without ``replace`` an existing final name is never
-    replaced, even one that appeared while the file was arriving."""
+    """Give the checked part (open as ``fd``) its final name and mode. Without ``replace`` an existing final
+    name is never replaced, even one that appeared while the file was arriving."""
     os.fchmod(fd, mode & 0o777 & ~umask)
     part = part_name(name)
+    if not _same_file(dir_fd, part, fd):
+        raise Refused(f"{shown}: its part file was replaced during the session; not kept")
     if replace:
         os.rename(part, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
         return

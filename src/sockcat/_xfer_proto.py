@@ -14,6 +14,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from ._errors import ProtocolError
 from ._untrusted import escape, unsafe_char
 
 MAGIC = b"SOCKCAT-TRANSFER"
@@ -33,10 +34,6 @@ MAX_TEXT = 300  # characters of a peer's error text that are shown
 DIGEST = 32  # bytes of the SHA-256 that follows each file's bytes
 
 PART_SUFFIX = ".sockcat-part"
-
-
-class ProtocolError(ValueError):
-    """A message that breaks the protocol: the session ends with this reason."""
 
 
 # --- names ----------------------------------------------------------------------------------------------------
@@ -156,13 +153,13 @@ def check_digest_hex(value: object, what: str) -> bytes:
 
 @dataclass(frozen=True, slots=True)
 class FileEntry:
-    parts: tuple[str, ...]
+    path: str  # relative, "/"-separated, checked by check_path (kept as one string: a few bytes per entry)
     size: int
     mode: int
 
     @property
-    def path(self) -> str:
-        return "/".join(self.parts)
+    def parts(self) -> tuple[str, ...]:
+        return tuple(self.path.split("/"))
 
     def to_json(self) -> dict[str, Any]:
         return {"file": self.path, "size": self.size, "mode": self.mode}
@@ -186,13 +183,28 @@ class Header:
         return cls(files, dirs, get_int(obj, "bytes", "manifest"))
 
 
+def _parents(path: str) -> list[str]:
+    """``a/b/c`` -> ``["a", "a/b"]``."""
+    out = []
+    i = path.find("/")
+    while i >= 0:
+        out.append(path[:i])
+        i = path.find("/", i + 1)
+    return out
+
+
 @dataclass
 class Manifest:
-    """A manifest as it arrives, entry by entry, checked as a whole by :meth:`finish`."""
+    """A manifest as it arrives, entry by entry, checked as a whole by :meth:`finish`.
+
+    Every directory counts toward the bounds, whether listed or only implied by a deeper path, and names count
+    in UTF-8 bytes: what the receiver keeps in memory, and the directories it may make, stay bounded."""
 
     header: Header
     files: list[FileEntry] = field(default_factory=list)
-    dirs: list[tuple[str, ...]] = field(default_factory=list)
+    dirs: list[str] = field(default_factory=list)  # as listed
+    _all_dirs: set[str] = field(default_factory=set)  # listed and implied
+    _file_names: set[str] = field(default_factory=set)
     _name_bytes: int = 0
     _total: int = 0
 
@@ -200,50 +212,59 @@ class Manifest:
     def complete(self) -> bool:
         return len(self.files) == self.header.files and len(self.dirs) == self.header.dirs
 
+    def _count(self, path: str) -> None:
+        self._name_bytes += len(path.encode("utf-8"))
+        if self._name_bytes > MAX_NAME_BYTES:
+            raise ProtocolError(f"refused manifest: more than {MAX_NAME_BYTES >> 20} MiB of names")
+
+    def _add_dir(self, path: str) -> None:
+        if path not in self._all_dirs:
+            self._count(path)
+            self._all_dirs.add(path)
+            if len(self._all_dirs) + len(self.files) > MAX_ENTRIES:
+                raise ProtocolError(f"refused manifest: more than {MAX_ENTRIES:,} files and directories in one session")
+
     def add(self, obj: dict[str, Any]) -> None:
         """One entry line: ``{"file": PATH, "size": N, "mode": M}`` or ``{"dir": PATH}``."""
         if "file" in obj:
-            parts = check_path(obj["file"])
-            entry = FileEntry(
-                parts, get_int(obj, "size", "manifest entry"), get_int(obj, "mode", "manifest entry", 0, MAX_MODE)
-            )
+            check_path(obj["file"])
+            path: str = obj["file"]
+            size = get_int(obj, "size", "manifest entry")
+            entry = FileEntry(path, size, get_int(obj, "mode", "manifest entry", 0, MAX_MODE))
             if len(self.files) >= self.header.files:
                 raise ProtocolError("bad manifest: more files than announced")
             self._total += entry.size
             if self._total > self.header.bytes:
                 raise ProtocolError("bad manifest: more bytes than announced")
+            if path in self._file_names:
+                raise ProtocolError(f"bad manifest: {escape(path)} is listed twice")
+            self._count(path)
+            self._file_names.add(path)
             self.files.append(entry)
+            parents = _parents(path)
         elif "dir" in obj:
-            parts = check_path(obj["dir"])
+            check_path(obj["dir"])
+            path = obj["dir"]
             if len(self.dirs) >= self.header.dirs:
                 raise ProtocolError("bad manifest: more directories than announced")
-            self.dirs.append(parts)
+            self.dirs.append(path)
+            parents = [*_parents(path), path]
         else:
             raise ProtocolError("bad manifest entry: neither a file nor a dir")
-        self._name_bytes += sum(len(p) for p in parts) + len(parts)
-        if self._name_bytes > MAX_NAME_BYTES:
-            raise ProtocolError(f"refused manifest: more than {MAX_NAME_BYTES >> 20} MiB of names")
+        for d in parents:
+            self._add_dir(d)
 
     def finish(self) -> None:
-        """The whole manifest's checks: sizes add up, no name twice, no name both a file and a directory."""
+        """The whole manifest's checks: sizes add up, no name both a file and a directory."""
         if self._total != self.header.bytes:
             raise ProtocolError("bad manifest: the sizes do not add up to the announced bytes")
-        names: set[tuple[str, ...]] = set()
-        for entry in self.files:
-            if entry.parts in names:
-                raise ProtocolError(f"bad manifest: {shown_path(entry.parts)} is listed twice")
-            names.add(entry.parts)
-        parents = {e.parts[:i] for e in self.files for i in range(1, len(e.parts))}
-        parents.update(d[:i] for d in self.dirs for i in range(1, len(d) + 1))
-        clash = names & parents
+        clash = self._file_names & self._all_dirs
         if clash:
-            raise ProtocolError(f"bad manifest: {shown_path(min(clash))} is both a file and a directory")
+            raise ProtocolError(f"bad manifest: {escape(min(clash))} is both a file and a directory")
 
-    def all_dirs(self) -> list[tuple[str, ...]]:
+    def all_dirs(self) -> list[str]:
         """Every directory the session needs, parents before children."""
-        need = {e.parts[:i] for e in self.files for i in range(1, len(e.parts))}
-        need.update(d[:i] for d in self.dirs for i in range(1, len(d) + 1))
-        return sorted(need, key=lambda p: (len(p), p))
+        return sorted(self._all_dirs, key=lambda p: (p.count("/"), p))
 
 
 # --- what the receiver has ------------------------------------------------------------------------------------

@@ -19,13 +19,15 @@ from dataclasses import dataclass, field
 
 from ._access import AccessPolicy
 from ._address import Address
-from ._errors import NetworkError, UsageError, describe
+from ._errors import NetworkError, SockcatError, UsageError, describe
 from ._log import Log
-from ._process import raise_nofile_limit
+from ._process import raise_nofile_limit, start_thread
 from ._sockets import Listener, Stream, connect, listen, tls_server_handshake, to_address
-from ._transfer import IDLE_TIMEOUT, Bar, Receiver, Report, TransferError, build_manifest, recv_files, send_files
+from ._transfer import IDLE_TIMEOUT, Bar, Report, TransferError
 from ._untrusted import escape
 from ._xfer_code import make_code, normalize_code
+from ._xfer_recv import Receiver, recv_files
+from ._xfer_send import build_manifest, send_files
 
 CODE_ENV = "SOCKCAT_CODE"
 MAX_CONNS = 10_000
@@ -88,7 +90,7 @@ def run_send(
                 )
             finally:
                 bar.close()
-    except (TransferError, NetworkError) as exc:
+    except SockcatError as exc:
         if json_out:
             report.error = str(exc)
             _print_json(report)
@@ -201,7 +203,7 @@ def _serve_many(server: Listener, rx: Receiver, opts: RecvOptions, log: Log) -> 
                 conn.close()
                 continue
             active[0] += 1
-        threading.Thread(target=session, args=(conn,), name="sockcat recv session", daemon=True).start()
+        start_thread(session, conn, name="sockcat recv session")
 
 
 def _serve_one(
@@ -227,7 +229,7 @@ def _serve_one(
                     bar.close()
     except Exception as exc:  # one session's end, whatever ended it, never the receiver's (with -k)
         conn.close()
-        if isinstance(exc, (TransferError, NetworkError)):
+        if isinstance(exc, SockcatError):
             message = str(exc)
         elif isinstance(exc, OSError):
             message = describe(exc)
