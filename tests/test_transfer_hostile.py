@@ -1266,3 +1266,47 @@ def test_guesses_at_the_code_are_spaced_out_and_bounded(procs: list[Proc], tmp_p
     res = run_sockcat("send", "--code", recv.code, recv.address, str(f), timeout=60)
     assert res.returncode == 0, res.stderr
     assert sha(site.out / "f.bin") == sha(f)
+
+
+def _connect(recv: Recv) -> socket.socket:
+    """A raw connection to the receiver over its own transport (tcp, unix, or tls without verification)."""
+    if recv.address.startswith("unix:"):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.connect(recv.address[len("unix:") :])
+        return s
+    s = socket.create_connection(("127.0.0.1", recv.port), timeout=TIMEOUT)
+    if recv.tls:
+        import ssl
+
+        ctx = ssl.create_default_context()
+        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+        return ctx.wrap_socket(s)
+    return s
+
+
+@pytest.mark.parametrize("kind", ["tcp", "unix", "tls"])
+def test_attacks_over_every_transport(procs: list[Proc], tmp_path: Path, short_tmp: Path, kind: str) -> None:
+    site = Site.make(tmp_path)
+    (site.out / "linked").symlink_to(site.outside)
+    address = {"tcp": "tcp://127.0.0.1:0", "unix": f"unix:{short_tmp / f'{kind}.sock'}", "tls": "tls://127.0.0.1:0"}
+    recv = Recv(procs, site.out, "-k", "--no-code", "-i", "5", address=address[kind])
+
+    def attack(files: list[dict[str, Any]]) -> Callable[[], str | None]:
+        def run() -> str | None:
+            s = RawSender(sock=_connect(recv))
+            assert s.hello() == {"auth": "none"}
+            s.manifest(files)
+            return refusal(s)
+
+        return run
+
+    reply, warning = refused(recv, site, attack([entry("linked/escaped.txt", b"out")]))
+    assert "symbolic link" in reply and "symbolic link" in warning
+    reply, warning = refused(recv, site, attack([entry("a\x1b]0;t\x07b", b"x")]))
+    assert "\\x1b]0;t\\x07" in warning
+    idle = _connect(recv)  # an idle peer on the same transport delays nobody
+    started = time.monotonic()
+    honest(recv, site.src, 2 * MB)
+    assert time.monotonic() - started < 5
+    idle.close()
+    assert not (site.outside / "escaped.txt").exists()
