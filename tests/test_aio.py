@@ -28,7 +28,8 @@ from sockcat import (
     SockcatError,
     aio,
 )
-from sockcat._tls import client_context, fingerprint_sha256
+from sockcat.net.tls import client_context, fingerprint_sha256
+from sockcat.streams import aio as aio_streams
 
 T = 5.0
 pytestmark = pytest.mark.timeout(30)
@@ -344,13 +345,13 @@ def test_happy_eyeballs_falls_back(run: Runner) -> None:
                 (socket.AF_INET, socket.SOCK_STREAM, 6, ("127.0.0.1", port)),
             ]
             task = asyncio.create_task(lst.accept())
-            sock = await aio._happy_eyeballs(infos, Address.parse(f"tcp://localhost:{port}"), (), None)
+            sock = await aio_streams._happy_eyeballs(infos, Address.parse(f"tcp://localhost:{port}"), (), None)
             with sock:
                 assert sock.getpeername() == ("127.0.0.1", port)
                 (await task).close()
             infos[1] = (socket.AF_INET, socket.SOCK_STREAM, 6, ("127.0.0.1", dead))
             with pytest.raises(ConnectionRefusedError):
-                await aio._happy_eyeballs(infos, Address.parse(f"tcp://localhost:{dead}"), (), None)
+                await aio_streams._happy_eyeballs(infos, Address.parse(f"tcp://localhost:{dead}"), (), None)
 
     run(body)
 

@@ -425,7 +425,7 @@ def test_warmup_comes_on_top_of_duration(procs: list[Proc], kind: str) -> None:
 
 
 def test_datagram_default_timeout_is_one_second() -> None:
-    from sockcat._bench import make_plan
+    from sockcat.engines.bench import make_plan
 
     assert make_plan("udp://127.0.0.1:9").timeout == 1.0
     assert make_plan("unixgram:/tmp/x.sock").timeout == 1.0
@@ -512,7 +512,7 @@ def test_json_fields_exactly_as_spec(procs: list[Proc]) -> None:
 def test_library_result_object_and_asyncio(procs: list[Proc], short_tmp: Path) -> None:
     import asyncio
 
-    from sockcat._bench import bench_async
+    from sockcat.engines.bench import bench_async
 
     addr = start_serve(procs, "echo", f"unix:{short_tmp / 'lib.sock'}")
     r = sc.bench(addr, connections=3, requests=300, warmup=0.05)

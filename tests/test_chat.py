@@ -19,8 +19,8 @@ from conftest import TIMEOUT, Proc, require, sockcat
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sockcat import _chatproto as proto
-from sockcat._chatstore import ChatStore
+from sockcat.core import chatproto as proto
+from sockcat.engines.chatstore import ChatStore
 
 PROMPT = proto.PROMPT.encode() + b"\n"
 

@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sockcat import IncompleteReadError, LimitOverrunError, SockcatError
-from sockcat._framing import ReceiveBuffer, to_bytes
+from sockcat.core.framing import ReceiveBuffer, to_bytes
 
 SETTINGS = settings(max_examples=300, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 

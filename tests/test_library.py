@@ -27,8 +27,8 @@ from sockcat import (
     SockcatError,
     UsageError,
 )
-from sockcat._sockets import _happy_eyeballs
-from sockcat._tls import client_context, fingerprint_sha256
+from sockcat.net.tls import client_context, fingerprint_sha256
+from sockcat.streams.sync import _happy_eyeballs
 
 T = 5.0  # every blocking call in this file is bounded by this
 pytestmark = pytest.mark.timeout(30)
@@ -425,7 +425,7 @@ def test_unix_failed_second_listen_leaves_the_live_listener_untouched(short_tmp:
 @pytest.mark.parametrize("backend", ["netlink", "proc"])
 def test_unix_liveness_is_read_from_the_kernel_table_without_connecting(backend: str, short_tmp: Path) -> None:
     """Both ways of reading the kernel's socket table tell live from stale, and neither connects."""
-    from sockcat import _unixstale
+    from sockcat.net import unixstale as _unixstale
 
     probe = _unixstale._by_netlink if backend == "netlink" else _unixstale._by_proc
 
@@ -493,7 +493,7 @@ def test_unixgram_live_is_in_use_and_stale_is_replaced(short_tmp: Path) -> None:
 
 def test_unix_stale_check_falls_back_to_a_connect_probe(short_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Where the kernel table cannot be read, the connect probe still tells live from stale."""
-    from sockcat import _unixstale
+    from sockcat.net import unixstale as _unixstale
 
     monkeypatch.setattr(_unixstale, "_by_netlink", lambda st: None)
     monkeypatch.setattr(_unixstale, "_by_proc", lambda path, st: None)

@@ -20,7 +20,7 @@ from conftest import TIMEOUT, Proc, free_port, require, run_sockcat, sockcat, wa
 
 import sockcat as sc
 from sockcat import aio
-from sockcat._proxy import Proxy
+from sockcat.net.proxy import Proxy
 
 USER, PASSWORD = "wang", "s3cret:pw"  # a colon in the password: it must be percent-encoded in the URL
 QUOTED = "s3cret%3Apw"

@@ -16,10 +16,10 @@ from hypothesis import strategies as st
 
 import sockcat
 from sockcat import NetworkError, SockcatError, UsageError
-from sockcat._access import AccessPolicy
-from sockcat._errors import describe, network_error
-from sockcat._hexdump import HexDumper
-from sockcat._options import NAMES, SockOpt, apply_sockopts, parse_sockopts
+from sockcat.core.access import AccessPolicy
+from sockcat.core.errors import describe, network_error
+from sockcat.core.hexdump import HexDumper
+from sockcat.net.options import NAMES, SockOpt, apply_sockopts, parse_sockopts
 
 SETTINGS = settings(max_examples=200, deadline=None, database=None)
 
@@ -354,7 +354,15 @@ def _modules_after(code: str) -> set[str]:
     return set(out.decode().split())
 
 
-HEAVY = {"ssl", "asyncio", "sockcat._sockets", "sockcat._relay", "sockcat._bench", "sockcat._services", "sockcat.aio"}
+HEAVY = {
+    "ssl",
+    "asyncio",
+    "sockcat.streams.sync",
+    "sockcat.engines.relay",
+    "sockcat.engines.bench",
+    "sockcat.engines.services",
+    "sockcat.aio",
+}
 
 
 def test_import_sockcat_is_lazy() -> None:
@@ -368,7 +376,7 @@ def test_cli_parser_loads_no_socket_tls_or_asyncio_code() -> None:
 
 def test_every_public_name_still_imports() -> None:
     loaded = _modules_after(f"from sockcat import {', '.join(sockcat.__all__)}\nfrom sockcat import aio")
-    assert {"sockcat._sockets", "sockcat._relay", "sockcat.aio"} <= loaded
+    assert {"sockcat.streams.sync", "sockcat.engines.relay", "sockcat.aio"} <= loaded
     assert set(sockcat.__all__) <= set(dir(sockcat))
     with pytest.raises(AttributeError):
         sockcat.no_such_name  # noqa: B018
@@ -385,7 +393,7 @@ def test_describe_ssl_error_is_clean_and_not_an_errno() -> None:
     import socket
     import ssl
 
-    from sockcat._errors import describe
+    from sockcat.core.errors import describe
 
     a, b = socket.socketpair()
     with a, b:

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 import sockcat
 from sockcat import aio
-from sockcat._scan import parse_ports
+from sockcat.engines.scan import parse_ports
 
 
 @pytest.fixture

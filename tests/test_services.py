@@ -24,7 +24,7 @@ import pytest
 from conftest import Proc, require, run_sockcat, sockcat
 
 import sockcat as sc
-from sockcat._services import CHARGEN_PERIOD, ServiceServer, chargen_datagram, chargen_line, serve_async
+from sockcat.engines.services import CHARGEN_PERIOD, ServiceServer, chargen_datagram, chargen_line, serve_async
 
 pytestmark = pytest.mark.timeout(60)
 

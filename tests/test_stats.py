@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sockcat._stats import (
+from sockcat.core.stats import (
     PERCENTILES,
     BenchResult,
     Histogram,
@@ -191,7 +191,7 @@ class _FakeTransport:
 @given(st.lists(st.integers(min_value=0, max_value=2**46), min_size=1, max_size=200), st.sampled_from([1, 3]))
 def test_inlined_recording_equals_record(lat: list[int], pipeline: int) -> None:
     """The sessions' inlined bucket arithmetic gives exactly the histogram ``record`` gives."""
-    from sockcat import _bench
+    from sockcat.engines import bench as _bench
 
     plan = _bench.make_plan("tcp://127.0.0.1:9", size=4, pipeline=pipeline, duration=1.0)
     w = _bench._Worker(plan, 1, None)

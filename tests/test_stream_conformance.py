@@ -24,7 +24,7 @@ from conftest import Bg as _Bg
 
 import sockcat
 from sockcat import aio
-from sockcat._tls import client_context
+from sockcat.net.tls import client_context
 
 T = 10.0  # bound on every single blocking operation
 BIG = 8 << 20  # 8 MiB

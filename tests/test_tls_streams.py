@@ -22,8 +22,9 @@ from conftest import run_sockcat
 
 import sockcat
 from sockcat import aio
-from sockcat._tls import client_context, tls_message
-from sockcat._tlsio import TLSChannel
+from sockcat.core.errors import tls_reason
+from sockcat.net.tls import client_context
+from sockcat.streams.tlsio import TLSChannel
 
 T = 10.0
 ANSWER = random.Random(4).randbytes(256 << 10)
@@ -158,7 +159,7 @@ def test_sync_close_with_unread_session_tickets_is_not_a_reset() -> None:
 
 
 def test_server_contexts_send_no_session_tickets() -> None:
-    from sockcat._tls import server_context
+    from sockcat.net.tls import server_context
 
     ctx, _ = server_context()
     assert ctx.num_tickets == 0
@@ -265,10 +266,10 @@ def test_cli_connect_tls_stdin_eof_keeps_the_answer(tls_listener: sockcat.Listen
 # --- messages ---------------------------------------------------------------------------------------
 
 
-def test_tls_message_has_no_source_location() -> None:
+def test_tls_reason_has_no_source_location_nor_library_prefix() -> None:
     exc = ssl.SSLError(1, "[SSL: WRONG_VERSION_NUMBER] wrong version number (_ssl.c:1006)")
-    assert tls_message(exc) == "[SSL: WRONG_VERSION_NUMBER] wrong version number"
-    assert tls_message(ssl.SSLEOFError(8, "EOF occurred in violation of protocol (_ssl.c:2580)")) == (
+    assert tls_reason(exc) == "wrong version number"
+    assert tls_reason(ssl.SSLEOFError(8, "EOF occurred in violation of protocol (_ssl.c:2580)")) == (
         "EOF occurred in violation of protocol"
     )
 

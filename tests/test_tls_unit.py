@@ -1,4 +1,4 @@
-"""Unit tests of sockcat._tls: fingerprints, self-signed certificates and real TLS handshakes on loopback."""
+"""Unit tests of sockcat.net.tls: fingerprints, self-signed certificates and real TLS handshakes on loopback."""
 
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from sockcat._errors import UsageError
-from sockcat._tls import (
+from sockcat.core.errors import UsageError
+from sockcat.net.tls import (
     SelfSigned,
     client_context,
     fingerprint_sha256,

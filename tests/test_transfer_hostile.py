@@ -32,7 +32,7 @@ import pytest
 from conftest import TIMEOUT, Bg, Proc, run_sockcat, sockcat
 from transfer_raw import HELLO, RawSender, entry, line
 
-from sockcat._xfer_code import CodeError, ReceiverHandshake, SenderHandshake
+from sockcat.core.pake import CodeError, ReceiverHandshake, SenderHandshake
 
 MB = 1 << 20
 MEMORY_BOUND = 150 * MB  # the receiver's peak resident memory (VmHWM) after an attack

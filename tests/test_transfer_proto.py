@@ -11,8 +11,7 @@ from conftest import fuzz
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sockcat._untrusted import escape, unsafe_char
-from sockcat._xfer_code import (
+from sockcat.core.pake import (
     MAX_NUMBER,
     RECORD,
     WORDS,
@@ -25,7 +24,7 @@ from sockcat._xfer_code import (
     make_code,
     normalize_code,
 )
-from sockcat._xfer_proto import (
+from sockcat.core.transfer import (
     FINAL,
     MAX_ENTRIES,
     PART_SUFFIX,
@@ -39,6 +38,7 @@ from sockcat._xfer_proto import (
     part_name,
     peer_text,
 )
+from sockcat.core.untrusted import escape, unsafe_char
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
@@ -316,8 +316,8 @@ def test_record_lengths_are_bounded() -> None:
 
 
 def test_the_code_guard_spaces_guesses_and_bounds_the_queue() -> None:
-    from sockcat._transfer import CodeMismatch
-    from sockcat._xfer_recv import CodeGuard
+    from sockcat.engines.transfer.common import CodeMismatch
+    from sockcat.engines.transfer.recv import CodeGuard
 
     guard = CodeGuard()
     assert guard.turn() == 0.0  # no failure yet: no wait

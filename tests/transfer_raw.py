@@ -13,7 +13,7 @@ import json
 import socket
 from typing import Any
 
-from sockcat._xfer_code import HEADER, Opener, Sealer, SenderHandshake
+from sockcat.core.pake import HEADER, Opener, Sealer, SenderHandshake
 
 HELLO = b"SOCKCAT-TRANSFER 2\n"
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from ._errors import (
+from sockcat.core.errors import (
     AddressError,
     IncompleteReadError,
     LimitOverrunError,
@@ -19,48 +19,48 @@ from ._errors import (
 )
 
 if TYPE_CHECKING:
-    from . import aio as aio
-    from ._address import Address as Address
-    from ._bench import bench as bench
-    from ._proxy import Proxy as Proxy
-    from ._relay import relay as relay
-    from ._scan import ScanResult as ScanResult
-    from ._scan import scan as scan
-    from ._services import serve as serve
-    from ._sockets import Datagram as Datagram
-    from ._sockets import Listener as Listener
-    from ._sockets import Stream as Stream
-    from ._sockets import connect as connect
-    from ._sockets import connect_datagram as connect_datagram
-    from ._sockets import listen as listen
-    from ._sockets import open_datagram as open_datagram
-    from ._stats import BenchResult as BenchResult
-    from ._trace import set_trace as set_trace
-    from ._transfer import recv_files as recv_files
-    from ._transfer import send_files as send_files
+    from sockcat.core.address import Address as Address
+    from sockcat.core.stats import BenchResult as BenchResult
+    from sockcat.engines.bench import bench as bench
+    from sockcat.engines.relay import relay as relay
+    from sockcat.engines.scan import ScanResult as ScanResult
+    from sockcat.engines.scan import scan as scan
+    from sockcat.engines.services import serve as serve
+    from sockcat.engines.transfer import recv_files as recv_files
+    from sockcat.engines.transfer import send_files as send_files
+    from sockcat.net.proxy import Proxy as Proxy
+    from sockcat.net.trace import set_trace as set_trace
+    from sockcat.streams import aio as aio
+    from sockcat.streams.sync import Datagram as Datagram
+    from sockcat.streams.sync import Listener as Listener
+    from sockcat.streams.sync import Stream as Stream
+    from sockcat.streams.sync import connect as connect
+    from sockcat.streams.sync import connect_datagram as connect_datagram
+    from sockcat.streams.sync import listen as listen
+    from sockcat.streams.sync import open_datagram as open_datagram
 
 __version__ = "0.1.0"
 
 # public name -> the module that defines it
 _LAZY = {
-    "Address": "._address",
-    "BenchResult": "._stats",
-    "Datagram": "._sockets",
-    "Listener": "._sockets",
-    "Proxy": "._proxy",
-    "ScanResult": "._scan",
-    "Stream": "._sockets",
-    "bench": "._bench",
-    "connect": "._sockets",
-    "connect_datagram": "._sockets",
-    "listen": "._sockets",
-    "open_datagram": "._sockets",
-    "relay": "._relay",
-    "scan": "._scan",
-    "serve": "._services",
-    "set_trace": "._trace",
-    "send_files": "._transfer",
-    "recv_files": "._transfer",
+    "Address": "sockcat.core.address",
+    "BenchResult": "sockcat.core.stats",
+    "Datagram": "sockcat.streams.sync",
+    "Listener": "sockcat.streams.sync",
+    "Proxy": "sockcat.net.proxy",
+    "ScanResult": "sockcat.engines.scan",
+    "Stream": "sockcat.streams.sync",
+    "bench": "sockcat.engines.bench",
+    "connect": "sockcat.streams.sync",
+    "connect_datagram": "sockcat.streams.sync",
+    "listen": "sockcat.streams.sync",
+    "open_datagram": "sockcat.streams.sync",
+    "relay": "sockcat.engines.relay",
+    "scan": "sockcat.engines.scan",
+    "serve": "sockcat.engines.services",
+    "set_trace": "sockcat.net.trace",
+    "send_files": "sockcat.engines.transfer",
+    "recv_files": "sockcat.engines.transfer",
 }
 
 __all__ = [

@@ -1,5 +1,5 @@
 """``python -m sockcat``: the command line."""
 
-from .cli import main
+from sockcat.cli import main
 
 main()

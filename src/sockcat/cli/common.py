@@ -1,0 +1,163 @@
+"""What every command's parser shares: argument types, option groups, and the checks that go with them.
+
+Start-up time matters for a command line tool: the command modules import their engine when the command runs, so
+``sockcat --help`` and ``--version`` load no socket code, TLS or asyncio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from typing import TYPE_CHECKING, Any, NoReturn
+
+from sockcat.core.errors import UsageError
+from sockcat.core.log import PROG
+
+if TYPE_CHECKING:
+    from sockcat.core.address import Address
+    from sockcat.net.proxy import Proxy
+
+EXIT_USAGE = 2
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"{PROG}: error: {message}\n")
+        sys.exit(EXIT_USAGE)
+
+
+def seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if value < 0 or value != value:
+        raise argparse.ArgumentTypeError(f"expected seconds >= 0, got {text!r}")
+    return value
+
+
+def positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {text!r}")
+    return value
+
+
+_SIZE = re.compile(r"\s*(\d+)\s*([kmgt]?)(?:i?b)?\s*", re.IGNORECASE)
+
+
+def size(text: str) -> int:
+    """BYTES: a whole number, optionally with K, M, G or T (powers of 1024; KiB, MB… read the same, as dd and
+    iperf3 read them)."""
+    m = _SIZE.fullmatch(text)
+    if not m:
+        raise argparse.ArgumentTypeError(f"expected a size like 64, 500M or 2G, got {text!r}")
+    return int(m.group(1)) << (10 * " kmgt".index(m.group(2).lower() or " "))
+
+
+def timeout_or_none(value: float | None) -> float | None:
+    """``-i 0``: no timeout."""
+    return value or None
+
+
+def global_options(p: argparse.ArgumentParser, suppress: bool) -> None:
+    d: dict[str, Any] = {"default": argparse.SUPPRESS} if suppress else {}
+    p.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        help="log connections (-vv: debug detail, tracebacks)",
+        **({"default": argparse.SUPPRESS} if suppress else {"default": 0}),
+    )
+    p.add_argument("-q", "--quiet", action="store_true", help="only errors and the 'listening on' line", **d)
+    p.add_argument("--trace", action="store_true", help="print every socket operation as it happens", **d)
+
+
+def sockopt_option(g: Any) -> None:
+    """``--sockopt NAME=VALUE`` (repeatable), its help naming every option sockcat knows."""
+    from sockcat.net.options import NAMES as SOCKOPT_NAMES
+
+    g.add_argument(
+        "--sockopt",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help=f"set a socket option (repeatable): {', '.join(SOCKOPT_NAMES)}",
+    )
+
+
+def access_options(p: Any, *, max_conns: int | None = None, cap: str = "close connections past N at once") -> None:
+    """``--max-conns``, ``--allow``, ``--deny`` for a listener."""
+    default = f" (default {max_conns:,})" if max_conns else ""
+    p.add_argument("--max-conns", type=positive, default=max_conns, metavar="N", help=cap + default)
+    p.add_argument("--allow", action="append", default=[], metavar="CIDR", help="only these peers (repeatable)")
+    p.add_argument("--deny", action="append", default=[], metavar="CIDR", help="never these peers (repeatable)")
+
+
+def tls_listen_options(p: argparse.ArgumentParser) -> Any:
+    """``--cert``/``--key`` for a command that listens on a tls:// address; returns the group for more."""
+    t = p.add_argument_group("TLS options (tls:// addresses)")
+    t.add_argument("--cert", metavar="PEM", help="certificate (default: a throwaway self-signed one)")
+    t.add_argument("--key", metavar="PEM", help="private key (default: in the --cert file)")
+    return t
+
+
+def tls_connect_options(p: argparse.ArgumentParser) -> Any:
+    """``--ca``/``--insecure``/``--sni`` for a command that connects to a tls:// address."""
+    t = p.add_argument_group("TLS options (tls:// addresses)")
+    t.add_argument("--ca", metavar="PEM", help="trust these CA certificates")
+    t.add_argument("--insecure", action="store_true", help="do not verify the server's certificate")
+    t.add_argument("--sni", metavar="NAME", help="server name to send and verify (default: the address's host)")
+    return t
+
+
+def connection_options(p: argparse.ArgumentParser) -> None:
+    """What connect and listen share: timeouts, source, socket options, hex dump, TLS both ways."""
+    g = p.add_argument_group("connection options")
+    g.add_argument("-w", "--connect-timeout", type=seconds, metavar="S", help="give up connecting after S seconds")
+    g.add_argument("-i", "--idle-timeout", type=seconds, metavar="S", help="close after S seconds without traffic")
+    g.add_argument("-s", "--source", metavar="ADDR", help="bind to ADDR before connecting")
+    sockopt_option(g)
+    g.add_argument("--hexdump", action="store_true", help="show traffic as a hex dump on stderr")
+    t = p.add_argument_group("TLS options (tls:// addresses)")
+    t.add_argument("--cert", metavar="PEM", help="certificate (a listener without one makes a throwaway one)")
+    t.add_argument("--key", metavar="PEM", help="private key (default: in the --cert file)")
+    t.add_argument("--ca", metavar="PEM", help="trust these CA certificates (listener: require client certs)")
+    t.add_argument("--insecure", action="store_true", help="do not verify the server's certificate")
+    t.add_argument("--sni", metavar="NAME", help="server name to send and verify (default: the address's host)")
+
+
+def proxy_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--proxy",
+        metavar="URL",
+        help="connect through a proxy: socks5://, socks5h:// (the proxy resolves names), socks4://, socks4a://, "
+        "http:// (CONNECT); [USER:PASSWORD@]HOST[:PORT]",
+    )
+
+
+def proxy_of(args: argparse.Namespace) -> Proxy | None:
+    from sockcat.net.proxy import Proxy
+
+    return Proxy.parse(args.proxy) if args.proxy else None
+
+
+def address_of(text: str) -> Address:
+    from sockcat.core.address import Address
+
+    return Address.parse(text)
+
+
+def check_tls_options(
+    args: argparse.Namespace, addr: Address, names: tuple[str, ...] = ("cert", "key", "ca", "sni")
+) -> None:
+    """A TLS option given for an address that is not tls:// is a usage error, never silently ignored."""
+    given = [name for name in names if getattr(args, name, None)]
+    if getattr(args, "insecure", False):
+        given.append("insecure")
+    if given and not addr.is_tls:
+        raise UsageError(f"--{given[0]} needs a tls:// address, not {addr}")

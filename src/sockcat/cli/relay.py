@@ -1,0 +1,73 @@
+"""``sockcat relay LISTEN TARGET``: accept on LISTEN, connect to TARGET for each connection, copy both ways."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from sockcat.cli.common import access_options, address_of, connection_options, positive, proxy_of, proxy_option, seconds
+from sockcat.core.errors import UsageError
+from sockcat.core.log import Log
+
+
+def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
+    r = sub.add_parser(
+        "relay",
+        parents=[common],
+        help="accept on LISTEN, connect to TARGET, copy both ways",
+        description="Accept on LISTEN and, for each connection, connect to TARGET and copy both "
+        "ways until both directions end (half-close and resets pass through). Any stream kinds "
+        "mix (tcp, unix, unixpacket, tls…); udp/unixgram relay with a session per client.",
+    )
+    r.add_argument("listen_address", metavar="LISTEN")
+    r.add_argument("target_address", metavar="TARGET")
+    access_options(r)
+    r.add_argument("--workers", type=positive, default=1, metavar="N", help="processes sharing the address")
+    r.add_argument(
+        "--grace",
+        type=seconds,
+        default=5.0,
+        metavar="S",
+        help="on SIGTERM, let connections finish for S seconds (default 5)",
+    )
+    connection_options(r)
+    proxy_option(r)
+    r.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace, log: Log) -> int:
+    from sockcat.core.access import AccessPolicy
+    from sockcat.engines.relay import RelayOptions, run_relay
+    from sockcat.net.options import parse_sockopts
+
+    listen_addr = address_of(args.listen_address)
+    target = address_of(args.target_address)
+    if (args.cert or args.key) and not listen_addr.is_tls:
+        raise UsageError(f"--cert/--key are for a tls:// LISTEN address, not {listen_addr}")
+    if (args.ca or args.insecure or args.sni) and not target.is_tls:
+        raise UsageError(f"--ca/--insecure/--sni are for a tls:// TARGET, not {target}")
+    opts = RelayOptions(
+        log=log,
+        connect_timeout=args.connect_timeout if args.connect_timeout is not None else 10.0,
+        idle_timeout=args.idle_timeout,
+        hexdump=args.hexdump,
+        max_conns=args.max_conns,
+        access=AccessPolicy.parse(args.allow, args.deny),
+        sockopts=parse_sockopts(args.sockopt),
+        source=address_of(args.source) if args.source else None,
+        grace=args.grace,
+        workers=args.workers,
+        sni=args.sni,
+        proxy=proxy_of(args),
+    )
+    if listen_addr.is_tls:
+        from sockcat.net.tls import server_context
+
+        opts.server_ssl, opts.fingerprint = server_context(
+            cert=args.cert, key=args.key, hosts=[listen_addr.host] if listen_addr.host else []
+        )
+    if target.is_tls:
+        from sockcat.net.tls import client_context
+
+        opts.client_ssl = client_context(ca=args.ca, insecure=args.insecure)
+    return run_relay(listen_addr, target, opts)

@@ -1,0 +1,1 @@
+"""sockcat.serving."""

@@ -1,0 +1,530 @@
+"""The asyncio twin of sockcat's socket library: the same names, awaited.
+
+``await aio.connect(...)``, ``await aio.listen(...)``, ``await server.accept()``, ``async for conn in server``,
+``await stream.recv_line()``, ``await stream.sendall(...)``, ``await x.aclose()``, ``async with``.
+Addresses, resolution, socket set-up and framing are shared with the sync API (:mod:`sockcat.streams.sync`,
+:mod:`sockcat.core.framing`); only the waiting differs. TLS runs through ``ssl.SSLObject`` over the
+loop's socket calls, so a TLS stream can half-close (close_notify, then TCP FIN) like any other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import socket
+import ssl
+from collections.abc import AsyncIterator
+from types import TracebackType
+from typing import Any, Self
+
+from sockcat.core.address import Address
+from sockcat.core.errors import NetworkError, Timeout, UsageError, network_error, tls_reason
+from sockcat.core.framing import DEFAULT_MAX_LINE, ReceiveBuffer, to_bytes
+from sockcat.net import proxy as _proxy
+from sockcat.net.proxy import Proxy
+from sockcat.streams import sync as _s
+from sockcat.streams.tlsio import TLSCore, drain_socket
+
+__all__ = [
+    "Datagram",
+    "Listener",
+    "Stream",
+    "connect",
+    "connect_datagram",
+    "connect_socket",
+    "listen",
+    "open_datagram",
+]
+
+RECV_SIZE = _s.RECV_SIZE
+_TLS_CHUNK = 1 << 18  # plaintext encrypted per step of a TLS sendall
+
+
+async def _resolve(addr: Address, passive: bool = False) -> list[tuple[int, int, int, Any]]:
+    if addr.is_ip and addr.family == socket.AF_UNSPEC and addr.host:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(None, lambda: _s.resolve(addr, passive=passive))
+    return _s.resolve(addr, passive=passive)
+
+
+class _TLS:
+    """TLS over a non-blocking socket with memory BIOs: reads and writes never interleave bytes on the wire.
+
+    One coroutine at a time moves ciphertext from the outgoing BIO to the socket (the "pusher"); it keeps
+    going until the BIO is empty, so bytes added meanwhile by others leave with it. A writer waits for the
+    pusher to finish; a reader never does (a pusher blocked on a full socket may be waiting for this very
+    reader's peer to drain it: full-duplex transfers would deadlock). The TLS state is the sync channel's
+    :class:`~sockcat.streams.tlsio.TLSCore`.
+    """
+
+    def __init__(self, sock: socket.socket, ctx: ssl.SSLContext, server_side: bool, hostname: str | None) -> None:
+        self.sock = sock
+        self.core = TLSCore(ctx, server_side=server_side, server_hostname=hostname)
+        self.obj = self.core.obj
+        self.outgoing = self.core.outgoing
+        self.loop = asyncio.get_running_loop()
+        self._pusher: asyncio.Future[None] | None = None
+
+    async def flush(self) -> None:
+        """Put everything in the outgoing BIO on the wire (after whoever is sending now)."""
+        while self._pusher is not None:
+            await asyncio.shield(self._pusher)
+        if not self.outgoing.pending:
+            return
+        done: asyncio.Future[None] = self.loop.create_future()
+        self._pusher = done
+        try:
+            while data := self.outgoing.read():
+                await self.loop.sock_sendall(self.sock, data)
+        finally:
+            self._pusher = None
+            done.set_result(None)
+
+    async def _flush_if_idle(self) -> None:
+        """A reader's flush: only when nobody is sending (a pusher sends these bytes too)."""
+        if self.outgoing.pending and self._pusher is None:
+            await self.flush()
+
+    async def _fill(self) -> None:
+        self.core.feed(await self.loop.sock_recv(self.sock, RECV_SIZE))
+
+    async def handshake(self) -> None:
+        while True:
+            try:
+                self.obj.do_handshake()
+                await self.flush()
+                return
+            except ssl.SSLWantReadError:
+                await self.flush()
+                await self._fill()
+
+    async def recv(self, n: int) -> bytes:
+        while True:
+            data = self.core.read(n)
+            await self._flush_if_idle()  # TLS 1.3 may owe the peer a message (key update)
+            if data is not None:
+                return data
+            await self._fill()
+
+    async def sendall(self, data: bytes) -> None:
+        view = memoryview(data).cast("B")
+        while view:
+            n = self.obj.write(view[:_TLS_CHUNK])
+            view = view[n:]
+            await self.flush()
+
+    async def close_notify(self) -> None:
+        self.core.close_notify()
+        await self.flush()
+
+    def drain(self) -> None:
+        drain_socket(self.sock)
+
+    def version(self) -> str | None:
+        return self.obj.version()
+
+
+class _Resource:
+    """fileno, close-on-exit and ``aclose`` for the objects below; each has ``socket`` and ``close()``."""
+
+    socket: socket.socket
+
+    def fileno(self) -> int:
+        return self.socket.fileno()
+
+    def close(self) -> None:
+        self.socket.close()
+
+    async def aclose(self) -> None:
+        self.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+
+class Stream(_Resource):
+    """A connected socket with bounded buffered reads; see :class:`sockcat.Stream` for the verbs."""
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        scheme: str = "tcp",
+        *,
+        timeout: float | None = None,
+        tls: _TLS | None = None,
+    ) -> None:
+        sock.setblocking(False)
+        self.socket = sock
+        self.scheme = scheme
+        self.timeout = timeout
+        self._tls = tls
+        self._buf = ReceiveBuffer()
+        self._loop = asyncio.get_running_loop()
+        self.address = _s._safe_name(sock, scheme, peer=False)
+        self.peer = _s._safe_name(sock, scheme, peer=True)
+
+    def _where(self) -> str:
+        return str(self.peer or self.address or self.scheme)
+
+    async def _recv_raw(self, n: int) -> bytes:
+        try:
+            async with asyncio.timeout(self.timeout):
+                if self._tls is not None:
+                    return await self._tls.recv(n)
+                return await self._loop.sock_recv(self.socket, n)
+        except TimeoutError as exc:
+            raise Timeout(errno.ETIMEDOUT, f"recv from {self._where()}: timed out") from exc
+        except ssl.SSLError as exc:
+            raise NetworkError(errno.EPROTO, f"recv from {self._where()}: {tls_reason(exc)}") from exc
+        except OSError as exc:
+            raise network_error(exc, f"recv from {self._where()}") from exc
+
+    async def recv_packet(self) -> bytes:
+        """One whole packet of a SOCK_SEQPACKET socket, however large (``b""`` at EOF)."""
+        try:
+            async with asyncio.timeout(self.timeout):
+                while True:
+                    try:
+                        size = self.socket.recv_into(bytearray(1), 1, socket.MSG_PEEK | socket.MSG_TRUNC)
+                        return self.socket.recv(max(size, 1))
+                    except BlockingIOError:
+                        await _readable(self.socket)
+        except TimeoutError as exc:
+            raise Timeout(errno.ETIMEDOUT, f"recv from {self._where()}: timed out") from exc
+        except OSError as exc:
+            raise network_error(exc, f"recv from {self._where()}") from exc
+
+    async def recv(self, bufsize: int = RECV_SIZE) -> bytes:
+        if self._buf:
+            return self._buf.take_some(bufsize)
+        return await self._recv_raw(bufsize)
+
+    async def recv_exactly(self, n: int) -> bytes:
+        while (out := self._buf.take_exactly(n)) is None:
+            data = await self._recv_raw(max(RECV_SIZE, n - len(self._buf)))
+            if not data:
+                raise self._buf.incomplete(n)
+            self._buf.feed(data)
+        return out
+
+    async def recv_until(self, delim: bytes | str, *, drop: bool = False, max_size: int = DEFAULT_MAX_LINE) -> bytes:
+        d = to_bytes(delim)
+        while (out := self._buf.take_until(d, max_size, drop=drop)) is None:
+            data = await self._recv_raw(RECV_SIZE)
+            if not data:
+                raise self._buf.incomplete(None)
+            self._buf.feed(data)
+        return out
+
+    async def recv_line(self, *, drop: bool = False, max_size: int = DEFAULT_MAX_LINE) -> bytes:
+        return await self.recv_until(b"\n", drop=drop, max_size=max_size)
+
+    def unrecv(self, data: bytes) -> None:
+        self._buf.unread(data)
+
+    async def sendall(self, data: bytes | bytearray | memoryview | str) -> None:
+        payload = data.encode() if isinstance(data, str) else data
+        try:
+            async with asyncio.timeout(self.timeout):
+                if self._tls is not None:
+                    await self._tls.sendall(bytes(payload))
+                else:
+                    await self._loop.sock_sendall(self.socket, payload)
+        except TimeoutError as exc:
+            raise Timeout(errno.ETIMEDOUT, f"send to {self._where()}: timed out") from exc
+        except ssl.SSLError as exc:
+            raise NetworkError(errno.EPROTO, f"send to {self._where()}: {tls_reason(exc)}") from exc
+        except OSError as exc:
+            raise network_error(exc, f"send to {self._where()}") from exc
+
+    async def send_line(self, data: bytes | bytearray | memoryview | str) -> None:
+        await self.sendall(to_bytes(data) + b"\n")
+
+    async def shutdown_write(self) -> None:
+        """Half-close (a TLS stream sends close_notify first); reading goes on."""
+        if self._tls is not None:
+            with contextlib.suppress(OSError):
+                await self._tls.close_notify()
+        with contextlib.suppress(OSError):
+            self.socket.shutdown(socket.SHUT_WR)
+
+    def getpeername(self) -> Any:
+        return self.socket.getpeername()
+
+    def getsockname(self) -> Any:
+        return self.socket.getsockname()
+
+    def setsockopt(self, level: int, option: int, value: int | bytes) -> None:
+        self.socket.setsockopt(level, option, value)
+
+    def getsockopt(self, level: int, option: int) -> int:
+        return self.socket.getsockopt(level, option)
+
+    @property
+    def tls_version(self) -> str | None:
+        return self._tls.version() if self._tls else None
+
+    def close(self) -> None:
+        if self._tls is not None and self.socket.fileno() != -1:
+            self._tls.drain()
+        self.socket.close()
+
+    def __repr__(self) -> str:
+        return f"<aio.Stream {self.address} -> {self.peer}>"
+
+
+async def _attempt(info: tuple[int, int, int, Any], addr: Address, opts: Any, source: Address | None) -> socket.socket:
+    fam, kind, proto, sa = info
+    sock = _s._prepare(fam, kind, proto, opts, source, str(addr))
+    try:
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, sa)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+async def _happy_eyeballs(
+    infos: list[tuple[int, int, int, Any]], addr: Address, opts: Any, source: Address | None
+) -> socket.socket:
+    """RFC 8305: a new attempt every 250 ms or as soon as one fails; the first to connect wins."""
+    errors: list[OSError] = []
+    tasks: list[asyncio.Task[socket.socket]] = []
+    winner: socket.socket | None = None
+    try:
+        for info in infos:
+            tasks.append(asyncio.ensure_future(_attempt(info, addr, opts, source)))
+            await asyncio.wait(
+                [t for t in tasks if not t.done()] or tasks,
+                timeout=_s.HAPPY_EYEBALLS_DELAY,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            winner = _first_success(tasks, errors)
+            if winner is not None:
+                return winner
+        while winner is None and any(not t.done() for t in tasks):
+            await asyncio.wait([t for t in tasks if not t.done()], return_when=asyncio.FIRST_COMPLETED)
+            winner = _first_success(tasks, errors)
+        if winner is not None:
+            return winner
+    finally:
+        for t in tasks:
+            if not t.done():
+                t.cancel()
+            elif winner is not None and not t.cancelled() and t.exception() is None and t.result() is not winner:
+                t.result().close()
+    errors = [t.exception() for t in tasks if not t.cancelled() and isinstance(t.exception(), OSError)]  # type: ignore[misc]
+    if len(errors) == 1:
+        raise errors[0]
+    raise errors[-1] from ExceptionGroup("every address failed", errors)
+
+
+def _first_success(tasks: list[asyncio.Task[socket.socket]], errors: list[OSError]) -> socket.socket | None:
+    for t in tasks:
+        if t.done() and not t.cancelled() and t.exception() is None:
+            return t.result()
+    return None
+
+
+async def connect(
+    address: Address | str,
+    *,
+    timeout: float | None = None,
+    connect_timeout: float | None = None,
+    source: Address | str | None = None,
+    sockopts: _s.SockOpts = None,
+    ssl_context: ssl.SSLContext | None = None,
+    sni: str | None = None,
+    proxy: Proxy | str | None = None,
+) -> Stream:
+    """Connect to a stream address; the asyncio twin of :func:`sockcat.connect`."""
+    addr = Address.parse(address)
+    ct = timeout if connect_timeout is None else connect_timeout
+    sock = await connect_socket(addr, timeout=ct, source=source, sockopts=sockopts, proxy=proxy)
+    tls = None
+    if addr.is_tls:
+        from sockcat.net.tls import client_context
+
+        ctx = ssl_context or client_context()
+        hostname = sni if sni is not None else (addr.host or None)
+        tls = _TLS(sock, ctx, False, hostname)
+        await _handshake(tls, sock, f"TLS handshake with {addr}", ct)
+    return Stream(sock, addr.scheme, timeout=timeout, tls=tls)
+
+
+async def connect_socket(
+    address: Address | str,
+    *,
+    timeout: float | None = None,
+    source: Address | str | None = None,
+    sockopts: _s.SockOpts = None,
+    proxy: Proxy | str | None = None,
+) -> socket.socket:
+    """A connected non-blocking plain socket (no TLS), happy eyeballs for names; errors mapped.
+    With ``proxy``, through that SOCKS or HTTP CONNECT proxy."""
+    addr = Address.parse(address)
+    src = Address.parse(source) if source is not None else None
+    opts = _s._opts(sockopts)
+    if proxy is not None:
+        return await _proxy.connect_async(Proxy.parse(proxy), addr, timeout, src, opts)
+    try:
+        async with asyncio.timeout(timeout):
+            infos = await _resolve(addr)
+            if len(infos) == 1:
+                return await _attempt(infos[0], addr, opts, src)
+            return await _happy_eyeballs(infos, addr, opts, src)
+    except (NetworkError, UsageError):
+        raise
+    except OSError as exc:
+        raise network_error(exc, f"connect {addr}") from exc.__cause__
+
+
+async def _handshake(tls: _TLS, sock: socket.socket, what: str, timeout: float | None) -> None:
+    try:
+        async with asyncio.timeout(timeout if timeout is not None else _s.TLS_HANDSHAKE_TIMEOUT):
+            await tls.handshake()
+    except ssl.SSLError as exc:
+        sock.close()
+        raise NetworkError(errno.EPROTO, f"{what}: {tls_reason(exc)}") from exc
+    except OSError as exc:
+        sock.close()
+        err = network_error(exc, what)
+        err.errno = errno.EPROTO
+        raise err from exc
+
+
+class Listener(_Resource):
+    """A listening socket; ``await accept()`` or ``async for conn in listener``."""
+
+    def __init__(self, inner: _s.Listener) -> None:
+        self._inner = inner
+        self.socket = inner.socket
+        self.address = inner.address
+        self.fingerprint = inner.fingerprint
+        self.socket.setblocking(False)
+
+    async def accept(self) -> Stream:
+        loop = asyncio.get_running_loop()
+        try:
+            conn, _peer = await loop.sock_accept(self.socket)
+        except OSError as exc:
+            raise network_error(exc, f"accept on {self.address}") from None
+        for opt in self._inner._opts:
+            if opt.applies_to(conn.family, conn.type):
+                with contextlib.suppress(OSError):
+                    opt.apply(conn)
+        tls = None
+        if self._inner.ssl_context is not None:
+            conn.setblocking(False)
+            tls = _TLS(conn, self._inner.ssl_context, True, None)
+            await _handshake(tls, conn, f"TLS handshake on {self.address}", None)
+        return Stream(conn, self.address.scheme, tls=tls)
+
+    def __aiter__(self) -> AsyncIterator[Stream]:
+        return self._loop_accept()
+
+    async def _loop_accept(self) -> AsyncIterator[Stream]:
+        while self.socket.fileno() != -1:
+            try:
+                yield await self.accept()
+            except NetworkError as exc:
+                if exc.errno != errno.EPROTO:
+                    raise
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+async def listen(address: Address | str, **kwargs: Any) -> Listener:
+    """Listen on a stream address; takes the keyword arguments of :func:`sockcat.listen`."""
+    addr = Address.parse(address)
+    if addr.is_ip and addr.host and addr.family == socket.AF_UNSPEC:
+        loop = asyncio.get_running_loop()
+        inner = await loop.run_in_executor(None, lambda: _s.listen(addr, **kwargs))
+    else:
+        inner = _s.listen(addr, **kwargs)
+    return Listener(inner)
+
+
+class Datagram(_Resource):
+    """The asyncio twin of :class:`sockcat.Datagram`."""
+
+    def __init__(self, inner: _s.Datagram) -> None:
+        self._inner = inner
+        self.socket = inner.socket
+        self.address = inner.address
+        self.socket.setblocking(False)
+
+    @property
+    def peer(self) -> Address | None:
+        return self._inner.peer
+
+    async def recvfrom(self, bufsize: int = RECV_SIZE, *, timeout: float | None = None) -> tuple[bytes, Address]:
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    try:
+                        data, sa = self.socket.recvfrom(bufsize)
+                        return data, _s.to_address(self.address.scheme, sa)
+                    except BlockingIOError:
+                        await _readable(self.socket)
+        except TimeoutError as exc:
+            raise Timeout(errno.ETIMEDOUT, f"recvfrom on {self.address}: timed out") from exc
+        except OSError as exc:
+            raise network_error(exc, f"recvfrom on {self.address}") from exc
+
+    async def recv(self, bufsize: int = RECV_SIZE, *, timeout: float | None = None) -> bytes:
+        data, _ = await self.recvfrom(bufsize, timeout=timeout)
+        return data
+
+    async def sendto(self, data: bytes | bytearray | memoryview | str, address: Address | str) -> int:
+        # A datagram socket does not block on send short of a full buffer; one retry after a yield suffices.
+        try:
+            return self._inner.sendto(data, address)
+        except NetworkError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.ENOBUFS):
+                raise
+            await asyncio.sleep(0)
+            return self._inner.sendto(data, address)
+
+    async def send(self, data: bytes | bytearray | memoryview | str) -> int:
+        return self._inner.send(data)
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+async def _readable(sock: socket.socket) -> None:
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[None] = loop.create_future()
+    fd = sock.fileno()
+    loop.add_reader(fd, _wake, fut)
+    try:
+        await fut
+    finally:
+        loop.remove_reader(fd)
+
+
+def _wake(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+async def open_datagram(address: Address | str, **kwargs: Any) -> Datagram:
+    """Bind a datagram socket; takes the keyword arguments of :func:`sockcat.open_datagram`."""
+    return Datagram(_s.open_datagram(address, **kwargs))
+
+
+async def connect_datagram(address: Address | str, **kwargs: Any) -> Datagram:
+    addr = Address.parse(address)
+    if addr.is_ip and addr.host and addr.family == socket.AF_UNSPEC:
+        loop = asyncio.get_running_loop()
+        return Datagram(await loop.run_in_executor(None, lambda: _s.connect_datagram(addr, **kwargs)))
+    return Datagram(_s.connect_datagram(addr, **kwargs))
