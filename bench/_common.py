@@ -192,7 +192,7 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def source_digest(module: str = "sockcat._relay") -> str:
+def source_digest(module: str = "sockcat.engines.relay") -> str:
     """sha256 (first 12 hex digits) of a sockcat module's source, to tie figures to the code measured."""
     try:
         path = importlib.import_module(module).__file__ or ""

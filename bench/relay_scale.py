@@ -56,7 +56,7 @@ from _common import (
     wait_tcp,
 )
 
-from sockcat._process import raise_nofile_limit  # the relay raises its own limit the same way
+from sockcat.serving.process import raise_nofile_limit  # the relay raises its own limit the same way
 
 HERE = Path(__file__).resolve()
 PING = b"0123456789abcdef"
