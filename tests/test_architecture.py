@@ -14,9 +14,9 @@ MAX_LINES = 500
 # Modules still being split (issue 10): each may only shrink; the entry goes once the module is under the limit.
 SPLITTING = {
     "engines/bench.py": 1410,
-    "engines/relay.py": 1250,
-    "engines/services.py": 743,
-    "engines/bridge.py": 706,
+    "engines/relay.py": 1203,
+    "engines/services.py": 689,
+    "engines/bridge.py": 642,
     "streams/sync.py": 987,
     "streams/aio.py": 530,
 }

@@ -39,4 +39,5 @@ def run(args: argparse.Namespace, log: Log) -> int:
         opts.ssl_context, opts.fingerprint = server_context(
             cert=args.cert, key=args.key, hosts=[address.host] if address.host else []
         )
-    return run_chat(address, opts)
+    run_chat(address, opts)
+    return 0

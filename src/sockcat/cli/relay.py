@@ -70,4 +70,5 @@ def run(args: argparse.Namespace, log: Log) -> int:
         from sockcat.net.tls import client_context
 
         opts.client_ssl = client_context(ca=args.ca, insecure=args.insecure)
-    return run_relay(listen_addr, target, opts)
+    run_relay(listen_addr, target, opts)
+    return 0

@@ -19,7 +19,7 @@ import stat
 import subprocess
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -33,7 +33,9 @@ from sockcat.net import trace as _trace
 from sockcat.net.options import SockOpt
 from sockcat.net.proxy import Proxy
 from sockcat.net.proxy import check_target as check_proxy_target
-from sockcat.streams.sync import _safe_name, bind_socket, connect_datagram, connect_socket, open_datagram, to_address
+from sockcat.serving.process import start_thread
+from sockcat.serving.scaffold import Settings, serve_in_threads
+from sockcat.streams.sync import _safe_name, connect_datagram, connect_socket, open_datagram, to_address
 
 if TYPE_CHECKING:
     import ssl  # only TLS needs it: imported where TLS runs
@@ -152,10 +154,10 @@ def bridge(
         finally:
             up_done.set()
 
-    threading.Thread(target=upload, name="upload", daemon=True).start()
+    start_thread(upload, name="sockcat upload")
     stop_watch = threading.Event()
     if opts.idle_timeout is not None:
-        threading.Thread(target=_watchdog, args=(conn, up, down, opts, stop_watch, idled), daemon=True).start()
+        start_thread(_watchdog, conn, up, down, opts, stop_watch, idled, name="sockcat idle watch")
     try:
         try:
             copy(conn, stdout, down, hexdump=_dumper(opts, "<"), emit=opts.log.always)
@@ -322,7 +324,7 @@ def _connect_datagram(
         finally:
             eof_at.append(time.monotonic())
 
-    threading.Thread(target=upload, daemon=True).start()
+    start_thread(upload, name="sockcat upload")
     last = time.monotonic()
     try:
         while True:
@@ -404,48 +406,24 @@ class _Accepted:
         self.local_name = show(local)
 
 
-def _accept(
-    listener: socket.socket, bound: Address, lopts: ListenOptions, log: Log, *, tls_now: bool = True
+def _prepared(
+    conn: socket.socket, peer: Address | None, scheme: str, lopts: ListenOptions, log: Log
 ) -> _Accepted | None:
-    """Accept one connection; None if --allow/--deny refused it (or, with ``tls_now``, its TLS handshake failed).
-
-    With ``tls_now=False`` the caller runs :func:`_tls_upgrade` in the connection's own thread, so a client
-    that never speaks cannot hold up the accept loop.
-    """
-    try:
-        conn, sa = listener.accept()
-    except OSError as exc:
-        if exc.errno in (errno.ECONNABORTED, errno.EPROTO, errno.EMFILE, errno.ENFILE, errno.ENOBUFS):
-            log.warning(f"accept on {bound}: {exc.strerror}")
-            if exc.errno in (errno.EMFILE, errno.ENFILE):
-                time.sleep(0.1)
-            return None
-        raise network_error(exc, f"accept on {bound}") from None
-    peer = to_address(bound.scheme, sa) if sa else _safe_name(conn, bound.scheme, peer=True)
-    if lopts.access.active and not lopts.access.permits(peer.host if peer else ""):
-        log.info(f"refused {show(peer, conn)}: not allowed by --allow/--deny")
-        conn.close()
-        return None
+    """An admitted connection made ready: socket options applied, names taken, TLS done (None if TLS failed)."""
+    if peer is None:
+        peer = _safe_name(conn, scheme, peer=True)
     for opt in lopts.sockopts:
         if opt.name not in ("reuseaddr", "reuseport", "v6only") and opt.applies_to(conn.family, conn.type):
             with contextlib.suppress(OSError):
                 opt.apply(conn)
-    acc = _Accepted(_stream_end(conn, show(peer, conn)), conn, _safe_name(conn, bound.scheme, peer=False), peer)
-    if tls_now and not _tls_upgrade(acc, lopts, log):
-        return None
+    acc = _Accepted(_stream_end(conn, show(peer, conn)), conn, _safe_name(conn, scheme, peer=False), peer)
+    if lopts.ssl_context is not None:
+        try:
+            acc.end = tls_server_end(acc.sock, lopts.ssl_context, acc.name)
+        except NetworkError as exc:
+            log.info(str(exc))
+            return None
     return acc
-
-
-def _tls_upgrade(acc: _Accepted, lopts: ListenOptions, log: Log) -> bool:
-    """The server side of the TLS handshake for a tls:// listener (a no-op for other kinds)."""
-    if lopts.ssl_context is None:
-        return True
-    try:
-        acc.end = tls_server_end(acc.sock, lopts.ssl_context, acc.name)
-    except NetworkError as exc:
-        log.info(str(exc))
-        return False
-    return True
 
 
 def run_listen(address: Address, opts: BridgeOptions, lopts: ListenOptions) -> int:
@@ -456,36 +434,39 @@ def run_listen(address: Address, opts: BridgeOptions, lopts: ListenOptions) -> i
         if lopts.exec_argv:
             raise UsageError("--exec needs a stream address (tcp, unix, unixpacket, tls)")
         return _listen_datagram(address, opts, lopts)
-    sock, bound = bind_socket(address, sockopts=lopts.sockopts)
-    from sockcat.streams.sync import Listener
+    settings = Settings(
+        log=opts.log,
+        max_conns=lopts.max_conns,
+        access=lopts.access,
+        sockopts=lopts.sockopts,
+        fingerprint=lopts.fingerprint,
+    )
+    handle: Callable[[_Accepted], None]
+    if lopts.exec_argv:
+        argv = lopts.exec_argv
+        handle = lambda acc: _serve_child(acc, argv, opts)  # noqa: E731
+    elif lopts.keep_open:
+        handle = _Hub(opts).serve
+    else:
+        handle = lambda acc: _bridge_one(acc, opts)  # noqa: E731
 
-    listener = Listener(sock, bound)
-    with listener:
-        try:
-            sock.listen(128)
-        except OSError as exc:
-            raise network_error(exc, f"listen {bound}") from None
-        opts.log.always(f"listening on {bound}")
-        if lopts.fingerprint:
-            opts.log.always(f"certificate sha256 {lopts.fingerprint}")
-        if lopts.exec_argv:
-            return _serve_exec(sock, bound, opts, lopts)
-        if lopts.keep_open:
-            return _serve_many(sock, bound, opts, lopts)
-        while (acc := _accept(sock, bound, lopts, opts.log)) is None:
-            pass
-        listener.close()  # one connection: stop accepting (like nc), and remove a Unix socket file now
-        return _bridge_one(acc, opts)
+    def prepare(conn: socket.socket, peer: Address | None) -> _Accepted | None:
+        acc = _prepared(conn, peer, address.scheme, lopts, opts.log)
+        if acc is not None:
+            running = f": running {lopts.exec_argv[0]}" if lopts.exec_argv else ""
+            opts.log.info(f"connection from {acc.name} on {acc.local_name}{running}")
+        return acc
+
+    serve_in_threads(address, settings, handle, prepare=prepare, keep_open=lopts.keep_open)
+    return 0
 
 
-def _bridge_one(acc: _Accepted, opts: BridgeOptions) -> int:
-    opts.log.info(f"connection from {acc.name} on {acc.local_name}")
+def _bridge_one(acc: _Accepted, opts: BridgeOptions) -> None:
     try:
         sent, received = bridge(acc.end, FdEnd(opts.stdin_fd, "stdin"), FdEnd(opts.stdout_fd, "stdout"), acc.name, opts)
     finally:
         acc.end.close()
     opts.log.info(f"closed {acc.name}: {sent} bytes sent, {received} bytes received")
-    return 0
 
 
 class _Hub:
@@ -506,7 +487,7 @@ class _Hub:
                 end.close_write()
             if not self.started:
                 self.started = True
-                threading.Thread(target=self._read_stdin, daemon=True).start()
+                start_thread(self._read_stdin, name="sockcat stdin")
 
     def remove(self, end: End) -> None:
         with self.lock:
@@ -532,50 +513,25 @@ class _Hub:
         for end in targets:
             end.close_write()
 
-
-def _admitted(
-    sock: socket.socket, bound: Address, lopts: ListenOptions, log: Log, active: list[int], lock: threading.Lock
-) -> Iterator[_Accepted]:
-    """Accepted connections, forever, each counted in ``active[0]`` (its handler takes it off); past
-    ``--max-conns`` a client is closed unread, with a log line."""
-    while True:
-        acc = _accept(sock, bound, lopts, log, tls_now=False)
-        if acc is None:
-            continue
-        with lock:
-            if lopts.max_conns is not None and active[0] >= lopts.max_conns:
-                log.info(f"refused {acc.name}: --max-conns {lopts.max_conns} reached")
-                acc.end.close()
-                continue
-            active[0] += 1
-        yield acc
-
-
-def _serve_many(sock: socket.socket, bound: Address, opts: BridgeOptions, lopts: ListenOptions) -> int:
-    hub = _Hub(opts)
-    active = [0]
-    lock = threading.Lock()
-
-    def handle(acc: _Accepted) -> None:
+    def serve(self, acc: _Accepted) -> None:
+        """One connection of ``listen -k``: its bytes to stdout, stdin's to it, until it ends."""
         counter = Counter()
         try:
-            if not _tls_upgrade(acc, lopts, opts.log):
-                return
-            hub.add(acc.end)
-            copy(acc.end, hub.stdout, counter, hexdump=_dumper(opts, "<"), emit=opts.log.always, close_write=False)
+            self.add(acc.end)
+            copy(
+                acc.end,
+                self.stdout,
+                counter,
+                hexdump=_dumper(self.opts, "<"),
+                emit=self.opts.log.always,
+                close_write=False,
+            )
         except OSError as exc:
-            opts.log.info(f"connection with {acc.name}: {exc.strerror or exc}")
+            self.opts.log.info(f"connection with {acc.name}: {exc.strerror or exc}")
         finally:
-            hub.remove(acc.end)
+            self.remove(acc.end)
             acc.end.close()
-            with lock:
-                active[0] -= 1
-            opts.log.info(f"closed {acc.name}: {counter.bytes} bytes received")
-
-    for acc in _admitted(sock, bound, lopts, opts.log, active, lock):
-        opts.log.info(f"connection from {acc.name} on {acc.local_name}")
-        threading.Thread(target=handle, args=(acc,), daemon=True).start()
-    return 0  # not reached: _admitted never ends (a signal or an error ends the listener)
+            self.opts.log.info(f"closed {acc.name}: {counter.bytes} bytes received")
 
 
 def _child_env(acc: _Accepted) -> dict[str, str]:
@@ -616,33 +572,13 @@ def _run_child(acc: _Accepted, argv: Sequence[str], opts: BridgeOptions) -> int:
     return proc.wait()
 
 
-def _serve_exec(sock: socket.socket, bound: Address, opts: BridgeOptions, lopts: ListenOptions) -> int:
-    argv = lopts.exec_argv or ()
-    active = [0]
-    lock = threading.Lock()
-
-    def handle(acc: _Accepted) -> None:
-        try:
-            if not _tls_upgrade(acc, lopts, opts.log):
-                acc.end.close()
-                return
-            rc = _run_child(acc, argv, opts)
-            opts.log.info(f"closed {acc.name}: {argv[0]} exited with status {rc}")
-        except OSError as exc:
-            opts.log.warning(f"cannot run {argv[0]!r} for {acc.name}: {exc.strerror or exc}")
-            acc.end.close()
-        finally:
-            with lock:
-                active[0] -= 1
-
-    for acc in _admitted(sock, bound, lopts, opts.log, active, lock):
-        opts.log.info(f"connection from {acc.name} on {acc.local_name}: running {argv[0]}")
-        if not lopts.keep_open:
-            sock.close()
-            handle(acc)
-            return 0
-        threading.Thread(target=handle, args=(acc,), daemon=True).start()
-    return 0  # not reached: _admitted never ends (a signal or an error ends the listener)
+def _serve_child(acc: _Accepted, argv: Sequence[str], opts: BridgeOptions) -> None:
+    try:
+        rc = _run_child(acc, argv, opts)
+        opts.log.info(f"closed {acc.name}: {argv[0]} exited with status {rc}")
+    except OSError as exc:
+        opts.log.warning(f"cannot run {argv[0]!r} for {acc.name}: {exc.strerror or exc}")
+        acc.end.close()
 
 
 def _listen_datagram(address: Address, opts: BridgeOptions, lopts: ListenOptions) -> int:
@@ -670,7 +606,7 @@ def _listen_datagram(address: Address, opts: BridgeOptions, lopts: ListenOptions
         except OSError as exc:
             opts.log.warning(f"reading stdin: {exc.strerror or exc}")
 
-    threading.Thread(target=upload, daemon=True).start()
+    start_thread(upload, name="sockcat upload")
     last = time.monotonic()
     seen: set[object] = set()
     with dg:

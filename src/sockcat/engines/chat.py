@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import signal
 import socket
 import ssl
 import time
@@ -20,17 +19,16 @@ from typing import cast
 
 from sockcat.core import chatproto as proto
 from sockcat.core.address import Address, show
-from sockcat.core.errors import NetworkError, UsageError, describe, network_error
+from sockcat.core.errors import NetworkError, UsageError, describe
 from sockcat.core.log import SILENT, Log
 from sockcat.engines.chatstore import ChatStore, default_db, fold
-from sockcat.serving.process import new_runner, raise_nofile_limit
-from sockcat.streams.sync import Listener, bind_socket, to_address
+from sockcat.serving.scaffold import Bound, Settings, serve_on_loop
+from sockcat.streams.sync import Listener, to_address
 
 SLOW_CLIENT = 1 << 20  # bytes waiting for a client that does not read: past this it is dropped
 FLOOD_RATE = 20.0  # lines per second a client may send, on average
 FLOOD_BURST = 50.0  # ... and in one burst
 FLOOD_LIMIT = 200  # lines dropped for flooding before the client is disconnected
-_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 @dataclass
@@ -48,7 +46,6 @@ class ChatOptions:
 class _Broker:
     store: ChatStore
     opts: ChatOptions
-    scheme: str
     online: dict[str, _Client] = field(default_factory=dict)  # folded name -> client
     clients: set[_Client] = field(default_factory=set)
     dirty: set[_Client] = field(default_factory=set)  # clients with lines queued for the next flush
@@ -73,8 +70,9 @@ class _Broker:
 
 
 class _Client(asyncio.Protocol):
-    def __init__(self, broker: _Broker) -> None:
+    def __init__(self, broker: _Broker, scheme: str) -> None:
         self.broker = broker
+        self.scheme = scheme
         self.reader = proto.LineReader()
         self.transport: asyncio.Transport | None = None
         self.name: str | None = None
@@ -93,7 +91,7 @@ class _Client(asyncio.Protocol):
         sock = transport.get_extra_info("socket")
         if sock is not None:
             try:
-                self.peer = show(to_address(b.scheme, sock.getpeername()), sock)
+                self.peer = show(to_address(self.scheme, sock.getpeername()), sock)
             except OSError:
                 pass
         # high water 0: pause_writing/resume_writing tell exactly when the kernel has taken every byte
@@ -321,77 +319,64 @@ def open_store(opts: ChatOptions) -> ChatStore:
         raise NetworkError(0, f"chat store {where}: {describe(exc)}") from None
 
 
+class ChatService:
+    """One broker on one or more bound, listening sockets: one room across all of them."""
+
+    def __init__(self, opts: ChatOptions, store: ChatStore) -> None:
+        self.opts = opts
+        self.broker = _Broker(store, opts)
+        self.servers: list[asyncio.AbstractServer] = []
+
+    async def start(self, bound: list[Bound]) -> None:
+        loop = asyncio.get_running_loop()
+        for b in bound:
+            scheme = b.address.scheme
+
+            def factory(scheme: str = scheme) -> asyncio.BaseProtocol:
+                return _Client(self.broker, scheme)
+
+            if b.address.is_unix:
+                server = await loop.create_unix_server(factory, sock=b.sock)
+            else:
+                ctx = self.opts.ssl_context if b.address.is_tls else None
+                server = await loop.create_server(factory, sock=b.sock, ssl=ctx)
+            self.servers.append(server)
+
+    async def stop(self, grace: float) -> None:
+        for server in self.servers:
+            server.close()
+        broker = self.broker
+        for client in list(broker.clients):
+            client.quit(proto.notice("the broker is stopping; bye"))
+        await asyncio.sleep(0)
+        for client in list(broker.clients):
+            client._ack()
+
+
 async def chat_async(
     sock: socket.socket, bound: Address, opts: ChatOptions, stop: asyncio.Event, store: ChatStore | None = None
 ) -> None:
     """Serve the chat on a bound, listening socket until ``stop`` is set. ``store``: an open one (kept open),
     else the one ``opts.db`` names (opened and closed here)."""
-    loop = asyncio.get_running_loop()
     owned = store is None
     store = open_store(opts) if store is None else store
-    broker = _Broker(store, opts, bound.scheme)
-
-    def factory() -> asyncio.BaseProtocol:
-        return _Client(broker)
-
+    service = ChatService(opts, store)
     try:
-        if bound.is_unix:
-            server = await loop.create_unix_server(factory, sock=sock)
-        else:
-            server = await loop.create_server(factory, sock=sock, ssl=opts.ssl_context if bound.is_tls else None)
+        await service.start([Bound(sock, bound, Listener(sock, bound))])
         try:
             await stop.wait()
         finally:
-            server.close()
-            for client in list(broker.clients):
-                client.quit(proto.notice("the broker is stopping; bye"))
-            await asyncio.sleep(0)
-            for client in list(broker.clients):
-                client._ack()
+            await service.stop(0.0)
     finally:
         if owned:
             store.close()
 
 
-def run_chat(address: Address, opts: ChatOptions) -> int:
-    """``sockcat chat ADDR`` (CLI entry): bind, print the listening line, serve until SIGTERM/SIGINT."""
+def run_chat(address: Address, opts: ChatOptions) -> None:
+    """``sockcat chat ADDR`` (CLI entry): bind, print the listening line, serve until a stop signal."""
     if address.is_datagram or address.is_stdio or address.type == socket.SOCK_SEQPACKET:
         raise UsageError(f"chat needs a stream address (tcp, unix, tls…), not {address}")
-    raise_nofile_limit()
     store = open_store(opts)  # before binding: a bad --db is one error line, not a half-started broker
     with contextlib.closing(store):
-        return _serve_chat(address, opts, store)
-
-
-def _serve_chat(address: Address, opts: ChatOptions, store: ChatStore) -> int:
-    sock, bound = bind_socket(address)
-    with Listener(sock, bound):
-        try:
-            sock.listen(512)
-        except OSError as exc:
-            raise network_error(exc, f"listen {bound}") from None
-        signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
-        opts.log.always(f"listening on {bound}")
-        if opts.fingerprint:
-            opts.log.always(f"certificate sha256 {opts.fingerprint}")
-        code = [0]
-
-        async def main() -> None:
-            loop = asyncio.get_running_loop()
-            stop = asyncio.Event()
-
-            def on_signal(signum: int) -> None:
-                code[0] = 130 if signum == signal.SIGINT else 0
-                stop.set()
-
-            for signum in _STOP_SIGNALS:
-                loop.add_signal_handler(signum, on_signal, signum)
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
-            await chat_async(sock, bound, opts, stop, store)
-
-        try:
-            with new_runner() as runner:
-                runner.run(main())
-        finally:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
-        return code[0]
+        settings = Settings(log=opts.log, fingerprint=opts.fingerprint)
+        serve_on_loop([address], settings, lambda: ChatService(opts, store))

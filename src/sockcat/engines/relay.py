@@ -35,7 +35,6 @@ import errno
 import ipaddress
 import os
 import select
-import signal
 import socket
 import ssl
 import struct
@@ -49,7 +48,7 @@ from typing import Any, cast
 
 from sockcat.core.access import AccessPolicy
 from sockcat.core.address import Address, show
-from sockcat.core.errors import NetworkError, UsageError, describe, network_error
+from sockcat.core.errors import UsageError, describe, network_error
 from sockcat.core.hexdump import HexDumper
 from sockcat.core.log import SILENT, Log
 from sockcat.engines.pump import Counter, grow_pipe
@@ -57,9 +56,9 @@ from sockcat.net import trace as _trace
 from sockcat.net.options import SockOpt
 from sockcat.net.proxy import Proxy
 from sockcat.net.proxy import check_target as check_proxy_target
-from sockcat.serving.process import die_with_parent, end_workers, raise_nofile_limit
+from sockcat.serving.scaffold import Bound, Settings, serve_on_loop
 from sockcat.streams import aio as _aio
-from sockcat.streams.sync import Listener, Stream, _prepare, bind_socket, resolve, to_address
+from sockcat.streams.sync import Stream, _prepare, resolve, to_address
 
 COPY_MIN, COPY_MAX = 1 << 18, 1 << 22  # a moving flow's copy buffer: grows while reads fill it
 _NO_RESOURCES = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
@@ -1082,104 +1081,58 @@ def _check_kinds(listen: Address, target: Address) -> None:
         raise UsageError(f"cannot relay between a datagram and a stream address: {listen} and {target}")
 
 
-def run_relay(listen_address: Address, target: Address, opts: RelayOptions) -> int:
+def run_relay(listen_address: Address, target: Address, opts: RelayOptions) -> None:
     """``sockcat relay LISTEN TARGET`` (CLI entry): bind, print the listening line, serve until a signal."""
     _check_kinds(listen_address, target)
     if opts.proxy is not None:
         check_proxy_target(target)
-    if opts.workers < 1:
-        raise UsageError("--workers must be at least 1")
-    raise_nofile_limit()
-    sock, bound = bind_socket(listen_address, sockopts=opts.sockopts)
-    listener = Listener(sock, bound)
-    with listener:
-        if not bound.is_datagram:
-            try:
-                sock.listen(4096)
-            except OSError as exc:
-                raise NetworkError(exc.errno or 0, f"listen {bound}: {describe(exc)}") from None
-        opts.log.always(f"listening on {bound}")
-        if opts.fingerprint:
-            opts.log.always(f"certificate sha256 {opts.fingerprint}")
-        children: list[int] = []
-        if opts.workers > 1:
-            parent = os.getpid()
-            for _ in range(opts.workers - 1):
-                pid = os.fork()
-                if pid == 0:  # a worker: the same listening socket, its own loop
-                    code = 1
-                    try:
-                        die_with_parent(parent)
-                        code = _serve_in_process(sock, bound, target, opts, is_child=True)
-                    finally:
-                        os._exit(code)
-                children.append(pid)
+    settings = Settings(
+        log=opts.log, sockopts=opts.sockopts, fingerprint=opts.fingerprint, workers=opts.workers, grace=opts.grace
+    )
+    serve_on_loop([listen_address], settings, lambda: _Serving(target, opts))
+
+
+class _Serving:
+    """The relay as the serving scaffold runs it, in each process."""
+
+    def __init__(self, target: Address, opts: RelayOptions) -> None:
+        self.target = target
+        self.opts = opts
+        self.relay: _Relay | None = None
+        self.dgram: _DgramRelay | None = None
+
+    async def start(self, bound: list[Bound]) -> None:
+        (b,) = bound
+        if b.address.is_datagram:
+            self.dgram = _DgramRelay(b.sock, b.address, self.target, self.opts)
+            await self.dgram.start()
+            return
+        b.sock.setblocking(False)
+        self.relay = _Relay(self.target, self.opts, b.sock, b.address)
+        self.relay.start_accepting()
+
+    async def stop(self, grace: float) -> None:
+        if self.dgram is not None:
+            self.dgram.stop()
+        relay = self.relay
+        if relay is None:
+            return
         try:
-            return _serve_in_process(sock, bound, target, opts, is_child=False, children=children)
-        finally:
-            end_workers(children)
-
-
-def _serve_in_process(
-    sock: socket.socket,
-    bound: Address,
-    target: Address,
-    opts: RelayOptions,
-    *,
-    is_child: bool,
-    children: list[int] | None = None,
-) -> int:
-    try:
-        import uvloop
-
-        runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
-    except ImportError:
-        runner = asyncio.Runner()
-    with runner:
-        return runner.run(_serve(sock, bound, target, opts, children or []))
-
-
-async def _serve(sock: socket.socket, bound: Address, target: Address, opts: RelayOptions, children: list[int]) -> int:
-    loop = asyncio.get_running_loop()
-    stopping = asyncio.Event()
-    code = [0]
-
-    def on_signal(signum: int) -> None:
-        code[0] = 130 if signum == signal.SIGINT else 0
-        for pid in children:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
-        stopping.set()
-
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, on_signal, signum)
-    if bound.is_datagram:
-        dgram = _DgramRelay(sock, bound, target, opts)
-        await dgram.start()
-        await stopping.wait()
-        dgram.stop()
-        return code[0]
-    sock.setblocking(False)
-    relay = _Relay(target, opts, sock, bound)
-    relay.start_accepting()
-    try:
-        await stopping.wait()
-        relay.closing = True  # no back-off timer may start accepting again
-        relay.stop_accepting()
-        # Graceful: no new connections; the ones under way get --grace seconds.
-        if relay.busy():
-            opts.log.info(
-                f"stopping: {len(relay.conns) + len(relay.tasks)} connection(s) get {opts.grace:g} s to finish"
-            )
-            await _wait_idle(relay, opts.grace)
+            relay.closing = True  # no back-off timer may start accepting again
+            relay.stop_accepting()
+            # Graceful: no new connections; the ones under way get --grace seconds.
+            if relay.busy() and grace:
+                self.opts.log.info(
+                    f"stopping: {len(relay.conns) + len(relay.tasks)} connection(s) get {grace:g} s to finish"
+                )
+                await _wait_idle(relay, grace)
             if relay.busy():
                 relay.stop_all()
                 await _wait_idle(relay, 2.0)
                 for t in list(relay.tasks):
                     t.cancel()
-    finally:
-        relay.close()
-    return code[0]
+        finally:
+            relay.close()
 
 
 async def _wait_idle(relay: _Relay, timeout: float) -> None:

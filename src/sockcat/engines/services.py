@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import random
-import signal
 import socket
 import ssl
 import time
@@ -33,10 +31,11 @@ from typing import Any, cast
 
 from sockcat.core.access import AccessPolicy
 from sockcat.core.address import Address
-from sockcat.core.errors import NetworkError, UsageError, describe, network_error
+from sockcat.core.errors import UsageError, describe, network_error
 from sockcat.core.log import SILENT, Log
 from sockcat.net.options import SockOpt
-from sockcat.serving.process import die_with_parent, end_workers, new_runner, raise_nofile_limit
+from sockcat.serving.process import new_runner
+from sockcat.serving.scaffold import Bound, Settings, serve_on_loop
 from sockcat.streams.sync import Listener, SockOpts, _opts, bind_socket, to_address
 
 SERVICES = ("echo", "discard", "chargen", "daytime")
@@ -45,7 +44,6 @@ RECV_BUFFER = 256 * 1024
 DATAGRAM_MAX = 65536 * 4  # unixgram datagrams may exceed UDP's 64 KiB
 WRITE_HIGH_WATER = 64 * 1024  # per-connection bytes queued in user space before chargen/echo pause
 TLS_HANDSHAKE_TIMEOUT = 10.0
-_STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 
 
 # --- RFC 864 and RFC 867 (pure) ----------------------------------------------------------------------
@@ -660,84 +658,32 @@ def serve(service: str, address: Address | str, **kwargs: Any) -> None:
         runner.run(serve_async(service, address, **kwargs))
 
 
-def run_serve(service: str, address: Address, opts: ServeOptions) -> int:
+class _Serving:
+    """The service as the serving scaffold runs it, in each process: one server per bound socket."""
+
+    def __init__(self, service: str, opts: ServeOptions) -> None:
+        self.service = service
+        self.opts = opts
+        self.servers: list[ServiceServer] = []
+
+    async def start(self, bound: list[Bound]) -> None:
+        for b in bound:
+            server = ServiceServer(self.service, b.sock, b.address, self.opts)
+            self.servers.append(server)
+            await server.start()
+
+    async def stop(self, grace: float) -> None:
+        for server in self.servers:
+            server.close()
+
+
+def run_serve(service: str, address: Address, opts: ServeOptions) -> None:
     """``sockcat serve`` (CLI entry): bind, print the listening line, fork workers, serve until a signal."""
     if service not in SERVICES:
         raise UsageError(f"unknown service {service!r} (known: {', '.join(SERVICES)})")
-    if opts.workers < 1:
-        raise UsageError("--workers must be at least 1")
+    if address.is_stdio:
+        raise UsageError("serve needs a socket address, not stdio:")
     if address.is_datagram and opts.max_conns is not None:
         raise UsageError("--max-conns is for stream addresses (a datagram service has no connections)")
-    raise_nofile_limit()
-    sock, bound = _bind(address, opts)
-    with Listener(sock, bound) as listener:
-        if not bound.is_datagram:
-            try:
-                sock.listen(opts.backlog)
-            except OSError as exc:
-                raise NetworkError(exc.errno or 0, f"listen {bound}: {describe(exc)}") from None
-        # Signals wait (blocked) until each process's loop has its handlers: a SIGTERM that came between
-        # the listening line and the loop would otherwise be raised inside a loop callback and lost.
-        signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
-        opts.log.always(f"listening on {bound}")
-        if opts.fingerprint:
-            opts.log.always(f"certificate sha256 {opts.fingerprint}")
-        children: list[int] = []
-        parent = os.getpid()
-        for _ in range(opts.workers - 1):
-            pid = os.fork()
-            if pid == 0:  # a worker: the same socket, its own loop; only the parent removes a socket file
-                listener._owned_path = None
-                code = 1
-                try:
-                    die_with_parent(parent)
-                    code = _run_one(service, sock, bound, opts, [])
-                finally:
-                    os._exit(code)
-            children.append(pid)
-        try:
-            return _run_one(service, sock, bound, opts, children)
-        finally:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
-            end_workers(children)
-
-
-def _run_one(service: str, sock: socket.socket, bound: Address, opts: ServeOptions, children: list[int]) -> int:
-    previous = {signum: signal.getsignal(signum) for signum in _STOP_SIGNALS}
-    try:
-        with new_runner() as runner:
-            return runner.run(_serve_until_signal(service, sock, bound, opts, children))
-    finally:
-        for signum, handler in previous.items():
-            if handler is not None:
-                signal.signal(signum, handler)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
-
-
-async def _serve_until_signal(
-    service: str, sock: socket.socket, bound: Address, opts: ServeOptions, children: list[int]
-) -> int:
-    loop = asyncio.get_running_loop()
-    stopping = asyncio.Event()
-    code = [0]
-
-    def on_signal(signum: int) -> None:
-        code[0] = 130 if signum == signal.SIGINT else 0
-        stopping.set()
-
-    for signum in _STOP_SIGNALS:
-        loop.add_signal_handler(signum, on_signal, signum)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
-    server = ServiceServer(service, sock, bound, opts)
-    try:
-        await server.start()
-    except OSError as exc:
-        raise network_error(exc, f"listen {bound}") from None
-    try:
-        await stopping.wait()
-    finally:
-        server.close()
-        signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
-        for signum in _STOP_SIGNALS:
-            loop.remove_signal_handler(signum)
-    return code[0]
+    settings = Settings(log=opts.log, sockopts=opts.sockopts, fingerprint=opts.fingerprint, workers=opts.workers)
+    serve_on_loop([address], settings, lambda: _Serving(service, opts))

@@ -7,14 +7,12 @@ with ``-k`` every session in its own thread, so one slow or hostile peer never h
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import socket
 import ssl
 import sys
 import threading
-import time
 from dataclasses import dataclass, field
 
 from sockcat.core.access import AccessPolicy
@@ -26,8 +24,8 @@ from sockcat.core.untrusted import escape
 from sockcat.engines.transfer.common import IDLE_TIMEOUT, Bar, Report, TransferError
 from sockcat.engines.transfer.recv import Receiver, recv_files
 from sockcat.engines.transfer.send import build_manifest, send_files
-from sockcat.serving.process import raise_nofile_limit, start_thread
-from sockcat.streams.sync import Listener, Stream, connect, listen, tls_server_handshake, to_address
+from sockcat.serving.scaffold import Bound, Settings, serve_in_threads
+from sockcat.streams.sync import Stream, connect, tls_server_handshake
 
 CODE_ENV = "SOCKCAT_CODE"
 MAX_CONNS = 10_000
@@ -137,90 +135,57 @@ def run_recv(address: Address, opts: RecvOptions, log: Log) -> int:
         idle_timeout=opts.idle_timeout,
         log=log,
     )
-    if opts.keep_open:
-        raise_nofile_limit()
+    settings = Settings(
+        log=log,
+        max_conns=opts.max_conns,
+        access=opts.access,
+        idle_timeout=opts.idle_timeout,
+        fingerprint=opts.fingerprint,
+    )
+
+    def ready(b: Bound) -> None:
+        if code is not None:
+            log.always(f"code: {code}")
+        else:
+            log.warning(
+                f"recv --no-code: anyone who can connect to {b.address} can write files into {escape(opts.outdir)}"
+            )
+
+    def handle(accepted: tuple[socket.socket, Address | None]) -> None:
+        _serve_one(*accepted, address, rx, opts, log, single=not opts.keep_open)
+
     try:
-        with listen(address, backlog=512) as server:
-            if code is not None:
-                log.always(f"code: {code}")
-            else:
-                log.warning(
-                    f"recv --no-code: anyone who can connect to {server.address} can write files into "
-                    f"{escape(opts.outdir)}"
-                )
-            log.always(f"listening on {server.address}")
-            if opts.fingerprint:
-                log.always(f"certificate sha256 {opts.fingerprint}")
-            if opts.keep_open:
-                _serve_many(server, rx, opts, log)
-            while True:
-                conn = _admit(server, opts, log)
-                if conn is not None:
-                    _serve_one(conn, server, rx, opts, log, single=True)
-                    return 0
+        serve_in_threads(
+            address, settings, handle, prepare=lambda conn, peer: (conn, peer), keep_open=opts.keep_open, ready=ready
+        )
     finally:
         rx.close()
-
-
-def _admit(server: Listener, opts: RecvOptions, log: Log) -> socket.socket | None:
-    """The next connection, or None if --allow/--deny turned it away (or accept failed for a passing reason)."""
-    try:
-        conn, sa = server.socket.accept()
-    except OSError as exc:
-        if exc.errno in (errno.ECONNABORTED, errno.EPROTO, errno.EMFILE, errno.ENFILE, errno.ENOBUFS):
-            log.warning(f"accept on {server.address}: {describe(exc)}")
-            if exc.errno in (errno.EMFILE, errno.ENFILE):
-                time.sleep(0.1)
-            return None
-        raise
-    if opts.access.active:
-        peer = to_address(server.address.scheme, sa)
-        if not opts.access.permits(peer.host):
-            log.info(f"refused {peer}: not allowed by --allow/--deny")
-            conn.close()
-            return None
-    return conn
-
-
-def _serve_many(server: Listener, rx: Receiver, opts: RecvOptions, log: Log) -> None:
-    active = [0]
-    lock = threading.Lock()
-
-    def session(conn: socket.socket) -> None:
-        try:
-            _serve_one(conn, server, rx, opts, log, single=False)
-        finally:
-            with lock:
-                active[0] -= 1
-
-    while True:
-        conn = _admit(server, opts, log)
-        if conn is None:
-            continue
-        with lock:
-            if active[0] >= opts.max_conns:
-                log.info(f"refused a connection: --max-conns {opts.max_conns} reached")
-                conn.close()
-                continue
-            active[0] += 1
-        start_thread(session, conn, name="sockcat recv session")
+    return 0
 
 
 def _serve_one(
-    conn: socket.socket, server: Listener, rx: Receiver, opts: RecvOptions, log: Log, *, single: bool
+    conn: socket.socket,
+    peer: Address | None,
+    where: Address,
+    rx: Receiver,
+    opts: RecvOptions,
+    log: Log,
+    *,
+    single: bool,
 ) -> None:
     """One session on an accepted connection; with ``single`` a failure is raised (exit 1), else a warning."""
     conn.settimeout(opts.idle_timeout)
     report = Report()
-    peer = "a peer"
+    who = str(peer) if peer is not None else "a unix peer"
     try:
         try:
-            tls = tls_server_handshake(conn, opts.ssl_context, server.address) if opts.ssl_context else None
+            tls = tls_server_handshake(conn, opts.ssl_context, where) if opts.ssl_context else None
         except NetworkError as exc:
             raise TransferError(exc.errno or 0, str(exc)) from None
-        with Stream(conn, server.address.scheme, tls=tls) as stream:
-            peer = str(stream.peer) if stream.peer is not None else "a unix peer"
-            log.info(f"connection from {peer}")
+        with Stream(conn, where.scheme, tls=tls) as stream:
+            if stream.peer is not None:
+                who = str(stream.peer)
+            log.info(f"connection from {who}")
             bar = Bar(None, "recv") if single else None
             try:
                 report = recv_files(stream, rx, progress=bar.advance if bar else None)
@@ -244,10 +209,10 @@ def _serve_one(
             _print_json(report)
         if single:
             raise TransferError(getattr(exc, "errno", 0) or 0, message) from None
-        log.warning(f"session from {peer}: {message}")
+        log.warning(f"session from {who}: {message}")
         return
     log.info(
-        f"received {report.files} files from {peer} into {escape(opts.outdir)}: {report.bytes} bytes travelled"
+        f"received {report.files} files from {who} into {escape(opts.outdir)}: {report.bytes} bytes travelled"
         + (f", {report.skipped_files} already there" if report.skipped_files else "")
     )
     if opts.json_out:
