@@ -74,7 +74,7 @@ def run(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     verbosity = getattr(args, "verbose", 0) or 0
     log = Log(verbosity, quiet=getattr(args, "quiet", False))
-    func: Callable[[argparse.Namespace, Log], int] | None = getattr(args, "func", None)
+    func: Callable[[argparse.Namespace, Log], None] | None = getattr(args, "func", None)
     if func is None:
         log.error(f"a COMMAND is required: {', '.join(_commands(parser))} (see '{PROG} --help')")
         return EXIT_USAGE
@@ -85,17 +85,15 @@ def run(argv: Sequence[str] | None = None) -> int:
 
         set_trace(sys.stderr)
     try:
-        return func(args, log)
-    except (UsageError, AddressError) as exc:
-        log.error(str(exc))
-        return EXIT_USAGE
-    except (SockcatError, OSError) as exc:
+        func(args, log)
+        return EXIT_OK
+    except (SockcatError, OSError) as exc:  # each error says its exit status (usage errors: 2)
         log.error(str(exc) if isinstance(exc, SockcatError) else _os_message(exc))
-        if verbosity >= 2:
+        if verbosity >= 2 and not isinstance(exc, UsageError | AddressError):
             import traceback
 
             traceback.print_exc()
-        return EXIT_FAILURE
+        return exc.exit_code if isinstance(exc, SockcatError) else EXIT_FAILURE
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     except _Terminated:

@@ -9,7 +9,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from sockcat.cli.common import positive, seconds, size, sockopt_option
-from sockcat.core.errors import UsageError
+from sockcat.core.errors import SockcatError, UsageError
 from sockcat.core.log import Log
 
 if TYPE_CHECKING:  # the rest loads when a command runs, not for every `sockcat --help`
@@ -54,7 +54,7 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     b.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace, log: Log) -> int:
+def run(args: argparse.Namespace, log: Log) -> None:
     from sockcat.core.address import Address
     from sockcat.engines.bench import make_plan, run_plan
     from sockcat.net.options import parse_sockopts
@@ -103,20 +103,18 @@ def run(args: argparse.Namespace, log: Log) -> int:
         sys.stdout.flush()
     else:
         print_table(result)
-    return _verdict(result, log)
+    _verdict(result, log)
 
 
-def _verdict(result: BenchResult, log: Log) -> int:
+def _verdict(result: BenchResult, log: Log) -> None:
     kinds = ", ".join(f"{k} {v}" for k, v in sorted(result.error_kinds.items()))
     if result.requests == 0:
         what = "no round trip completed" if result.mode != "throughput" else "no data moved"
         why = result.first_error or "no reply"
         count = f" ({result.errors} errors: {kinds})" if result.errors else ""
-        log.error(f"{what}: {why}{count}")
-        return 1
+        raise SockcatError(f"{what}: {why}{count}")
     if result.errors:
         log.warning(f"{result.errors} errors ({kinds}); first: {result.first_error}")
-    return 0
 
 
 class _ProgressLine:

@@ -24,7 +24,7 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace, log: Log) -> int:
+def run(args: argparse.Namespace, log: Log) -> None:
     from sockcat.core.address import Address
     from sockcat.core.errors import UsageError
     from sockcat.engines.chat import ChatOptions, run_chat
@@ -40,4 +40,3 @@ def run(args: argparse.Namespace, log: Log) -> int:
             cert=args.cert, key=args.key, hosts=[address.host] if address.host else []
         )
     run_chat(address, opts)
-    return 0

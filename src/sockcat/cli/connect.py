@@ -32,7 +32,7 @@ def bridge_options(args: argparse.Namespace, log: Log) -> BridgeOptions:
     return BridgeOptions(log=log, idle_timeout=args.idle_timeout, hexdump=args.hexdump)
 
 
-def run(args: argparse.Namespace, log: Log) -> int:
+def run(args: argparse.Namespace, log: Log) -> None:
     from sockcat.engines.bridge import run_connect
     from sockcat.net.options import parse_sockopts
 
@@ -43,7 +43,7 @@ def run(args: argparse.Namespace, log: Log) -> int:
         from sockcat.net.tls import client_context
 
         ctx = client_context(ca=args.ca, cert=args.cert, key=args.key, insecure=args.insecure)
-    return run_connect(
+    run_connect(
         addr,
         bridge_options(args, log),
         connect_timeout=args.connect_timeout,

@@ -28,7 +28,7 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     listen.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace, log: Log) -> int:
+def run(args: argparse.Namespace, log: Log) -> None:
     from sockcat.core.access import AccessPolicy
     from sockcat.engines.bridge import ListenOptions, exec_argv, run_listen
     from sockcat.net.options import parse_sockopts
@@ -52,4 +52,4 @@ def run(args: argparse.Namespace, log: Log) -> int:
         lopts.ssl_context, lopts.fingerprint = server_context(
             cert=args.cert, key=args.key, ca=args.ca, hosts=[addr.host] if addr.host else []
         )
-    return run_listen(addr, bridge_options(args, log), lopts)
+    run_listen(addr, bridge_options(args, log), lopts)

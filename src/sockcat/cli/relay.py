@@ -35,7 +35,7 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     r.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace, log: Log) -> int:
+def run(args: argparse.Namespace, log: Log) -> None:
     from sockcat.core.access import AccessPolicy
     from sockcat.engines.relay import RelayOptions, run_relay
     from sockcat.net.options import parse_sockopts
@@ -71,4 +71,3 @@ def run(args: argparse.Namespace, log: Log) -> int:
 
         opts.client_ssl = client_context(ca=args.ca, insecure=args.insecure)
     run_relay(listen_addr, target, opts)
-    return 0

@@ -32,7 +32,7 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace, log: Log) -> int:
+def run(args: argparse.Namespace, log: Log) -> None:
     from sockcat.engines.scan import scan
 
     result = scan(args.host, args.ports, udp=args.udp, timeout=args.timeout, concurrency=args.concurrency)
@@ -40,7 +40,6 @@ def run(args: argparse.Namespace, log: Log) -> int:
         sys.stdout.write(json.dumps(result.to_dict()) + "\n")
     else:
         print_table(result)
-    return 0
 
 
 def print_table(result: ScanResult) -> None:

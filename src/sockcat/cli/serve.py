@@ -30,7 +30,7 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     s.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace, log: Log) -> int:
+def run(args: argparse.Namespace, log: Log) -> None:
     from sockcat.core.access import AccessPolicy
     from sockcat.core.address import Address
     from sockcat.engines.services import ServeOptions, run_serve
@@ -55,4 +55,3 @@ def run(args: argparse.Namespace, log: Log) -> int:
             cert=args.cert, key=args.key, ca=args.ca, hosts=[addr.host] if addr.host else []
         )
     run_serve(args.service, addr, opts)
-    return 0

@@ -68,7 +68,7 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     r.set_defaults(func=cmd_recv)
 
 
-def cmd_send(args: argparse.Namespace, log: Log) -> int:
+def cmd_send(args: argparse.Namespace, log: Log) -> None:
     from sockcat.core.address import Address
     from sockcat.core.errors import UsageError
     from sockcat.engines.transfer.run import code_from, run_send
@@ -81,7 +81,7 @@ def cmd_send(args: argparse.Namespace, log: Log) -> int:
         ctx = client_context(ca=args.ca, cert=args.cert, key=args.key, insecure=args.insecure)
     elif args.ca or args.insecure or args.sni or args.cert or args.key:
         raise UsageError(f"--ca/--insecure/--sni/--cert/--key need a tls:// address, not {address}")
-    return run_send(
+    run_send(
         address,
         args.paths,
         code=code_from(args.code),
@@ -94,7 +94,7 @@ def cmd_send(args: argparse.Namespace, log: Log) -> int:
     )
 
 
-def cmd_recv(args: argparse.Namespace, log: Log) -> int:
+def cmd_recv(args: argparse.Namespace, log: Log) -> None:
     from sockcat.core.access import AccessPolicy
     from sockcat.core.address import Address
     from sockcat.core.errors import UsageError
@@ -121,4 +121,4 @@ def cmd_recv(args: argparse.Namespace, log: Log) -> int:
         )
     elif args.cert or args.key or args.ca:
         raise UsageError(f"--cert/--key/--ca need a tls:// address, not {address}")
-    return run_recv(address, opts, log)
+    run_recv(address, opts, log)

@@ -13,11 +13,15 @@ import sys
 
 
 class SockcatError(Exception):
-    """Base class of every error sockcat raises."""
+    """Base class of every error sockcat raises. ``exit_code``: the command line's exit status for it."""
+
+    exit_code = 1
 
 
 class AddressError(SockcatError, ValueError):
     """A malformed address: the message quotes the whole address and names the bad part."""
+
+    exit_code = 2
 
     def __init__(self, address: str, problem: str) -> None:
         super().__init__(f"bad address {address!r}: {problem}")
@@ -27,6 +31,8 @@ class AddressError(SockcatError, ValueError):
 
 class UsageError(SockcatError, ValueError):
     """A bad argument or option (exit status 2 on the command line)."""
+
+    exit_code = 2
 
 
 class ProtocolError(SockcatError, ValueError):

@@ -264,14 +264,15 @@ def run_connect(
     ssl_context: ssl.SSLContext | None = None,
     sni: str | None = None,
     proxy: Proxy | None = None,
-) -> int:
-    """``sockcat connect``: stdio <-> one connection. Returns the exit status."""
+) -> None:
+    """``sockcat connect``: stdio <-> one connection."""
     if address.is_stdio:
         raise UsageError("connect needs a socket address, not stdio:")
     if proxy is not None:
         check_proxy_target(address)
     if address.is_datagram:
-        return _connect_datagram(address, opts, source=source, sockopts=sockopts, timeout=connect_timeout)
+        _connect_datagram(address, opts, source=source, sockopts=sockopts, timeout=connect_timeout)
+        return
     sock, addr = connect_socket(address, timeout=connect_timeout, source=source, sockopts=sockopts, proxy=proxy)
     local = show(_safe_name(sock, addr.scheme, peer=False))
     # through a proxy the socket's peer is the proxy: name the target, and the proxy after it
@@ -289,7 +290,7 @@ def run_connect(
     finally:
         conn.close()
     opts.log.info(f"closed {peer}: {sent} bytes sent, {received} bytes received")
-    return 0
+    return
 
 
 def _connect_datagram(
@@ -299,7 +300,7 @@ def _connect_datagram(
     source: Address | None,
     sockopts: tuple[SockOpt, ...],
     timeout: float | None,
-) -> int:
+) -> None:
     dg = connect_datagram(address, source=source, sockopts=sockopts, timeout=timeout)
     sock = dg.socket
     sock.settimeout(None)
@@ -347,12 +348,12 @@ def _connect_datagram(
                 break
     except OSError as exc:
         if exc.errno == errno.EPIPE:
-            return 0
+            return
         raise network_error(exc, f"{dg.peer}") from None
     finally:
         dg.close()
     opts.log.info(f"closed {dg.peer}: {counts[0]} bytes sent, {counts[1]} bytes received")
-    return 0
+    return
 
 
 def _read_stdin(fd: int) -> bytes:
@@ -426,14 +427,15 @@ def _prepared(
     return acc
 
 
-def run_listen(address: Address, opts: BridgeOptions, lopts: ListenOptions) -> int:
+def run_listen(address: Address, opts: BridgeOptions, lopts: ListenOptions) -> None:
     """``sockcat listen``: one connection (or many with ``keep_open``) bridged to stdio or a child."""
     if address.is_stdio:
         raise UsageError("listen needs a socket address, not stdio:")
     if address.is_datagram:
         if lopts.exec_argv:
             raise UsageError("--exec needs a stream address (tcp, unix, unixpacket, tls)")
-        return _listen_datagram(address, opts, lopts)
+        _listen_datagram(address, opts, lopts)
+        return
     settings = Settings(
         log=opts.log,
         max_conns=lopts.max_conns,
@@ -458,7 +460,7 @@ def run_listen(address: Address, opts: BridgeOptions, lopts: ListenOptions) -> i
         return acc
 
     serve_in_threads(address, settings, handle, prepare=prepare, keep_open=lopts.keep_open)
-    return 0
+    return
 
 
 def _bridge_one(acc: _Accepted, opts: BridgeOptions) -> None:
@@ -581,7 +583,7 @@ def _serve_child(acc: _Accepted, argv: Sequence[str], opts: BridgeOptions) -> No
         acc.end.close()
 
 
-def _listen_datagram(address: Address, opts: BridgeOptions, lopts: ListenOptions) -> int:
+def _listen_datagram(address: Address, opts: BridgeOptions, lopts: ListenOptions) -> None:
     """Datagrams to stdout; stdin goes back to the last sender. Ends on a signal or ``-i`` idle time."""
     dg = open_datagram(address, sockopts=lopts.sockopts)
     sock = dg.socket
@@ -615,7 +617,7 @@ def _listen_datagram(address: Address, opts: BridgeOptions, lopts: ListenOptions
             ready, _, _ = select.select([sock], [], [], wait)
             if not ready:
                 opts.log.info(f"idle for {opts.idle_timeout:g} s: closing")
-                return 0
+                return
             try:
                 data, sa = sock.recvfrom(DGRAM_MAX + 1)
             except OSError as exc:
@@ -639,4 +641,4 @@ def _listen_datagram(address: Address, opts: BridgeOptions, lopts: ListenOptions
             try:
                 _write_all(opts.stdout_fd, data)
             except BrokenPipeError:
-                return 0
+                return

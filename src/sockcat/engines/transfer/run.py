@@ -68,7 +68,7 @@ def run_send(
     json_out: bool = False,
     ssl_context: ssl.SSLContext | None = None,
     sni: str | None = None,
-) -> int:
+) -> None:
     """``sockcat send ADDR PATH...``."""
     _stream_only(address, "send")
     manifest = build_manifest(list(paths))  # bad paths are a usage error before any connection
@@ -99,7 +99,6 @@ def run_send(
     )
     if json_out:
         _print_json(report)
-    return 0
 
 
 # --- recv --------------------------------------------------------------------------------------------------------
@@ -121,7 +120,7 @@ class RecvOptions:
     json_out: bool = False
 
 
-def run_recv(address: Address, opts: RecvOptions, log: Log) -> int:
+def run_recv(address: Address, opts: RecvOptions, log: Log) -> None:
     """``sockcat recv ADDR``: one session (``-k``: sessions, side by side, until stopped)."""
     _stream_only(address, "recv")
     if opts.access.active and address.is_unix:
@@ -160,7 +159,6 @@ def run_recv(address: Address, opts: RecvOptions, log: Log) -> int:
         )
     finally:
         rx.close()
-    return 0
 
 
 def _serve_one(
