@@ -193,10 +193,15 @@ def sha256_file(path: Path) -> str:
 
 
 def source_digest(module: str = "sockcat.engines.relay") -> str:
-    """sha256 (first 12 hex digits) of a sockcat module's source, to tie figures to the code measured."""
+    """sha256 (first 12 hex digits) of a sockcat module's source (every ``.py`` of it, in order, for a package), to
+    tie figures to the code measured."""
     try:
-        path = importlib.import_module(module).__file__ or ""
-        return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12]
+        path = Path(importlib.import_module(module).__file__ or "")
+        files = sorted(path.parent.rglob("*.py")) if path.name == "__init__.py" else [path]
+        h = hashlib.sha256()
+        for f in files:
+            h.update(f.read_bytes())
+        return h.hexdigest()[:12]
     except (ImportError, OSError):
         return "?"
 

@@ -27,8 +27,8 @@ from sockcat import (
     SockcatError,
     UsageError,
 )
+from sockcat.net.sockets import _happy_eyeballs
 from sockcat.net.tls import client_context, fingerprint_sha256
-from sockcat.streams.sync import _happy_eyeballs
 
 T = 5.0  # every blocking call in this file is bounded by this
 pytestmark = pytest.mark.timeout(30)

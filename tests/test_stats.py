@@ -191,19 +191,21 @@ class _FakeTransport:
 @given(st.lists(st.integers(min_value=0, max_value=2**46), min_size=1, max_size=200), st.sampled_from([1, 3]))
 def test_inlined_recording_equals_record(lat: list[int], pipeline: int) -> None:
     """The sessions' inlined bucket arithmetic gives exactly the histogram ``record`` gives."""
-    from sockcat.engines import bench as _bench
+    from sockcat.engines.bench import make_plan
+    from sockcat.engines.bench import sessions as _sessions
+    from sockcat.engines.bench.worker import _Worker
 
-    plan = _bench.make_plan("tcp://127.0.0.1:9", size=4, pipeline=pipeline, duration=1.0)
-    w = _bench._Worker(plan, 1, None)
+    plan = make_plan("tcp://127.0.0.1:9", size=4, pipeline=pipeline, duration=1.0)
+    w = _Worker(plan, 1, None)
     w.hist.record(12345)  # a warm-up sample: the window's start forgets it
     w.begin_window()
-    session: _bench._RttOne | _bench._RttStream = (
-        _bench._RttOne(w, None) if pipeline == 1 else _bench._RttStream(w, None)  # type: ignore[arg-type]
+    session: _sessions._RttOne | _sessions._RttStream = (
+        _sessions._RttOne(w, None) if pipeline == 1 else _sessions._RttStream(w, None)  # type: ignore[arg-type]
     )
     w.sessions.add(session)
     clock = [10**12]
-    real = _bench.perf_counter_ns
-    _bench.perf_counter_ns = lambda: clock[0]  # type: ignore[assignment]
+    real = _sessions.perf_counter_ns
+    _sessions.perf_counter_ns = lambda: clock[0]  # type: ignore[assignment]
     try:
         t = _FakeTransport()
         session.connection_made(t)  # type: ignore[arg-type]
@@ -213,7 +215,7 @@ def test_inlined_recording_equals_record(lat: list[int], pipeline: int) -> None:
             if pipeline == 1:
                 session.data_received(b"yy")
     finally:
-        _bench.perf_counter_ns = real  # type: ignore[assignment]
+        _sessions.perf_counter_ns = real  # type: ignore[assignment]
     w.finish()
     assert t.paused  # the window's end stops reading
     expected = Histogram()

@@ -31,13 +31,13 @@ if TYPE_CHECKING:
     from sockcat.net.proxy import Proxy as Proxy
     from sockcat.net.trace import set_trace as set_trace
     from sockcat.streams import aio as aio
-    from sockcat.streams.sync import Datagram as Datagram
+    from sockcat.streams.datagram import Datagram as Datagram
+    from sockcat.streams.datagram import connect_datagram as connect_datagram
+    from sockcat.streams.datagram import open_datagram as open_datagram
     from sockcat.streams.sync import Listener as Listener
     from sockcat.streams.sync import Stream as Stream
     from sockcat.streams.sync import connect as connect
-    from sockcat.streams.sync import connect_datagram as connect_datagram
     from sockcat.streams.sync import listen as listen
-    from sockcat.streams.sync import open_datagram as open_datagram
 
 __version__ = "0.1.0"
 
@@ -45,16 +45,16 @@ __version__ = "0.1.0"
 _LAZY = {
     "Address": "sockcat.core.address",
     "BenchResult": "sockcat.core.stats",
-    "Datagram": "sockcat.streams.sync",
+    "Datagram": "sockcat.streams.datagram",
     "Listener": "sockcat.streams.sync",
     "Proxy": "sockcat.net.proxy",
     "ScanResult": "sockcat.engines.scan",
     "Stream": "sockcat.streams.sync",
     "bench": "sockcat.engines.bench",
     "connect": "sockcat.streams.sync",
-    "connect_datagram": "sockcat.streams.sync",
+    "connect_datagram": "sockcat.streams.datagram",
     "listen": "sockcat.streams.sync",
-    "open_datagram": "sockcat.streams.sync",
+    "open_datagram": "sockcat.streams.datagram",
     "relay": "sockcat.engines.relay",
     "scan": "sockcat.engines.scan",
     "serve": "sockcat.engines.services",

@@ -30,7 +30,7 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, log: Log) -> None:
     from sockcat.core.access import AccessPolicy
-    from sockcat.engines.bridge import ListenOptions, exec_argv, run_listen
+    from sockcat.engines.listen import ListenOptions, exec_argv, run_listen
     from sockcat.net.options import parse_sockopts
 
     addr = address_of(args.address)

@@ -1,4 +1,5 @@
-"""The ``connect`` and ``listen`` engines: a socket of any kind bridged to stdio, or to a child process.
+"""The ``connect`` engine and the bridge it shares with ``listen`` (:mod:`sockcat.engines.listen`): a socket of
+any kind bridged to stdio, or to a child process.
 
 Streams: one thread per direction, zero-copy where possible (:mod:`sockcat.engines.pump`). stdin EOF becomes
 shutdown(SHUT_WR) and the other direction keeps flowing until the peer closes. When the peer's
@@ -13,29 +14,25 @@ import contextlib
 import errno
 import os
 import select
-import shutil
 import socket
 import stat
-import subprocess
 import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from sockcat.core.access import AccessPolicy
 from sockcat.core.address import Address, show
-from sockcat.core.errors import NetworkError, UsageError, network_error
+from sockcat.core.errors import UsageError, network_error
 from sockcat.core.hexdump import HexDumper
 from sockcat.core.log import SILENT, Log
 from sockcat.engines.pump import Counter, End, FdEnd, SockEnd, TLSEnd, copy
-from sockcat.net import trace as _trace
 from sockcat.net.options import SockOpt
 from sockcat.net.proxy import Proxy
 from sockcat.net.proxy import check_target as check_proxy_target
+from sockcat.net.sockets import connect_socket, safe_name
 from sockcat.serving.process import start_thread
-from sockcat.serving.scaffold import Settings, serve_in_threads
-from sockcat.streams.sync import _safe_name, connect_datagram, connect_socket, open_datagram, to_address
+from sockcat.streams.datagram import connect_datagram
+from sockcat.streams.tlsio import handshake
 
 if TYPE_CHECKING:
     import ssl  # only TLS needs it: imported where TLS runs
@@ -54,17 +51,6 @@ class BridgeOptions:
     hexdump: bool = False
     stdin_fd: int = 0
     stdout_fd: int = 1
-
-
-@dataclass
-class ListenOptions:
-    keep_open: bool = False
-    exec_argv: Sequence[str] | None = None
-    max_conns: int | None = None
-    access: AccessPolicy = field(default_factory=AccessPolicy)
-    sockopts: tuple[SockOpt, ...] = ()
-    ssl_context: ssl.SSLContext | None = None
-    fingerprint: str | None = None
 
 
 def _dumper(opts: BridgeOptions, mark: str) -> HexDumper | None:
@@ -209,45 +195,15 @@ def _stream_end(sock: socket.socket, name: str) -> SockEnd:
 def tls_client_end(
     sock: socket.socket, addr: Address, context: ssl.SSLContext, sni: str | None, timeout: float | None
 ) -> TLSEnd:
-    import ssl
-
-    from sockcat.streams.tlsio import TLSChannel, tls_error
-
     hostname = sni if sni is not None else (addr.host or None)
-    channel = TLSChannel(sock, context, server_side=False, server_hostname=hostname)
-    sock.settimeout(timeout if timeout is not None else 10.0)
-    try:
-        channel.handshake()
-    except ssl.SSLError as exc:
-        sock.close()
-        raise tls_error(exc, f"TLS handshake with {addr}") from None
-    except OSError as exc:
-        sock.close()
-        raise network_error(exc, f"TLS handshake with {addr}") from None
+    channel = handshake(sock, context, server_side=False, where=addr, server_hostname=hostname, timeout=timeout)
     sock.settimeout(None)
-    _trace.emit(f"tls handshake -> {channel.version()} {channel.cipher()}")
     return TLSEnd(channel, str(addr))
 
 
 def tls_server_end(sock: socket.socket, context: ssl.SSLContext, where: str) -> TLSEnd:
-    import ssl
-
-    from sockcat.streams.tlsio import TLSChannel, tls_error
-
-    channel = TLSChannel(sock, context, server_side=True)
-    sock.settimeout(10.0)
-    try:
-        channel.handshake()
-    except ssl.SSLError as exc:
-        sock.close()
-        raise tls_error(exc, f"TLS handshake from {where}") from None
-    except OSError as exc:
-        sock.close()
-        err = network_error(exc, f"TLS handshake from {where}")
-        err.errno = errno.EPROTO
-        raise err from None
+    channel = handshake(sock, context, server_side=True, where=where)
     sock.settimeout(None)
-    _trace.emit(f"tls handshake -> {channel.version()} {channel.cipher()}")
     return TLSEnd(channel, where)
 
 
@@ -274,9 +230,9 @@ def run_connect(
         _connect_datagram(address, opts, source=source, sockopts=sockopts, timeout=connect_timeout)
         return
     sock, addr = connect_socket(address, timeout=connect_timeout, source=source, sockopts=sockopts, proxy=proxy)
-    local = show(_safe_name(sock, addr.scheme, peer=False))
+    local = show(safe_name(sock, addr.scheme, peer=False))
     # through a proxy the socket's peer is the proxy: name the target, and the proxy after it
-    peer = f"{addr} via {proxy}" if proxy is not None else show(_safe_name(sock, addr.scheme, peer=True) or addr, sock)
+    peer = f"{addr} via {proxy}" if proxy is not None else show(safe_name(sock, addr.scheme, peer=True) or addr, sock)
     conn: End
     if addr.is_tls:
         from sockcat.net.tls import client_context
@@ -369,276 +325,3 @@ def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
-
-
-# --- listen --------------------------------------------------------------------------------------
-
-
-def exec_argv(exec_cmd: str | None, sh_exec: str | None) -> list[str] | None:
-    """``--exec CMD`` split like a shell would (no shell runs), or ``--sh-exec CMD`` for /bin/sh -c."""
-    import shlex
-
-    if exec_cmd is not None and sh_exec is not None:
-        raise UsageError("--exec and --sh-exec exclude each other")
-    if sh_exec is not None:
-        return ["/bin/sh", "-c", sh_exec]
-    if exec_cmd is None:
-        return None
-    try:
-        argv = shlex.split(exec_cmd)
-    except ValueError as exc:
-        raise UsageError(f"--exec {exec_cmd!r}: {exc}") from None
-    if not argv:
-        raise UsageError("--exec needs a command")
-    if shutil.which(argv[0]) is None:
-        raise UsageError(f"--exec: command not found: {argv[0]!r}")
-    return argv
-
-
-class _Accepted:
-    """One accepted connection, TLS done, with its names."""
-
-    def __init__(self, end: End, sock: socket.socket, local: Address | None, peer: Address | None) -> None:
-        self.end = end
-        self.sock = sock
-        self.local = local
-        self.peer = peer
-        self.name = show(peer, sock)
-        self.local_name = show(local)
-
-
-def _prepared(
-    conn: socket.socket, peer: Address | None, scheme: str, lopts: ListenOptions, log: Log
-) -> _Accepted | None:
-    """An admitted connection made ready: socket options applied, names taken, TLS done (None if TLS failed)."""
-    if peer is None:
-        peer = _safe_name(conn, scheme, peer=True)
-    for opt in lopts.sockopts:
-        if opt.name not in ("reuseaddr", "reuseport", "v6only") and opt.applies_to(conn.family, conn.type):
-            with contextlib.suppress(OSError):
-                opt.apply(conn)
-    acc = _Accepted(_stream_end(conn, show(peer, conn)), conn, _safe_name(conn, scheme, peer=False), peer)
-    if lopts.ssl_context is not None:
-        try:
-            acc.end = tls_server_end(acc.sock, lopts.ssl_context, acc.name)
-        except NetworkError as exc:
-            log.info(str(exc))
-            return None
-    return acc
-
-
-def run_listen(address: Address, opts: BridgeOptions, lopts: ListenOptions) -> None:
-    """``sockcat listen``: one connection (or many with ``keep_open``) bridged to stdio or a child."""
-    if address.is_stdio:
-        raise UsageError("listen needs a socket address, not stdio:")
-    if address.is_datagram:
-        if lopts.exec_argv:
-            raise UsageError("--exec needs a stream address (tcp, unix, unixpacket, tls)")
-        _listen_datagram(address, opts, lopts)
-        return
-    settings = Settings(
-        log=opts.log,
-        max_conns=lopts.max_conns,
-        access=lopts.access,
-        sockopts=lopts.sockopts,
-        fingerprint=lopts.fingerprint,
-    )
-    handle: Callable[[_Accepted], None]
-    if lopts.exec_argv:
-        argv = lopts.exec_argv
-        handle = lambda acc: _serve_child(acc, argv, opts)  # noqa: E731
-    elif lopts.keep_open:
-        handle = _Hub(opts).serve
-    else:
-        handle = lambda acc: _bridge_one(acc, opts)  # noqa: E731
-
-    def prepare(conn: socket.socket, peer: Address | None) -> _Accepted | None:
-        acc = _prepared(conn, peer, address.scheme, lopts, opts.log)
-        if acc is not None:
-            running = f": running {lopts.exec_argv[0]}" if lopts.exec_argv else ""
-            opts.log.info(f"connection from {acc.name} on {acc.local_name}{running}")
-        return acc
-
-    serve_in_threads(address, settings, handle, prepare=prepare, keep_open=lopts.keep_open)
-    return
-
-
-def _bridge_one(acc: _Accepted, opts: BridgeOptions) -> None:
-    try:
-        sent, received = bridge(acc.end, FdEnd(opts.stdin_fd, "stdin"), FdEnd(opts.stdout_fd, "stdout"), acc.name, opts)
-    finally:
-        acc.end.close()
-    opts.log.info(f"closed {acc.name}: {sent} bytes sent, {received} bytes received")
-
-
-class _Hub:
-    """``listen -k``: every connection's bytes go to stdout; stdin goes to every live connection."""
-
-    def __init__(self, opts: BridgeOptions) -> None:
-        self.opts = opts
-        self.lock = threading.Lock()
-        self.conns: set[End] = set()
-        self.eof = False
-        self.started = False
-        self.stdout = FdEnd(opts.stdout_fd, "stdout")
-
-    def add(self, end: End) -> None:
-        with self.lock:
-            self.conns.add(end)
-            if self.eof:
-                end.close_write()
-            if not self.started:
-                self.started = True
-                start_thread(self._read_stdin, name="sockcat stdin")
-
-    def remove(self, end: End) -> None:
-        with self.lock:
-            self.conns.discard(end)
-
-    def _read_stdin(self) -> None:
-        dump = _dumper(self.opts, ">")
-        try:
-            while data := _read_stdin(self.opts.stdin_fd):
-                if dump is not None:
-                    for line in dump.lines(data):
-                        self.opts.log.always(line)
-                with self.lock:
-                    targets = list(self.conns)
-                for end in targets:
-                    with contextlib.suppress(OSError):
-                        end.write(data)
-        except OSError as exc:
-            self.opts.log.warning(f"reading stdin: {exc.strerror or exc}")
-        with self.lock:
-            self.eof = True
-            targets = list(self.conns)
-        for end in targets:
-            end.close_write()
-
-    def serve(self, acc: _Accepted) -> None:
-        """One connection of ``listen -k``: its bytes to stdout, stdin's to it, until it ends."""
-        counter = Counter()
-        try:
-            self.add(acc.end)
-            copy(
-                acc.end,
-                self.stdout,
-                counter,
-                hexdump=_dumper(self.opts, "<"),
-                emit=self.opts.log.always,
-                close_write=False,
-            )
-        except OSError as exc:
-            self.opts.log.info(f"connection with {acc.name}: {exc.strerror or exc}")
-        finally:
-            self.remove(acc.end)
-            acc.end.close()
-            self.opts.log.info(f"closed {acc.name}: {counter.bytes} bytes received")
-
-
-def _child_env(acc: _Accepted) -> dict[str, str]:
-    env = dict(os.environ)
-    # §1 syntax, or empty when there is none to give (an unnamed Unix socket, e.g. a client that never bound)
-    env["SOCKCAT_PEER"] = str(acc.peer) if acc.peer and not acc.peer.is_unnamed else ""
-    env["SOCKCAT_LOCAL"] = str(acc.local) if acc.local and not acc.local.is_unnamed else ""
-    return env
-
-
-def _run_child(acc: _Accepted, argv: Sequence[str], opts: BridgeOptions) -> int:
-    """inetd style: the socket itself is the child's stdin and stdout (TLS goes through pipes)."""
-    if isinstance(acc.end, SockEnd) and not opts.hexdump:
-        acc.sock.setblocking(True)
-        try:
-            proc = subprocess.Popen(
-                list(argv), stdin=acc.sock.fileno(), stdout=acc.sock.fileno(), env=_child_env(acc), close_fds=True
-            )
-        finally:
-            acc.sock.close()
-        return proc.wait()
-    proc = subprocess.Popen(
-        list(argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=_child_env(acc), close_fds=True
-    )
-    assert proc.stdin is not None and proc.stdout is not None
-    child_in = FdEnd(os.dup(proc.stdin.fileno()), "child stdin", owned=True)
-    child_out = FdEnd(os.dup(proc.stdout.fileno()), "child stdout", owned=True)
-    proc.stdin.close()
-    proc.stdout.close()
-    try:
-        bridge(acc.end, child_out, child_in, acc.name, opts, wait_upload=True)
-    except OSError as exc:
-        opts.log.info(str(exc))
-    finally:
-        child_in.close()
-        child_out.close()
-        acc.end.close()
-    return proc.wait()
-
-
-def _serve_child(acc: _Accepted, argv: Sequence[str], opts: BridgeOptions) -> None:
-    try:
-        rc = _run_child(acc, argv, opts)
-        opts.log.info(f"closed {acc.name}: {argv[0]} exited with status {rc}")
-    except OSError as exc:
-        opts.log.warning(f"cannot run {argv[0]!r} for {acc.name}: {exc.strerror or exc}")
-        acc.end.close()
-
-
-def _listen_datagram(address: Address, opts: BridgeOptions, lopts: ListenOptions) -> None:
-    """Datagrams to stdout; stdin goes back to the last sender. Ends on a signal or ``-i`` idle time."""
-    dg = open_datagram(address, sockopts=lopts.sockopts)
-    sock = dg.socket
-    sock.settimeout(None)
-    opts.log.always(f"listening on {dg.address}")
-    last_peer: list[object] = []
-    have_peer = threading.Event()
-    up = _dumper(opts, ">")
-    down = _dumper(opts, "<")
-
-    def upload() -> None:
-        try:
-            while data := _read_stdin(opts.stdin_fd):
-                have_peer.wait()
-                if up is not None:
-                    for line in up.lines(data):
-                        opts.log.always(line)
-                try:
-                    sock.sendto(data, last_peer[-1])  # type: ignore[call-overload]
-                except OSError as exc:
-                    opts.log.warning(f"sendto {to_address(address.scheme, last_peer[-1])}: {exc.strerror or exc}")
-        except OSError as exc:
-            opts.log.warning(f"reading stdin: {exc.strerror or exc}")
-
-    start_thread(upload, name="sockcat upload")
-    last = time.monotonic()
-    seen: set[object] = set()
-    with dg:
-        while True:
-            wait = None if opts.idle_timeout is None else max(0.0, opts.idle_timeout - (time.monotonic() - last))
-            ready, _, _ = select.select([sock], [], [], wait)
-            if not ready:
-                opts.log.info(f"idle for {opts.idle_timeout:g} s: closing")
-                return
-            try:
-                data, sa = sock.recvfrom(DGRAM_MAX + 1)
-            except OSError as exc:
-                if exc.errno in (errno.ECONNREFUSED, errno.EAGAIN):
-                    continue  # an ICMP error for an earlier reply: not ours to die of
-                raise network_error(exc, f"recvfrom on {dg.address}") from None
-            last = time.monotonic()
-            peer = to_address(address.scheme, sa)
-            if sa and (not isinstance(sa, str | bytes) or sa):
-                last_peer[:] = [sa]
-                have_peer.set()
-            if sa not in seen and len(seen) < 4096:
-                seen.add(sa)
-                if address.is_unix and not sa:
-                    opts.log.info("datagram from an unbound unixgram socket: replies cannot reach it")
-                else:
-                    opts.log.info(f"datagram from {peer} on {dg.address}")
-            if down is not None:
-                for line in down.lines(data):
-                    opts.log.always(line)
-            try:
-                _write_all(opts.stdout_fd, data)
-            except BrokenPipeError:
-                return

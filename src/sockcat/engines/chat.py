@@ -22,8 +22,9 @@ from sockcat.core.address import Address, show
 from sockcat.core.errors import NetworkError, UsageError, describe
 from sockcat.core.log import SILENT, Log
 from sockcat.engines.chatstore import ChatStore, default_db, fold
+from sockcat.net.sockets import to_address
 from sockcat.serving.scaffold import Bound, Settings, serve_on_loop
-from sockcat.streams.sync import Listener, to_address
+from sockcat.streams.sync import Listener
 
 SLOW_CLIENT = 1 << 20  # bytes waiting for a client that does not read: past this it is dropped
 FLOOD_RATE = 20.0  # lines per second a client may send, on average

@@ -35,6 +35,7 @@ from sockcat.core.access import AccessPolicy
 from sockcat.core.address import Address
 from sockcat.core.errors import NetworkError, UsageError, describe, network_error
 from sockcat.core.log import SILENT, Log
+from sockcat.net.sockets import bind_socket, to_address
 from sockcat.serving.process import (
     STOP_SIGNALS,
     die_with_parent,
@@ -43,7 +44,7 @@ from sockcat.serving.process import (
     raise_nofile_limit,
     start_thread,
 )
-from sockcat.streams.sync import Listener, bind_socket, to_address
+from sockcat.streams.sync import Listener
 
 T = TypeVar("T")
 
@@ -69,6 +70,16 @@ class Settings:
 def check_workers(workers: int) -> None:
     if not 1 <= workers <= MAX_WORKERS:
         raise UsageError(f"--workers must be from 1 to {MAX_WORKERS} (4 per CPU) here, not {workers}")
+
+
+def check_access(addresses: Sequence[Address], settings: Settings) -> None:
+    """``--allow``/``--deny`` match IP addresses: on a Unix listener they could never apply, so they are refused
+    rather than silently ignored (the socket file's permissions say who may connect there)."""
+    for addr in addresses:
+        if settings.access.active and addr.is_unix:
+            raise UsageError(
+                f"--allow/--deny match IP addresses; {addr} has none to match (use the socket file's permissions)"
+            )
 
 
 class Admission:
@@ -153,6 +164,7 @@ def serve_on_loop(addresses: Sequence[Address], settings: Settings, make: Callab
     """Bind, announce, fork the workers, and run ``make()``'s service in every process until a stop signal.
     Returns on SIGTERM/SIGHUP; raises KeyboardInterrupt on SIGINT (the command exits 130)."""
     check_workers(settings.workers)
+    check_access(addresses, settings)
     raise_nofile_limit()
     bound = bind_all(addresses, settings)
     old = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)  # until each loop has its handlers
@@ -255,6 +267,7 @@ def serve_in_threads(
     With ``keep_open`` both run in the connection's own thread; without, the first connection that prepares well
     is handled in this thread, after the listener is closed (no more connections, a Unix socket file removed).
     Returns on SIGTERM/SIGHUP, or after the one connection."""
+    check_access([address], settings)
     if keep_open:
         raise_nofile_limit()
     (b,) = bind_all([address], settings)

@@ -23,8 +23,22 @@ from sockcat.core.errors import NetworkError, Timeout, UsageError, network_error
 from sockcat.core.framing import DEFAULT_MAX_LINE, ReceiveBuffer, to_bytes
 from sockcat.net import proxy as _proxy
 from sockcat.net.proxy import Proxy
-from sockcat.streams import sync as _s
-from sockcat.streams.tlsio import TLSCore, drain_socket
+from sockcat.net.sockets import (
+    HAPPY_EYEBALLS_DELAY,
+    RECV_SIZE,
+    SockOpts,
+    norm_opts,
+    prepare_socket,
+    resolve,
+    safe_name,
+    to_address,
+)
+from sockcat.streams.aio_tls import AioTLS, handshake_async
+from sockcat.streams.datagram import Datagram as SyncDatagram
+from sockcat.streams.datagram import connect_datagram as sync_connect_datagram
+from sockcat.streams.datagram import open_datagram as sync_open_datagram
+from sockcat.streams.sync import Listener as SyncListener
+from sockcat.streams.sync import listen as sync_listen
 
 __all__ = [
     "Datagram",
@@ -37,92 +51,12 @@ __all__ = [
     "open_datagram",
 ]
 
-RECV_SIZE = _s.RECV_SIZE
-_TLS_CHUNK = 1 << 18  # plaintext encrypted per step of a TLS sendall
-
 
 async def _resolve(addr: Address, passive: bool = False) -> list[tuple[int, int, int, Any]]:
     if addr.is_ip and addr.family == socket.AF_UNSPEC and addr.host:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(None, lambda: _s.resolve(addr, passive=passive))
-    return _s.resolve(addr, passive=passive)
-
-
-class _TLS:
-    """TLS over a non-blocking socket with memory BIOs: reads and writes never interleave bytes on the wire.
-
-    One coroutine at a time moves ciphertext from the outgoing BIO to the socket (the "pusher"); it keeps
-    going until the BIO is empty, so bytes added meanwhile by others leave with it. A writer waits for the
-    pusher to finish; a reader never does (a pusher blocked on a full socket may be waiting for this very
-    reader's peer to drain it: full-duplex transfers would deadlock). The TLS state is the sync channel's
-    :class:`~sockcat.streams.tlsio.TLSCore`.
-    """
-
-    def __init__(self, sock: socket.socket, ctx: ssl.SSLContext, server_side: bool, hostname: str | None) -> None:
-        self.sock = sock
-        self.core = TLSCore(ctx, server_side=server_side, server_hostname=hostname)
-        self.obj = self.core.obj
-        self.outgoing = self.core.outgoing
-        self.loop = asyncio.get_running_loop()
-        self._pusher: asyncio.Future[None] | None = None
-
-    async def flush(self) -> None:
-        """Put everything in the outgoing BIO on the wire (after whoever is sending now)."""
-        while self._pusher is not None:
-            await asyncio.shield(self._pusher)
-        if not self.outgoing.pending:
-            return
-        done: asyncio.Future[None] = self.loop.create_future()
-        self._pusher = done
-        try:
-            while data := self.outgoing.read():
-                await self.loop.sock_sendall(self.sock, data)
-        finally:
-            self._pusher = None
-            done.set_result(None)
-
-    async def _flush_if_idle(self) -> None:
-        """A reader's flush: only when nobody is sending (a pusher sends these bytes too)."""
-        if self.outgoing.pending and self._pusher is None:
-            await self.flush()
-
-    async def _fill(self) -> None:
-        self.core.feed(await self.loop.sock_recv(self.sock, RECV_SIZE))
-
-    async def handshake(self) -> None:
-        while True:
-            try:
-                self.obj.do_handshake()
-                await self.flush()
-                return
-            except ssl.SSLWantReadError:
-                await self.flush()
-                await self._fill()
-
-    async def recv(self, n: int) -> bytes:
-        while True:
-            data = self.core.read(n)
-            await self._flush_if_idle()  # TLS 1.3 may owe the peer a message (key update)
-            if data is not None:
-                return data
-            await self._fill()
-
-    async def sendall(self, data: bytes) -> None:
-        view = memoryview(data).cast("B")
-        while view:
-            n = self.obj.write(view[:_TLS_CHUNK])
-            view = view[n:]
-            await self.flush()
-
-    async def close_notify(self) -> None:
-        self.core.close_notify()
-        await self.flush()
-
-    def drain(self) -> None:
-        drain_socket(self.sock)
-
-    def version(self) -> str | None:
-        return self.obj.version()
+        return await loop.run_in_executor(None, lambda: resolve(addr, passive=passive))
+    return resolve(addr, passive=passive)
 
 
 class _Resource:
@@ -157,7 +91,7 @@ class Stream(_Resource):
         scheme: str = "tcp",
         *,
         timeout: float | None = None,
-        tls: _TLS | None = None,
+        tls: AioTLS | None = None,
     ) -> None:
         sock.setblocking(False)
         self.socket = sock
@@ -166,8 +100,8 @@ class Stream(_Resource):
         self._tls = tls
         self._buf = ReceiveBuffer()
         self._loop = asyncio.get_running_loop()
-        self.address = _s._safe_name(sock, scheme, peer=False)
-        self.peer = _s._safe_name(sock, scheme, peer=True)
+        self.address = safe_name(sock, scheme, peer=False)
+        self.peer = safe_name(sock, scheme, peer=True)
 
     def _where(self) -> str:
         return str(self.peer or self.address or self.scheme)
@@ -281,7 +215,7 @@ class Stream(_Resource):
 
 async def _attempt(info: tuple[int, int, int, Any], addr: Address, opts: Any, source: Address | None) -> socket.socket:
     fam, kind, proto, sa = info
-    sock = _s._prepare(fam, kind, proto, opts, source, str(addr))
+    sock = prepare_socket(fam, kind, proto, opts, source, str(addr))
     try:
         sock.setblocking(False)
         await asyncio.get_running_loop().sock_connect(sock, sa)
@@ -303,7 +237,7 @@ async def _happy_eyeballs(
             tasks.append(asyncio.ensure_future(_attempt(info, addr, opts, source)))
             await asyncio.wait(
                 [t for t in tasks if not t.done()] or tasks,
-                timeout=_s.HAPPY_EYEBALLS_DELAY,
+                timeout=HAPPY_EYEBALLS_DELAY,
                 return_when=asyncio.FIRST_COMPLETED,
             )
             winner = _first_success(tasks, errors)
@@ -339,7 +273,7 @@ async def connect(
     timeout: float | None = None,
     connect_timeout: float | None = None,
     source: Address | str | None = None,
-    sockopts: _s.SockOpts = None,
+    sockopts: SockOpts = None,
     ssl_context: ssl.SSLContext | None = None,
     sni: str | None = None,
     proxy: Proxy | str | None = None,
@@ -354,8 +288,8 @@ async def connect(
 
         ctx = ssl_context or client_context()
         hostname = sni if sni is not None else (addr.host or None)
-        tls = _TLS(sock, ctx, False, hostname)
-        await _handshake(tls, sock, f"TLS handshake with {addr}", ct)
+        tls = AioTLS(sock, ctx, False, hostname)
+        await handshake_async(tls, sock, f"TLS handshake with {addr}", ct)
     return Stream(sock, addr.scheme, timeout=timeout, tls=tls)
 
 
@@ -364,14 +298,14 @@ async def connect_socket(
     *,
     timeout: float | None = None,
     source: Address | str | None = None,
-    sockopts: _s.SockOpts = None,
+    sockopts: SockOpts = None,
     proxy: Proxy | str | None = None,
 ) -> socket.socket:
     """A connected non-blocking plain socket (no TLS), happy eyeballs for names; errors mapped.
     With ``proxy``, through that SOCKS or HTTP CONNECT proxy."""
     addr = Address.parse(address)
     src = Address.parse(source) if source is not None else None
-    opts = _s._opts(sockopts)
+    opts = norm_opts(sockopts)
     if proxy is not None:
         return await _proxy.connect_async(Proxy.parse(proxy), addr, timeout, src, opts)
     try:
@@ -386,24 +320,10 @@ async def connect_socket(
         raise network_error(exc, f"connect {addr}") from exc.__cause__
 
 
-async def _handshake(tls: _TLS, sock: socket.socket, what: str, timeout: float | None) -> None:
-    try:
-        async with asyncio.timeout(timeout if timeout is not None else _s.TLS_HANDSHAKE_TIMEOUT):
-            await tls.handshake()
-    except ssl.SSLError as exc:
-        sock.close()
-        raise NetworkError(errno.EPROTO, f"{what}: {tls_reason(exc)}") from exc
-    except OSError as exc:
-        sock.close()
-        err = network_error(exc, what)
-        err.errno = errno.EPROTO
-        raise err from exc
-
-
 class Listener(_Resource):
     """A listening socket; ``await accept()`` or ``async for conn in listener``."""
 
-    def __init__(self, inner: _s.Listener) -> None:
+    def __init__(self, inner: SyncListener) -> None:
         self._inner = inner
         self.socket = inner.socket
         self.address = inner.address
@@ -423,8 +343,8 @@ class Listener(_Resource):
         tls = None
         if self._inner.ssl_context is not None:
             conn.setblocking(False)
-            tls = _TLS(conn, self._inner.ssl_context, True, None)
-            await _handshake(tls, conn, f"TLS handshake on {self.address}", None)
+            tls = AioTLS(conn, self._inner.ssl_context, True, None)
+            await handshake_async(tls, conn, f"TLS handshake on {self.address}", None)
         return Stream(conn, self.address.scheme, tls=tls)
 
     def __aiter__(self) -> AsyncIterator[Stream]:
@@ -447,16 +367,16 @@ async def listen(address: Address | str, **kwargs: Any) -> Listener:
     addr = Address.parse(address)
     if addr.is_ip and addr.host and addr.family == socket.AF_UNSPEC:
         loop = asyncio.get_running_loop()
-        inner = await loop.run_in_executor(None, lambda: _s.listen(addr, **kwargs))
+        inner = await loop.run_in_executor(None, lambda: sync_listen(addr, **kwargs))
     else:
-        inner = _s.listen(addr, **kwargs)
+        inner = sync_listen(addr, **kwargs)
     return Listener(inner)
 
 
 class Datagram(_Resource):
     """The asyncio twin of :class:`sockcat.Datagram`."""
 
-    def __init__(self, inner: _s.Datagram) -> None:
+    def __init__(self, inner: SyncDatagram) -> None:
         self._inner = inner
         self.socket = inner.socket
         self.address = inner.address
@@ -472,7 +392,7 @@ class Datagram(_Resource):
                 while True:
                     try:
                         data, sa = self.socket.recvfrom(bufsize)
-                        return data, _s.to_address(self.address.scheme, sa)
+                        return data, to_address(self.address.scheme, sa)
                     except BlockingIOError:
                         await _readable(self.socket)
         except TimeoutError as exc:
@@ -519,12 +439,12 @@ def _wake(fut: asyncio.Future[None]) -> None:
 
 async def open_datagram(address: Address | str, **kwargs: Any) -> Datagram:
     """Bind a datagram socket; takes the keyword arguments of :func:`sockcat.open_datagram`."""
-    return Datagram(_s.open_datagram(address, **kwargs))
+    return Datagram(sync_open_datagram(address, **kwargs))
 
 
 async def connect_datagram(address: Address | str, **kwargs: Any) -> Datagram:
     addr = Address.parse(address)
     if addr.is_ip and addr.host and addr.family == socket.AF_UNSPEC:
         loop = asyncio.get_running_loop()
-        return Datagram(await loop.run_in_executor(None, lambda: _s.connect_datagram(addr, **kwargs)))
-    return Datagram(_s.connect_datagram(addr, **kwargs))
+        return Datagram(await loop.run_in_executor(None, lambda: sync_connect_datagram(addr, **kwargs)))
+    return Datagram(sync_connect_datagram(addr, **kwargs))

@@ -18,7 +18,11 @@ import socket
 import ssl
 import threading
 
-from sockcat.core.errors import NetworkError, tls_reason
+from sockcat.core.address import Address
+from sockcat.core.errors import NetworkError, network_error, tls_reason
+from sockcat.net import trace as _trace
+
+TLS_HANDSHAKE_TIMEOUT = 10.0  # seconds a TLS handshake may take, both ways, unless a connect timeout says less
 
 RECV_SIZE = 65536
 _DRAIN_LIMIT = 64  # recv calls at most when draining unread bytes before close
@@ -262,3 +266,34 @@ def tls_error(exc: ssl.SSLError, what: str) -> NetworkError:
     err = NetworkError(errno.EPROTO, f"{what}: {tls_reason(exc)}")
     err.__cause__ = exc
     return err
+
+
+def handshake(
+    sock: socket.socket,
+    context: ssl.SSLContext,
+    *,
+    server_side: bool,
+    where: Address | str,
+    server_hostname: str | None = None,
+    timeout: float | None = None,
+) -> TLSChannel:
+    """The one TLS handshake of the synchronous code (connect, listen, relay's buffered path, recv, bench): within
+    ``timeout`` (default :data:`TLS_HANDSHAKE_TIMEOUT`), errors worded once (``TLS handshake with/from WHERE:
+    REASON``, EPROTO), the socket closed on failure and its previous timeout kept on success."""
+    old = sock.gettimeout()
+    what = f"TLS handshake {'from' if server_side else 'with'} {where}"
+    try:
+        sock.settimeout(timeout if timeout is not None else TLS_HANDSHAKE_TIMEOUT)
+        tls = TLSChannel(sock, context, server_side=server_side, server_hostname=server_hostname)
+        tls.handshake()
+        sock.settimeout(old)
+    except ssl.SSLError as exc:
+        sock.close()
+        raise tls_error(exc, what) from None
+    except OSError as exc:
+        sock.close()
+        err = network_error(exc, what)
+        err.errno = errno.EPROTO
+        raise err from None
+    _trace.emit(f"tls handshake -> {tls.version()} {tls.cipher()}")
+    return tls

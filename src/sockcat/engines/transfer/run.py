@@ -25,7 +25,8 @@ from sockcat.engines.transfer.common import IDLE_TIMEOUT, Bar, Report, TransferE
 from sockcat.engines.transfer.recv import Receiver, recv_files
 from sockcat.engines.transfer.send import build_manifest, send_files
 from sockcat.serving.scaffold import Bound, Settings, serve_in_threads
-from sockcat.streams.sync import Stream, connect, tls_server_handshake
+from sockcat.streams.sync import Stream, connect
+from sockcat.streams.tlsio import handshake
 
 CODE_ENV = "SOCKCAT_CODE"
 MAX_CONNS = 10_000
@@ -123,8 +124,6 @@ class RecvOptions:
 def run_recv(address: Address, opts: RecvOptions, log: Log) -> None:
     """``sockcat recv ADDR``: one session (``-k``: sessions, side by side, until stopped)."""
     _stream_only(address, "recv")
-    if opts.access.active and address.is_unix:
-        raise UsageError("--allow/--deny match IP addresses; a unix: listener has none (use the socket file's mode)")
     code = None if opts.no_code else (opts.code or make_code())
     rx = Receiver.open(
         opts.outdir,
@@ -177,7 +176,7 @@ def _serve_one(
     who = str(peer) if peer is not None else "a unix peer"
     try:
         try:
-            tls = tls_server_handshake(conn, opts.ssl_context, where) if opts.ssl_context else None
+            tls = handshake(conn, opts.ssl_context, server_side=True, where=where) if opts.ssl_context else None
         except NetworkError as exc:
             raise TransferError(exc.errno or 0, str(exc)) from None
         with Stream(conn, where.scheme, tls=tls) as stream:
