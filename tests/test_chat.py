@@ -20,7 +20,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sockcat.core import chatproto as proto
-from sockcat.engines.chatstore import ChatStore
+from sockcat.engines.chat.store import ChatStore
 
 PROMPT = proto.PROMPT.encode() + b"\n"
 
@@ -59,8 +59,10 @@ class Client:
 
 
 class Broker:
-    def __init__(self, procs: list[Proc], db: Path | str, address: str = "tcp://127.0.0.1:0") -> None:
-        self.proc = Proc(sockcat("chat", address, "--db", str(db)))
+    def __init__(
+        self, procs: list[Proc], db: Path | str, address: str = "tcp://127.0.0.1:0", extra: tuple[str, ...] = ()
+    ) -> None:
+        self.proc = Proc(sockcat("chat", address, "--db", str(db), *extra))
         procs.append(self.proc)
         self.address = self.proc.read_listening()
 
@@ -75,8 +77,8 @@ class Broker:
 
 @pytest.fixture
 def broker(procs: list[Proc], tmp_path: Path) -> Iterator[Callable[..., Broker]]:
-    def start(db: Path | str | None = None, address: str = "tcp://127.0.0.1:0") -> Broker:
-        return Broker(procs, db if db is not None else tmp_path / "chat.sqlite3", address)
+    def start(db: Path | str | None = None, address: str = "tcp://127.0.0.1:0", extra: tuple[str, ...] = ()) -> Broker:
+        return Broker(procs, db if db is not None else tmp_path / "chat.sqlite3", address, extra)
 
     yield start
 
@@ -86,7 +88,7 @@ def test_names_broadcast_and_direct_messages(broker: Callable[..., Broker]) -> N
     wang = b.client("小王")
     zhang = b.client()
     zhang.send("/nick zhang")
-    assert zhang.line().startswith("* hello zhang; 1 others online")
+    assert zhang.line().startswith("* hello zhang; 1 other online")
     assert wang.line() == "* zhang joined"
     zhang.send("hello, everyone")
     assert wang.line() == "<zhang> hello, everyone"
@@ -180,7 +182,7 @@ def test_register_protects_a_name(broker: Callable[..., Broker], tmp_path: Path)
     assert c.line().startswith("* hello wang;")
     store = ChatStore(db)
     try:
-        row = store.db.execute("SELECT hash FROM users").fetchone()
+        (row,) = store._query("SELECT hash FROM users")
         assert b"s3cret" not in row[0]  # only a hash is kept
     finally:
         store.close()
@@ -206,26 +208,27 @@ def test_bad_input_gets_error_lines_and_the_broker_lives(broker: Callable[..., B
     assert c.line() == "* online (1): wang"
 
 
-def test_flood_is_cut_and_others_are_served(broker: Callable[..., Broker]) -> None:
-    b = broker()
+def test_a_flood_is_slowed_never_dropped_and_others_are_served(broker: Callable[..., Broker]) -> None:
+    """--line-rate: a client over its budget is read more slowly; every one of its lines arrives, in order, and the
+    others are not held up."""
+    b = broker(extra=("--line-rate", "100"))
     calm = b.client("calm")
     flood = b.client("flood")
     assert calm.line() == "* flood joined"
-    flood.sock.sendall(b"spam\n" * 2000)
-    seen = []
-    while True:
-        try:
-            seen.append(flood.line())
-        except AssertionError:  # the broker hung up on the flood
-            break
-    assert any(line.startswith("! flooding: at most") for line in seen), seen[:5]
-    assert seen[-1] == "! flooding: disconnected", seen[-5:]
-    got = []
-    while (line := calm.line()) != "* flood left":
-        got.append(line)
-    assert 1 <= len(got) <= 60 and all(line == "<flood> spam" for line in got), got[:3]
+    started = time.monotonic()
+    flood.sock.sendall(b"".join(b"spam %d\n" % i for i in range(400)))
     calm.send("/who")
-    assert calm.line() == "* online (1): calm"
+    got = []
+    while len(got) < 400:
+        line = calm.line()
+        if line.startswith("* online"):
+            assert len(got) < 400  # answered while the flood was still being paced
+            continue
+        got.append(line)
+    assert got == [f"<flood> spam {i}" for i in range(400)]
+    assert time.monotonic() - started >= 1.0  # 400 lines at 100 a second, after a burst of 250: paced
+    flood.send("/who")
+    assert flood.line() == "* online (2): calm, flood"  # never an error, never disconnected
 
 
 def test_a_client_that_never_reads_is_dropped_not_waited_for(broker: Callable[..., Broker]) -> None:
@@ -304,7 +307,7 @@ def test_unix_socket_and_memory_store(broker: Callable[..., Broker], short_tmp: 
 
 def test_bad_store_and_address_are_one_line() -> None:
     for args, words in [
-        (["chat", "udp://127.0.0.1:0", "--db", ":memory:"], "chat needs a stream address"),
+        (["chat", "udp://127.0.0.1:0", "--db", ":memory:"], "chat needs stream addresses"),
         (["chat", "tcp://127.0.0.1:0", "--db", "/proc/nope/chat.sqlite3"], "chat store"),
     ]:
         res = subprocess.run(sockcat(*args), capture_output=True, timeout=TIMEOUT, stdin=subprocess.DEVNULL)
@@ -351,10 +354,56 @@ def test_line_reader_any_chunking(lines: list[str], chunk: int) -> None:
 
 @given(st.text(min_size=1, max_size=32))
 def test_name_rule(name: str) -> None:
+    """Whatever a name is refused for, an accepted one is short, normal, visible, and of one script (or an allowed
+    mix); and its key is its case-folded form."""
     import unicodedata
 
-    ok = all(ch in "_-" or ch.isdigit() or unicodedata.category(ch).startswith("L") for ch in name)
-    assert (proto.name_problem(name) is None) == ok
+    if proto.name_problem(name) is not None:
+        return
+    assert 1 <= len(name) <= proto.MAX_NAME and unicodedata.normalize("NFKC", name) == name
+    assert all(
+        ch in "_-" or unicodedata.category(ch) in ("Nd",) or unicodedata.category(ch)[0] in "LM" for ch in name
+    ), name
+    assert proto.name_key(name) == name.casefold()
+    assert proto.clean_text(name) == name
+
+
+@pytest.mark.parametrize(
+    ("name", "why"),
+    [
+        ("аlice", "mixes scripts"),  # a Cyrillic а
+        ("ａｌｉｃｅ", "normal form"),
+        ("alice\u3164", "shows as nothing"),
+        ("\u3164", "shows as nothing"),
+        ("²³", "normal form"),
+        ("a b", "not allowed"),
+        ("x\x1b", "not allowed"),
+        ("", "at least one"),
+        ("x" * 33, "at most 32"),
+    ],
+)
+def test_look_alike_and_invisible_names_are_refused(name: str, why: str) -> None:
+    problem = proto.name_problem(name)
+    assert problem is not None and why in problem, problem
+    assert not any(c in problem for c in "\x1b\u3164")  # the reason shows the character escaped
+
+
+@pytest.mark.parametrize("name", ["小王", "王小明", "Wang", "ひらがなカタカナ漢字", "राम", "user_1", "x-y"])
+def test_names_in_any_script_pass(name: str) -> None:
+    assert proto.name_problem(name) is None
+
+
+def test_skeletons_catch_look_alikes() -> None:
+    assert proto.skeleton("alice") == proto.skeleton("aIice") == proto.skeleton("ALICE".lower())
+    assert proto.skeleton("paypal") != proto.skeleton("paypa")
+
+
+def test_clean_text_escapes_what_a_terminal_would_act_on() -> None:
+    line = "nothing\r<admin> please /msg alice your password\x1b[K\x1b]0;title\x07\x0b\x0c\u202e\x85\tok"
+    clean = proto.clean_text(line)
+    assert clean == (
+        "nothing\\x0d<admin> please /msg alice your password\\x1b[K\\x1b]0;title\\x07\\x0b\\x0c\\u202e\\x85\tok"
+    )
 
 
 def test_parse() -> None:

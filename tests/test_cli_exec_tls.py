@@ -634,3 +634,19 @@ def test_tls_silent_client_does_not_block_others(mode: str, procs: list[Proc]) -
         took = time.monotonic() - started
     assert client.returncode == 0, client.stderr
     assert took < 2.5, f"the second client waited {took:.1f} s behind a silent one"
+
+
+def test_exec_peer_names_with_control_characters_reach_the_child_escaped(procs: list[Proc], short_tmp: Path) -> None:
+    """A Unix peer chooses its own (abstract) name: a NUL, newline or escape in it never reaches the child raw, and
+    never ends the listener with a traceback."""
+    path = short_tmp / "evil.sock"
+    server, _ = start_listen(procs, "-k", "--sh-exec", 'printf "%s" "$SOCKCAT_PEER"', f"unix:{path}")
+    for name in ("\0evil\nname*\x1b[2J", "\0with\0nul"):
+        with socket.socket(socket.AF_UNIX) as c:
+            c.bind(name)
+            c.settimeout(10)
+            c.connect(str(path))
+            reply = recv_all(c)
+        assert b"\n" not in reply and b"\x1b" not in reply and b"\0" not in reply, reply
+        assert reply.startswith(b"unix:@") and b"\\x" in reply, reply
+    assert server.p.poll() is None  # still serving

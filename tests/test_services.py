@@ -251,6 +251,11 @@ def test_chargen_udp_socat_one_reply(procs: list[Proc]) -> None:
         s.settimeout(0.3)
         with pytest.raises(TimeoutError):
             s.recv(65536)  # exactly one datagram per request
+        # no reflection amplifier: a short (or empty) datagram gets one line; a long one no more than it sent
+        for request, most in ((b"", 74), (b"x", 74), (b"y" * 300, 300), (b"z" * 2000, 512)):
+            s.settimeout(2)
+            s.sendto(request, ("127.0.0.1", port_of(addr)))
+            assert 1 <= len(s.recv(65536)) <= most
 
 
 def test_chargen_unixpacket_records(procs: list[Proc], short_tmp: Path) -> None:

@@ -37,3 +37,35 @@ def test_workers_are_bounded(command: str) -> None:
     res = run_sockcat(*args, "--workers", "100000")
     assert res.returncode == 2 and b"--workers must be from 1 to" in res.stderr
     assert res.stderr.count(b"\n") == 1
+
+
+@pytest.mark.parametrize("command", ["serve", "listen"])
+def test_a_busy_udp_port_is_not_shared(procs: list[Proc], command: str) -> None:
+    """A second UDP listener on a port another one serves is 'address in use', not a silent datagram thief."""
+    args = ["serve", "echo"] if command == "serve" else ["listen"]
+    first = Proc(sockcat(*args, "udp://127.0.0.1:0"))
+    procs.append(first)
+    addr = first.read_listening()
+    res = run_sockcat(*args, addr)
+    assert res.returncode == 1 and b"address in use" in res.stderr, res.stderr
+    assert first.p.poll() is None
+
+
+@pytest.mark.parametrize("command", list(SERVERS))
+def test_allow_deny_on_a_unix_listener_is_a_usage_error(short_tmp: Path, command: str) -> None:
+    res = run_sockcat(*SERVERS[command](f"unix:{short_tmp / 'x.sock'}"), "--allow", "10.0.0.0/8")
+    assert res.returncode == 2 and b"--allow/--deny match IP addresses" in res.stderr, res.stderr
+
+
+@pytest.mark.parametrize(
+    ("source", "target", "words"),
+    [
+        ("unix:/tmp/sc-x.sock", "tcp://127.0.0.1:9", b"of the same kind"),
+        ("udp://127.0.0.1:0", "tcp://127.0.0.1:9", b"of the same kind"),
+        ("tcp://[::1]:0", "tcp://127.0.0.1:9", b"address family"),
+        ("tcp://127.0.0.1:0", "unix:/tmp/sc-nothing.sock", b"of the same kind"),
+    ],
+)
+def test_a_source_of_another_kind_is_a_usage_error(source: str, target: str, words: bytes) -> None:
+    res = run_sockcat("connect", "-s", source, target)
+    assert res.returncode == 2 and words in res.stderr, res.stderr

@@ -1,12 +1,22 @@
-"""``sockcat chat ADDR``: a chat broker for plain line clients (SPEC §3)."""
+"""``sockcat chat ADDR [ADDR...]``: a chat broker for plain line clients (SPEC §3), one room across addresses."""
 
 from __future__ import annotations
 
 import argparse
 from typing import Any
 
-from sockcat.cli.common import positive, tls_listen_options
+from sockcat.cli.common import access_options, seconds, timeout_or_none, tls_listen_options
 from sockcat.core.log import Log
+
+
+def _rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected lines per second, got {text!r}") from None
+    if value < 0 or value != value:
+        raise argparse.ArgumentTypeError(f"expected lines per second >= 0, got {text!r}")
+    return value
 
 
 def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -14,29 +24,46 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
         "chat",
         parents=[common],
         help="chat broker for plain line clients (nc, telnet, sockcat connect)",
-        description="A chat broker on ADDR (tcp, unix, tls…): named users, lines to everyone, /msg NAME TEXT "
-        "(kept for offline users until they join), /register to protect a name, /who, /help, /quit.",
+        description="A chat broker on every ADDR (tcp, unix, tls…), one room across them: named users, lines to "
+        "everyone, /msg NAME TEXT (kept for offline users until they join), /register to protect a name, /who, "
+        "/help, /quit. A name must come within 30 s of connecting.",
     )
-    p.add_argument("address", metavar="ADDR")
+    p.add_argument("addresses", metavar="ADDR", nargs="+")
     p.add_argument("--db", metavar="PATH", help="SQLite store (default $XDG_STATE_HOME/sockcat/chat.sqlite3; :memory:)")
-    p.add_argument("--max-conns", type=positive, metavar="N", help="close connections past N at once")
+    p.add_argument(
+        "--line-rate",
+        type=_rate,
+        default=20.0,
+        metavar="N",
+        help="lines a second each client may send; faster ones are slowed, never dropped (default 20; 0: no limit)",
+    )
+    p.add_argument("-i", "--idle-timeout", type=seconds, metavar="S", help="disconnect joined users idle for S seconds")
+    access_options(p, max_conns=10_000, cap="connections at once")
     tls_listen_options(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace, log: Log) -> None:
+    from sockcat.core.access import AccessPolicy
     from sockcat.core.address import Address
     from sockcat.core.errors import UsageError
     from sockcat.engines.chat import ChatOptions, run_chat
 
-    address = Address.parse(args.address)
-    opts = ChatOptions(log=log, db=args.db, max_conns=args.max_conns)
-    if (args.cert or args.key) and not address.is_tls:
-        raise UsageError(f"--cert/--key need a tls:// address, not {address}")
-    if address.is_tls:
+    addresses = [Address.parse(a) for a in args.addresses]
+    opts = ChatOptions(
+        log=log,
+        db=args.db,
+        max_conns=args.max_conns,
+        access=AccessPolicy.parse(args.allow, args.deny),
+        line_rate=args.line_rate,
+        idle_timeout=timeout_or_none(args.idle_timeout),
+    )
+    tls = [a for a in addresses if a.is_tls]
+    if (args.cert or args.key) and not tls:
+        raise UsageError("--cert/--key need a tls:// address")
+    if tls:
         from sockcat.net.tls import server_context
 
-        opts.ssl_context, opts.fingerprint = server_context(
-            cert=args.cert, key=args.key, hosts=[address.host] if address.host else []
-        )
-    run_chat(address, opts)
+        hosts = sorted({a.host for a in tls if a.host})
+        opts.ssl_context, opts.fingerprint = server_context(cert=args.cert, key=args.key, hosts=hosts)
+    run_chat(addresses, opts)

@@ -1,0 +1,108 @@
+"""``sockcat chat ADDR [ADDR...]``: the chat broker of SPEC §3, on any stream addresses, one room across them.
+
+One asyncio loop; a :class:`~.client.Client` protocol per connection, sharing a :class:`~.broker.Broker`. The
+protocol itself is pure (:mod:`sockcat.core.chatproto`); the store is SQLite (:mod:`.store`); passwords are
+hashed off the loop (:mod:`.passwords`).
+
+What a peer cannot do, by default: send control characters or bidi overrides to others (shown escaped), take a
+name that looks like another one (TR 39 confusables, mixed scripts, invisible characters), stall the broker with
+password guesses (hashes run in a thread pool; wrong guesses slow the answers), fill the store (quotas, expiry),
+lock a user out with a full mailbox (mail comes in pages), sit unnamed on a connection (a name within 30 s), or
+exceed ``--max-conns`` (10,000). A client over its line budget (``--line-rate``) is slowed, never loses a line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+
+from sockcat.core import chatproto as proto
+from sockcat.core.address import Address
+from sockcat.core.errors import NetworkError, UsageError, describe
+from sockcat.engines.chat.broker import Broker, ChatOptions
+from sockcat.engines.chat.client import Client
+from sockcat.engines.chat.store import ChatStore, Quotas, default_db
+from sockcat.serving.scaffold import Bound, Settings, serve_on_loop
+from sockcat.streams.sync import Listener
+
+__all__ = ["ChatOptions", "ChatService", "ChatStore", "Quotas", "chat_async", "default_db", "open_store", "run_chat"]
+
+
+def open_store(opts: ChatOptions) -> ChatStore:
+    """The store ``--db`` names (default: under the user's state directory); one error line if it cannot open."""
+    where = opts.db if opts.db is not None else default_db()
+    try:
+        return ChatStore(where, opts.quotas)
+    except Exception as exc:
+        raise NetworkError(0, f"chat store {where}: {describe(exc)}") from None
+
+
+class ChatService:
+    """One broker on one or more bound, listening sockets: one room across all of them."""
+
+    def __init__(self, opts: ChatOptions, store: ChatStore) -> None:
+        self.opts = opts
+        self.store = store
+        self.broker: Broker | None = None
+        self.servers: list[asyncio.AbstractServer] = []
+
+    async def start(self, bound: list[Bound]) -> None:
+        loop = asyncio.get_running_loop()
+        broker = self.broker = Broker(self.store, self.opts)
+        broker.start()
+        for b in bound:
+
+            def factory(scheme: str = b.address.scheme) -> asyncio.BaseProtocol:
+                return Client(broker, scheme)
+
+            if b.address.is_unix:
+                server = await loop.create_unix_server(factory, sock=b.sock)
+            else:
+                ctx = self.opts.ssl_context if b.address.is_tls else None
+                server = await loop.create_server(factory, sock=b.sock, ssl=ctx)
+            self.servers.append(server)
+
+    async def stop(self, grace: float) -> None:
+        for server in self.servers:
+            server.close()
+        broker = self.broker
+        if broker is None:
+            return
+        broker.stop()
+        for client in list(broker.clients):
+            client.quit(proto.notice("the broker is stopping; bye"))
+        await asyncio.sleep(0)
+        for client in list(broker.clients):
+            client._ack()
+
+
+async def chat_async(
+    sock: socket.socket, bound: Address, opts: ChatOptions, stop: asyncio.Event, store: ChatStore | None = None
+) -> None:
+    """Serve the chat on a bound, listening socket until ``stop`` is set. ``store``: an open one (kept open),
+    else the one ``opts.db`` names (opened and closed here)."""
+    owned = store is None
+    store = open_store(opts) if store is None else store
+    service = ChatService(opts, store)
+    try:
+        await service.start([Bound(sock, bound, Listener(sock, bound))])
+        try:
+            await stop.wait()
+        finally:
+            await service.stop(0.0)
+    finally:
+        if owned:
+            store.close()
+
+
+def run_chat(addresses: list[Address], opts: ChatOptions) -> None:
+    """``sockcat chat ADDR [ADDR...]`` (CLI entry): bind every address, print a listening line for each, serve
+    until a stop signal."""
+    for address in addresses:
+        if address.is_datagram or address.is_stdio or address.type == socket.SOCK_SEQPACKET:
+            raise UsageError(f"chat needs stream addresses (tcp, unix, tls…), not {address}")
+    store = open_store(opts)  # before binding: a bad --db is one error line, not a half-started broker
+    with contextlib.closing(store):
+        settings = Settings(log=opts.log, access=opts.access, fingerprint=opts.fingerprint)
+        serve_on_loop(addresses, settings, lambda: ChatService(opts, store))

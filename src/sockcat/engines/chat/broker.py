@@ -1,0 +1,187 @@
+"""What every connection of one chat broker shares: who is online, the writes waiting to go out, backpressure.
+
+**Writes are batched.** A line for a client is queued; one flush at the end of the loop iteration writes each
+client's queued lines in one system call, and a broadcast line is encoded once for everyone.
+
+**Nothing is dropped, and nobody is flooded.** A sender over its line budget is slowed: the broker stops reading
+it until the budget refills (``--line-rate``). When some client falls behind (more than :data:`BEHIND` bytes wait
+for it), the broker stops reading every client until it catches up, so lines wait in the senders' sockets, not in
+memory. A client that makes no progress for :data:`STUCK` seconds, or lets :data:`SLOW_CLIENT` bytes pile up, is
+disconnected: it is not reading at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from sockcat.core import chatproto as proto
+from sockcat.core.access import AccessPolicy
+from sockcat.core.log import SILENT, Log
+from sockcat.engines.chat.passwords import Guard
+from sockcat.engines.chat.store import ChatStore, Quotas
+
+
+class Client(Protocol):
+    """What the broker needs of a connection (:class:`sockcat.engines.chat.client.Client`)."""
+
+    name: str | None
+    peer: str
+    last_line: float
+
+    def send(self, line: str) -> None: ...
+
+    def send_bytes(self, data: bytes) -> None: ...
+
+    def _ack(self) -> None: ...
+
+    def flush(self) -> None: ...
+
+    def hold(self, why: str, on: bool) -> None: ...
+
+    def quit(self, line: str) -> None: ...
+
+    def abort(self) -> None: ...
+
+
+BEHIND = 256 << 10  # bytes waiting for one client before the broker stops reading everyone
+SLOW_CLIENT = 4 << 20  # bytes waiting for one client before it is disconnected at once
+STUCK = 10.0  # seconds a client may stay behind without catching up before it is disconnected
+LINE_RATE = 20.0  # lines a second a client may send (--line-rate; 0: no limit)
+NAME_TIMEOUT = 30.0  # seconds from connecting to a name: an absolute deadline
+MAX_CONNS = 10_000
+
+
+@dataclass
+class ChatOptions:
+    log: Log = SILENT
+    db: str | Path | None = None  # None: default_db(); ":memory:" for a throwaway broker
+    max_conns: int | None = MAX_CONNS
+    access: AccessPolicy = field(default_factory=AccessPolicy)
+    ssl_context: ssl.SSLContext | None = None
+    fingerprint: str | None = None
+    line_rate: float = LINE_RATE
+    idle_timeout: float | None = None  # for joined users (-i); None: never
+    name_timeout: float = NAME_TIMEOUT
+    quotas: Quotas = field(default_factory=Quotas)
+
+
+class Broker:
+    def __init__(self, store: ChatStore, opts: ChatOptions) -> None:
+        self.store = store
+        self.opts = opts
+        self.guard = Guard()
+        self.online: dict[str, Client] = {}  # name key -> client
+        self.looks: dict[str, str] = {}  # skeleton -> the key of the online name that looks like that
+        self.clients: set[Client] = set()
+        self.dirty: set[Client] = set()  # clients with lines queued for the next flush
+        self.behind: dict[Client, float] = {}  # clients past BEHIND, and since when
+        self.paused = False
+        self._sweeper: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._sweeper = asyncio.ensure_future(self._sweep())
+
+    def stop(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+
+    # --- names ---------------------------------------------------------------------------------------------------
+    def refuse_name(self, name: str, client: Client) -> str | None:
+        """Why ``client`` cannot have ``name`` (None: it can, as far as can be told without its password)."""
+        problem = proto.name_problem(name)
+        if problem is not None:
+            return problem
+        key = proto.name_key(name)
+        holder = self.online.get(key)
+        if holder is not None and holder is not client:
+            return f"{name} is taken"
+        look = proto.skeleton(name)
+        other = self.looks.get(look)
+        if other is not None and other != key:
+            return f"{name} looks too much like {self.online[other].name}, who is online"
+        if any(k != key for k in self.store.protected_like(look)):
+            return f"{name} looks too much like a protected name"
+        return None
+
+    def take_name(self, client: Client, name: str) -> None:
+        if client.name is not None:
+            self.drop_name(client)
+        key = proto.name_key(name)
+        client.name = name
+        self.online[key] = client
+        self.looks[proto.skeleton(name)] = key
+
+    def drop_name(self, client: Client) -> None:
+        if client.name is None:
+            return
+        key = proto.name_key(client.name)
+        if self.online.get(key) is client:
+            del self.online[key]
+            look = proto.skeleton(client.name)
+            if self.looks.get(look) == key:
+                del self.looks[look]
+
+    # --- writing -------------------------------------------------------------------------------------------------
+    def broadcast(self, line: str, exclude: Client | None = None) -> None:
+        data = line.encode() + b"\n"  # encoded once for everyone
+        for client in self.online.values():
+            if client is not exclude:
+                client.send_bytes(data)
+
+    def queued(self, client: Client) -> None:
+        """``client`` has lines to write: one flush at the end of this loop iteration writes them all."""
+        if not self.dirty:
+            asyncio.get_running_loop().call_soon(self.flush)
+        self.dirty.add(client)
+
+    def flush(self) -> None:
+        dirty, self.dirty = self.dirty, set()
+        for client in dirty:
+            client.flush()
+
+    # --- backpressure --------------------------------------------------------------------------------------------
+    def fell_behind(self, client: Client) -> None:
+        if client not in self.behind:
+            self.behind[client] = time.monotonic()
+            if not self.paused:
+                self.paused = True
+                for c in self.clients:
+                    c.hold("broker", True)
+
+    def caught_up(self, client: Client) -> None:
+        if self.behind.pop(client, None) is not None and not self.behind and self.paused:
+            self.paused = False
+            for c in list(self.clients):
+                c.hold("broker", False)
+
+    def gone(self, client: Client) -> None:
+        self.clients.discard(client)
+        self.dirty.discard(client)
+        self.caught_up(client)
+        self.drop_name(client)
+
+    async def _sweep(self) -> None:
+        """Once a second: clients stuck behind, joined users idle past -i, expired mail (hourly)."""
+        last_expiry = time.monotonic()
+        while True:
+            await asyncio.sleep(1.0)
+            now = time.monotonic()
+            for client, since in list(self.behind.items()):
+                if now - since > STUCK:
+                    self.opts.log.info(f"{client.peer}: not reading for {STUCK:g} s; disconnected")
+                    client.abort()
+            idle = self.opts.idle_timeout
+            if idle is not None:
+                for client in list(self.online.values()):
+                    if now - client.last_line > idle:
+                        client.quit(proto.notice(f"idle for {idle:g} s; bye"))
+            if now - last_expiry > 3600:
+                last_expiry = now
+                with contextlib.suppress(Exception):
+                    self.store.expire()
