@@ -90,10 +90,16 @@ def sockopt_option(g: Any) -> None:
     )
 
 
-def access_options(p: Any, *, max_conns: int | None = None, cap: str = "close connections past N at once") -> None:
-    """``--max-conns``, ``--allow``, ``--deny`` for a listener."""
-    default = f" (default {max_conns:,})" if max_conns else ""
-    p.add_argument("--max-conns", type=positive, default=max_conns, metavar="N", help=cap + default)
+def access_options(
+    p: Any,
+    *,
+    max_conns: int | None = None,
+    cap: str = "connections at once; more are closed at once",
+    default: str = "",
+) -> None:
+    """``--max-conns``, ``--allow``, ``--deny`` for a listener (``default`` words the cap's default for --help)."""
+    default = default or (f"{max_conns:,}" if max_conns else "10,000")
+    p.add_argument("--max-conns", type=positive, default=max_conns, metavar="N", help=f"{cap} (default {default})")
     p.add_argument("--allow", action="append", default=[], metavar="CIDR", help="only these peers (repeatable)")
     p.add_argument("--deny", action="append", default=[], metavar="CIDR", help="never these peers (repeatable)")
 

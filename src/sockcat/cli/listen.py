@@ -23,7 +23,7 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     listen.add_argument("-k", "--keep-open", action="store_true", help="keep accepting connections")
     listen.add_argument("--exec", dest="exec_cmd", metavar="CMD", help="run CMD (no shell) for each connection")
     listen.add_argument("--sh-exec", metavar="CMD", help="run /bin/sh -c CMD for each connection")
-    access_options(listen)
+    access_options(listen, default="10,000; 100 with --exec/--sh-exec")
     connection_options(listen)
     listen.set_defaults(func=run)
 

@@ -21,7 +21,14 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     r.add_argument("listen_address", metavar="LISTEN")
     r.add_argument("target_address", metavar="TARGET")
-    access_options(r)
+    access_options(r, default="10,000; udp/unixgram: 1,024 sessions")
+    r.add_argument(
+        "--max-per-source",
+        type=positive,
+        default=256,
+        metavar="N",
+        help="udp/unixgram: sessions from one IPv4 /24 or IPv6 /64 (default 256)",
+    )
     r.add_argument("--workers", type=positive, default=1, metavar="N", help="processes sharing the address")
     r.add_argument(
         "--grace",
@@ -52,6 +59,7 @@ def run(args: argparse.Namespace, log: Log) -> None:
         idle_timeout=args.idle_timeout,
         hexdump=args.hexdump,
         max_conns=args.max_conns,
+        max_per_source=args.max_per_source,
         access=AccessPolicy.parse(args.allow, args.deny),
         sockopts=parse_sockopts(args.sockopt),
         source=address_of(args.source) if args.source else None,

@@ -37,11 +37,13 @@ from sockcat.engines.pump import Counter, End, FdEnd, SockEnd, copy
 from sockcat.net.options import SockOpt
 from sockcat.net.sockets import safe_name, to_address
 from sockcat.serving.process import start_thread
-from sockcat.serving.scaffold import Settings, serve_in_threads
+from sockcat.serving.scaffold import DEFAULT_MAX_CONNS, Settings, serve_in_threads
 from sockcat.streams.datagram import open_datagram
 
 if TYPE_CHECKING:
     import ssl
+
+EXEC_MAX_CONNS = 100
 
 
 @dataclass
@@ -117,9 +119,11 @@ def run_listen(address: Address, opts: BridgeOptions, lopts: ListenOptions) -> N
             raise UsageError("--exec needs a stream address (tcp, unix, unixpacket, tls)")
         _listen_datagram(address, opts, lopts)
         return
+    # A process per connection costs much more than a thread: --exec defaults to 100 at once (as ncat does).
+    cap = lopts.max_conns if lopts.max_conns is not None else (EXEC_MAX_CONNS if lopts.exec_argv else DEFAULT_MAX_CONNS)
     settings = Settings(
         log=opts.log,
-        max_conns=lopts.max_conns,
+        max_conns=cap,
         access=lopts.access,
         sockopts=lopts.sockopts,
         fingerprint=lopts.fingerprint,

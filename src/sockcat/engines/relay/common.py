@@ -23,7 +23,8 @@ class RelayOptions:
     connect_timeout: float | None = 10.0
     idle_timeout: float | None = None
     hexdump: bool = False
-    max_conns: int | None = None
+    max_conns: int | None = None  # None: 10,000 connections, or 1,024 datagram sessions (per process)
+    max_per_source: int = 256  # datagram sessions from one IPv4 /24 or IPv6 /64
     access: AccessPolicy = field(default_factory=AccessPolicy)
     sockopts: tuple[SockOpt, ...] = ()
     source: Address | None = None

@@ -24,6 +24,7 @@ from sockcat.engines.relay.common import RelayOptions, _name
 from sockcat.engines.relay.splice import _HAVE_SPLICE, _Mux, _PipePool, _SpliceConn
 from sockcat.net import trace as _trace
 from sockcat.net.sockets import prepare_socket, resolve, to_address
+from sockcat.serving.scaffold import DEFAULT_MAX_CONNS
 from sockcat.streams import aio as _aio
 from sockcat.streams.aio_tls import AioTLS, handshake_async
 
@@ -215,9 +216,10 @@ class _Relay:
             if not opts.access.permits(peer.host if peer else ""):
                 opts.log.info(f"refused {show(peer)}: not allowed by --allow/--deny")
                 return False
-        if opts.max_conns is not None and len(self.conns) + len(self.tasks) >= opts.max_conns:
+        cap = opts.max_conns if opts.max_conns is not None else DEFAULT_MAX_CONNS
+        if len(self.conns) + len(self.tasks) >= cap:
             if opts.log.verbose:
-                opts.log.info(f"refused {show(self.peer(sa))}: --max-conns {opts.max_conns} reached")
+                opts.log.info(f"refused {show(self.peer(sa))}: --max-conns {cap} reached")
             return False
         return True
 

@@ -13,6 +13,7 @@ from sockcat.core.address import Address
 from sockcat.core.log import SILENT, Log
 from sockcat.net.options import SockOpt
 from sockcat.net.sockets import to_address
+from sockcat.serving.scaffold import DEFAULT_MAX_CONNS
 
 SERVICES = ("echo", "discard", "chargen", "daytime")
 BACKLOG = 4096
@@ -27,7 +28,7 @@ WRITE_HIGH_WATER = 64 * 1024  # per-connection bytes queued in user space before
 @dataclass
 class ServeOptions:
     log: Log = SILENT
-    max_conns: int | None = None
+    max_conns: int | None = None  # None: 10,000 (stream kinds)
     access: AccessPolicy = field(default_factory=AccessPolicy)
     sockopts: tuple[SockOpt, ...] = ()
     idle_timeout: float | None = None
@@ -55,13 +56,13 @@ class _Shared:
         self.loop = asyncio.get_running_loop()
         self.scheme = scheme
         self.log = opts.log
-        self.max_conns = opts.max_conns
+        self.max_conns = opts.max_conns if opts.max_conns is not None else DEFAULT_MAX_CONNS
         self.access = opts.access
         self.sockopts = tuple(o for o in opts.sockopts if o.name not in ("reuseaddr", "reuseport", "v6only"))
         self.conns: set[Any] = set()  # the live connections (stream protocols)
         # Per-connection bookkeeping only when asked for (-v, -i): the fast path does none.
         self.counting = opts.log.verbose or opts.idle_timeout is not None
-        self.guarded = self.counting or opts.access.active or opts.max_conns is not None or bool(self.sockopts)
+        self.guarded = self.counting or opts.access.active or bool(self.sockopts)
 
     def peer_of(self, transport: asyncio.BaseTransport) -> Address | None:
         sa = transport.get_extra_info("peername")
@@ -74,7 +75,7 @@ class _Shared:
             self.log.info(f"refused {peer}: not allowed by --allow/--deny")
             transport.close()
             return False
-        if self.max_conns is not None and len(self.conns) >= self.max_conns:
+        if len(self.conns) >= self.max_conns:
             self.log.info(f"refused {peer}: --max-conns {self.max_conns} reached")
             transport.close()
             return False

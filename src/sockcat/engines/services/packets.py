@@ -23,6 +23,7 @@ from sockcat.engines.services.common import (
     ServeOptions,
     _name,
 )
+from sockcat.serving.scaffold import DEFAULT_MAX_CONNS
 
 # --- datagram services --------------------------------------------------------------------------------------
 
@@ -127,8 +128,9 @@ class _PacketService:
                 log.info(f"refused a connection on {self.bound}: not allowed by --allow/--deny")
                 conn.close()
                 continue
-            if opts.max_conns is not None and len(self.tasks) >= opts.max_conns:
-                log.info(f"refused a connection on {self.bound}: --max-conns {opts.max_conns} reached")
+            cap = opts.max_conns if opts.max_conns is not None else DEFAULT_MAX_CONNS
+            if len(self.tasks) >= cap:
+                log.info(f"refused a connection on {self.bound}: --max-conns {cap} reached")
                 conn.close()
                 continue
             conn.setblocking(False)

@@ -37,6 +37,11 @@ class _Conn(asyncio.BaseProtocol):
         sh = self.shared
         if sh.guarded and not sh.admit(self, transport):
             return
+        if len(sh.conns) >= sh.max_conns:  # the cap is always on (10,000 unless told), and costs one comparison
+            if sh.log.verbose:
+                sh.log.info(f"refused a connection on {sh.scheme}: --max-conns {sh.max_conns} reached")
+            transport.close()
+            return
         t = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass asyncio's
         self.transport = t
         sh.conns.add(self)

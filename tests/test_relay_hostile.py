@@ -1,0 +1,158 @@
+"""relay and listen as an attacker meets them: forged datagram sources, idle connections by the hundred, peers with
+hostile names. Each case checks that memory, descriptors and processes stay bounded, and that the listener still
+serves an honest peer afterwards."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from pathlib import Path
+
+import pytest
+from conftest import TIMEOUT, Proc, sockcat
+
+
+def fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def children(pid: int) -> int:
+    """Child processes of ``pid``, whichever of its threads started them."""
+    kids: set[str] = set()
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                kids.update(f.read().split())
+        except OSError:
+            pass
+    return len(kids)
+
+
+def wait_until(cond: object, what: str, timeout: float = TIMEOUT) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():  # type: ignore[operator]
+        assert time.monotonic() < deadline, f"never happened: {what}"
+        time.sleep(0.02)
+
+
+@pytest.fixture
+def udp_echo() -> object:
+    """A UDP echo target on 127.0.0.1 (a thread), and a counter of what it saw."""
+    import threading
+
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("127.0.0.1", 0))
+    s.settimeout(0.2)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                data, sa = s.recvfrom(65536)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            if data != b"quiet":
+                s.sendto(data, sa)
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    yield s.getsockname()[1]
+    stop.set()
+    t.join()
+    s.close()
+
+
+def test_the_udp_relay_caps_sessions_per_source_network(procs: list[Proc], udp_echo: int) -> None:
+    """1,500 one-datagram sources (all in 127.0.0.0/24): at most 256 sessions, so at most 256 more descriptors and
+    ephemeral ports; an honest client still gets its answer; sessions that never got a reply go after 5 s."""
+    relay = Proc(sockcat("-v", "relay", "udp://127.0.0.1:0", f"udp://127.0.0.1:{udp_echo}"))
+    procs.append(relay)
+    port = int(relay.read_listening().rsplit(":", 1)[1])
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as warm:  # the relay's loop fully up: one session
+        warm.settimeout(TIMEOUT)
+        warm.sendto(b"warm", ("127.0.0.1", port))
+        assert warm.recv(10) == b"warm"
+    before = fds(relay.p.pid)  # (with that one session)
+    sources = []
+
+    def handled() -> int:  # one log line per source: its session, or why it got none
+        lines = relay.stderr_all(0.05)
+        return sum(1 for x in lines if ("session from" in x and "closed" not in x) or "refused" in x)
+
+    try:
+        for batch in range(15):  # in batches the socket buffer holds, each handled before the next
+            for _ in range(100):
+                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                s.bind(("127.0.0.1", 0))
+                s.sendto(b"quiet", ("127.0.0.1", port))  # the target never answers these
+                sources.append(s)
+            wait_until(lambda n=batch: handled() >= (n + 1) * 100 + 1, "every source handled")
+        assert sum("sessions from 127.0.0.0/24" in x for x in relay.stderr_all(0.05)) == 1500 - 255
+        assert fds(relay.p.pid) <= before + 255
+    finally:
+        for s in sources:
+            s.close()
+    # sessions whose target never answered are closed after 5 s, not the full 60 s
+    wait_until(lambda: fds(relay.p.pid) <= before, "unanswered sessions closed", timeout=15)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as honest:
+        honest.settimeout(TIMEOUT)
+        honest.sendto(b"ping", ("127.0.0.1", port))
+        assert honest.recv(100) == b"ping"
+
+
+def test_the_udp_relay_total_cap(procs: list[Proc], udp_echo: int) -> None:
+    relay = Proc(sockcat("relay", "udp://127.0.0.1:0", f"udp://127.0.0.1:{udp_echo}", "--max-conns", "3"))
+    procs.append(relay)
+    port = int(relay.read_listening().rsplit(":", 1)[1])
+    socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(4)]
+    try:
+        answered = 0
+        for s in socks:
+            s.settimeout(1.0)
+            s.sendto(b"hi", ("127.0.0.1", port))
+            try:
+                answered += s.recv(10) == b"hi"
+            except TimeoutError:
+                pass
+        assert answered == 3
+    finally:
+        for s in socks:
+            s.close()
+
+
+def test_listen_exec_caps_processes_by_default(procs: list[Proc]) -> None:
+    """200 idle connections to `listen -k --exec`: at most 100 children (the default cap), the rest closed at once."""
+    p = Proc(sockcat("listen", "-k", "--exec", "sleep 30", "tcp://127.0.0.1:0"))
+    procs.append(p)
+    port = int(p.read_listening().rsplit(":", 1)[1])
+    conns = []
+    try:
+        for _ in range(200):
+            conns.append(socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT))
+        wait_until(lambda: children(p.p.pid) >= 100, "100 children")
+        closed = 0
+        for c in conns[100:]:
+            c.settimeout(TIMEOUT)
+            closed += c.recv(1) == b""  # past the cap: EOF at once, never a hang
+        assert closed == 100
+        assert children(p.p.pid) == 100
+    finally:
+        for c in conns:
+            c.close()
+
+
+def test_listen_keep_open_serves_on_after_many_idle_peers(procs: list[Proc], short_tmp: Path) -> None:
+    p = Proc(sockcat("listen", "-k", "tcp://127.0.0.1:0"), stdout=None)
+    procs.append(p)
+    port = int(p.read_listening().rsplit(":", 1)[1])
+    conns = [socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) for _ in range(300)]
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as honest:
+            honest.sendall(b"still here\n")
+    finally:
+        for c in conns:
+            c.close()
+    wait_until(lambda: fds(p.p.pid) < 20, "the idle peers' sockets released")
