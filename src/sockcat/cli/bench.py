@@ -8,7 +8,7 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
-from sockcat.cli.common import positive, seconds, size, sockopt_option
+from sockcat.cli.common import pin_option, positive, seconds, size, sockopt_option
 from sockcat.core.errors import SockcatError, UsageError
 from sockcat.core.log import Log
 
@@ -51,6 +51,7 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     t.add_argument("--key", metavar="PEM", help="client private key (default: in the --cert file)")
     t.add_argument("--insecure", action="store_true", help="do not verify the server's certificate")
     t.add_argument("--sni", metavar="NAME", help="server name to send and verify")
+    pin_option(t)
     b.set_defaults(func=run)
 
 
@@ -60,7 +61,7 @@ def run(args: argparse.Namespace, log: Log) -> None:
     from sockcat.net.options import parse_sockopts
 
     addr = Address.parse(args.address)
-    given = [name for name in ("cert", "key", "ca", "sni") if getattr(args, name)]
+    given = [name for name in ("cert", "key", "ca", "sni", "pin") if getattr(args, name)]
     if args.insecure:
         given.append("insecure")
     if given and not addr.is_tls:
@@ -73,7 +74,7 @@ def run(args: argparse.Namespace, log: Log) -> None:
     if addr.is_tls:
         from sockcat.net.tls import client_context
 
-        ctx = client_context(ca=args.ca, cert=args.cert, key=args.key, insecure=args.insecure)
+        ctx = client_context(ca=args.ca, cert=args.cert, key=args.key, insecure=args.insecure, pin=args.pin)
     plan = make_plan(
         addr,
         mode=args.mode,

@@ -39,7 +39,8 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     p.add_argument("-i", "--idle-timeout", type=seconds, metavar="S", help="disconnect joined users idle for S seconds")
     access_options(p, max_conns=10_000, cap="connections at once")
-    tls_listen_options(p)
+    t = tls_listen_options(p)
+    t.add_argument("--ca", metavar="PEM", help="require client certificates signed by these CAs")
     p.set_defaults(func=run)
 
 
@@ -59,11 +60,11 @@ def run(args: argparse.Namespace, log: Log) -> None:
         idle_timeout=timeout_or_none(args.idle_timeout),
     )
     tls = [a for a in addresses if a.is_tls]
-    if (args.cert or args.key) and not tls:
-        raise UsageError("--cert/--key need a tls:// address")
+    if (args.cert or args.key or args.ca) and not tls:
+        raise UsageError("--cert/--key/--ca need a tls:// address")
     if tls:
         from sockcat.net.tls import server_context
 
         hosts = sorted({a.host for a in tls if a.host})
-        opts.ssl_context, opts.fingerprint = server_context(cert=args.cert, key=args.key, hosts=hosts)
+        opts.ssl_context, opts.fingerprint = server_context(cert=args.cert, key=args.key, ca=args.ca, hosts=hosts)
     run_chat(addresses, opts)

@@ -118,7 +118,16 @@ def tls_connect_options(p: argparse.ArgumentParser) -> Any:
     t.add_argument("--ca", metavar="PEM", help="trust these CA certificates")
     t.add_argument("--insecure", action="store_true", help="do not verify the server's certificate")
     t.add_argument("--sni", metavar="NAME", help="server name to send and verify (default: the address's host)")
+    pin_option(t)
     return t
+
+
+def pin_option(t: Any) -> None:
+    t.add_argument(
+        "--pin",
+        metavar="SHA256",
+        help="trust exactly the certificate with this SHA-256 (AB:CD:… as a listener prints it, or plain hex)",
+    )
 
 
 def connection_options(p: argparse.ArgumentParser) -> None:
@@ -135,6 +144,7 @@ def connection_options(p: argparse.ArgumentParser) -> None:
     t.add_argument("--ca", metavar="PEM", help="trust these CA certificates (listener: require client certs)")
     t.add_argument("--insecure", action="store_true", help="do not verify the server's certificate")
     t.add_argument("--sni", metavar="NAME", help="server name to send and verify (default: the address's host)")
+    pin_option(t)
 
 
 def proxy_option(p: argparse.ArgumentParser) -> None:
@@ -159,7 +169,7 @@ def address_of(text: str) -> Address:
 
 
 def check_tls_options(
-    args: argparse.Namespace, addr: Address, names: tuple[str, ...] = ("cert", "key", "ca", "sni")
+    args: argparse.Namespace, addr: Address, names: tuple[str, ...] = ("cert", "key", "ca", "sni", "pin")
 ) -> None:
     """A TLS option given for an address that is not tls:// is a usage error, never silently ignored."""
     given = [name for name in names if getattr(args, name, None)]

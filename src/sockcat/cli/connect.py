@@ -42,7 +42,7 @@ def run(args: argparse.Namespace, log: Log) -> None:
     if addr.is_tls:
         from sockcat.net.tls import client_context
 
-        ctx = client_context(ca=args.ca, cert=args.cert, key=args.key, insecure=args.insecure)
+        ctx = client_context(ca=args.ca, cert=args.cert, key=args.key, insecure=args.insecure, pin=args.pin)
     run_connect(
         addr,
         bridge_options(args, log),

@@ -35,8 +35,8 @@ def run(args: argparse.Namespace, log: Log) -> None:
 
     addr = address_of(args.address)
     check_tls_options(args, addr)
-    if args.sni:
-        raise UsageError("--sni is for connecting, not listening")
+    if args.sni or args.pin:
+        raise UsageError(f"--{'sni' if args.sni else 'pin'} is for connecting, not listening")
     if args.source:
         raise UsageError("--source is for connecting; give the address to listen on as ADDR")
     lopts = ListenOptions(

@@ -51,8 +51,10 @@ def run(args: argparse.Namespace, log: Log) -> None:
     target = address_of(args.target_address)
     if (args.cert or args.key) and not listen_addr.is_tls:
         raise UsageError(f"--cert/--key are for a tls:// LISTEN address, not {listen_addr}")
-    if (args.ca or args.insecure or args.sni) and not target.is_tls:
-        raise UsageError(f"--ca/--insecure/--sni are for a tls:// TARGET, not {target}")
+    if (args.insecure or args.sni or args.pin) and not target.is_tls:
+        raise UsageError(f"--insecure/--sni/--pin are for a tls:// TARGET, not {target}")
+    if args.ca and not (listen_addr.is_tls or target.is_tls):
+        raise UsageError("--ca is for a tls:// LISTEN (client certificates) or TARGET (trusted CAs)")
     opts = RelayOptions(
         log=log,
         connect_timeout=args.connect_timeout if args.connect_timeout is not None else 10.0,
@@ -72,10 +74,10 @@ def run(args: argparse.Namespace, log: Log) -> None:
         from sockcat.net.tls import server_context
 
         opts.server_ssl, opts.fingerprint = server_context(
-            cert=args.cert, key=args.key, hosts=[listen_addr.host] if listen_addr.host else []
+            cert=args.cert, key=args.key, ca=args.ca, hosts=[listen_addr.host] if listen_addr.host else []
         )
     if target.is_tls:
         from sockcat.net.tls import client_context
 
-        opts.client_ssl = client_context(ca=args.ca, insecure=args.insecure)
+        opts.client_ssl = client_context(ca=args.ca, insecure=args.insecure, pin=args.pin)
     run_relay(listen_addr, target, opts)

@@ -78,9 +78,9 @@ def cmd_send(args: argparse.Namespace, log: Log) -> None:
     if address.is_tls:
         from sockcat.net.tls import client_context
 
-        ctx = client_context(ca=args.ca, cert=args.cert, key=args.key, insecure=args.insecure)
-    elif args.ca or args.insecure or args.sni or args.cert or args.key:
-        raise UsageError(f"--ca/--insecure/--sni/--cert/--key need a tls:// address, not {address}")
+        ctx = client_context(ca=args.ca, cert=args.cert, key=args.key, insecure=args.insecure, pin=args.pin)
+    elif args.ca or args.insecure or args.sni or args.cert or args.key or args.pin:
+        raise UsageError(f"--ca/--insecure/--sni/--pin/--cert/--key need a tls:// address, not {address}")
     run_send(
         address,
         args.paths,

@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from sockcat.core.errors import UsageError, describe, tls_reason
+from sockcat.net.pin import parse_pin, pin_context
 
 __all__ = ["SelfSigned", "client_context", "fingerprint_sha256", "self_signed", "server_context"]
 
@@ -256,14 +257,22 @@ def _tolerate_bare_fin(ctx: ssl.SSLContext) -> None:
 
 
 def client_context(
-    *, ca: str | None = None, cert: str | None = None, key: str | None = None, insecure: bool = False
+    *,
+    ca: str | None = None,
+    cert: str | None = None,
+    key: str | None = None,
+    insecure: bool = False,
+    pin: str | bytes | None = None,
 ) -> ssl.SSLContext:
     """A client context: verification and host-name checking on, TLS 1.2 or later.
 
     ``ca`` is a CA bundle file (or hashed directory) trusted *instead of* the system store;
     ``cert``/``key`` present a client certificate (the key defaults to the certificate file);
-    ``insecure`` turns off certificate and host-name verification.
+    ``insecure`` turns off certificate and host-name verification;
+    ``pin`` trusts exactly the certificate with that SHA-256 (``AB:CD:…`` or plain hex), and nothing else.
     """
+    if pin is not None and (insecure or ca is not None):
+        raise UsageError("--pin trusts one certificate: give it without --insecure or --ca")
     if ca is None:
         ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
     else:
@@ -281,6 +290,8 @@ def client_context(
     if insecure:
         ctx.check_hostname = False  # must come before CERT_NONE
         ctx.verify_mode = ssl.CERT_NONE
+    if pin is not None:
+        pin_context(ctx, parse_pin(pin) if isinstance(pin, str) else pin)
     return ctx
 
 

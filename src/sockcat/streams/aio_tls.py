@@ -8,6 +8,7 @@ import socket
 import ssl
 
 from sockcat.core.errors import NetworkError, network_error, tls_reason
+from sockcat.net.pin import check_pin
 from sockcat.net.sockets import RECV_SIZE
 from sockcat.streams.tlsio import TLS_HANDSHAKE_TIMEOUT, TLSCore, drain_socket
 
@@ -97,6 +98,11 @@ async def handshake_async(tls: AioTLS, sock: socket.socket, what: str, timeout: 
     try:
         async with asyncio.timeout(timeout if timeout is not None else TLS_HANDSHAKE_TIMEOUT):
             await tls.handshake()
+        if not tls.obj.server_side:
+            check_pin(tls.obj.context, tls.obj.getpeercert(binary_form=True), what)
+    except NetworkError:
+        sock.close()
+        raise
     except ssl.SSLError as exc:
         sock.close()
         raise NetworkError(errno.EPROTO, f"{what}: {tls_reason(exc)}") from exc

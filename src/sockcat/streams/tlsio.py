@@ -21,6 +21,7 @@ import threading
 from sockcat.core.address import Address
 from sockcat.core.errors import NetworkError, network_error, tls_reason
 from sockcat.net import trace as _trace
+from sockcat.net.pin import check_pin
 
 TLS_HANDSHAKE_TIMEOUT = 10.0  # seconds a TLS handshake may take, both ways, unless a connect timeout says less
 
@@ -286,10 +287,15 @@ def handshake(
         sock.settimeout(timeout if timeout is not None else TLS_HANDSHAKE_TIMEOUT)
         tls = TLSChannel(sock, context, server_side=server_side, server_hostname=server_hostname)
         tls.handshake()
+        if not server_side:
+            check_pin(context, tls.getpeercert(binary_form=True), what)  # type: ignore[arg-type]
         sock.settimeout(old)
     except ssl.SSLError as exc:
         sock.close()
         raise tls_error(exc, what) from None
+    except NetworkError:
+        sock.close()
+        raise
     except OSError as exc:
         sock.close()
         err = network_error(exc, what)

@@ -19,6 +19,7 @@ from sockcat.core.stats import Histogram, WorkerResult
 from sockcat.engines.bench.datagram import _DatagramSession, _PacketSession
 from sockcat.engines.bench.plan import RECV_SIZE, BenchPlan, Progress, _classify, _window
 from sockcat.engines.bench.sessions import _Session, _session_class
+from sockcat.net.pin import check_pin, pinned
 from sockcat.net.sockets import to_address
 from sockcat.streams import aio as _aio
 from sockcat.streams.datagram import connect_datagram
@@ -224,6 +225,13 @@ class _Worker:
                         server_hostname=self.sni,
                         ssl_handshake_timeout=plan.connect_timeout,
                     )
+                    if plan.ssl_context is not None and pinned(plan.ssl_context) is not None:
+                        der = _t.get_extra_info("ssl_object").getpeercert(binary_form=True)
+                        try:
+                            check_pin(plan.ssl_context, der, f"TLS handshake with {plan.address}")
+                        except NetworkError:
+                            _t.abort()
+                            raise
                 else:
                     _t, proto = await self.loop.create_connection(factory, sock=sock)
                 return cast(_Session, proto)
