@@ -16,6 +16,7 @@ from urllib.parse import unquote, urlsplit
 
 from sockcat.core.address import Address
 from sockcat.core.errors import NetworkError, Timeout, UsageError, network_error
+from sockcat.core.untrusted import escape
 from sockcat.net import trace as _trace
 from sockcat.net.options import SockOpt, apply_sockopts
 
@@ -105,11 +106,11 @@ def _failure(exc: BaseException, addr: Address, proxy: Proxy) -> NetworkError:
     if isinstance(exc, ProxyConnectionError):
         cause = exc.__cause__ if isinstance(exc.__cause__, OSError) else exc
         return network_error(cause, f"{where}: proxy unreachable")
-    if isinstance(exc, ProxyError):
-        return NetworkError(errno.ECONNREFUSED, f"{where}: the proxy said: {exc}")
+    if isinstance(exc, ProxyError):  # its text quotes what the proxy sent: shown escaped
+        return NetworkError(errno.ECONNREFUSED, f"{where}: the proxy said: {escape(str(exc))[:300]}")
     if isinstance(exc, OSError):
         return network_error(exc, where)
-    return NetworkError(errno.EPROTO, f"{where}: {exc}")
+    return NetworkError(errno.EPROTO, f"{where}: {escape(str(exc))[:300]}")
 
 
 def _finish(sock: socket.socket, addr: Address, proxy: Proxy, opts: tuple[SockOpt, ...]) -> socket.socket:
