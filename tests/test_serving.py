@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import signal
+import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -69,3 +71,17 @@ def test_allow_deny_on_a_unix_listener_is_a_usage_error(short_tmp: Path, command
 def test_a_source_of_another_kind_is_a_usage_error(source: str, target: str, words: bytes) -> None:
     res = run_sockcat("connect", "-s", source, target)
     assert res.returncode == 2 and words in res.stderr, res.stderr
+
+
+def test_a_datagram_listener_applies_allow_deny_to_every_source_and_stops_on_hup(procs: list[Proc]) -> None:
+    p = Proc(sockcat("-v", "listen", "udp://127.0.0.1:0", "--deny", "127.0.0.1"))
+    procs.append(p)
+    port = int(p.read_listening().rsplit(":", 1)[1])
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.sendto(b"denied", ("127.0.0.1", port))
+    deadline = time.monotonic() + 10
+    while not any("refused datagrams from" in x for x in p.stderr_all(0.05)):
+        assert time.monotonic() < deadline
+    p.p.send_signal(signal.SIGHUP)
+    assert p.wait() == 0
+    assert p.p.stdout is not None and p.p.stdout.read() == b""  # the denied datagram never reached stdout

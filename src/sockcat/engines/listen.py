@@ -37,7 +37,13 @@ from sockcat.engines.pump import Counter, End, FdEnd, SockEnd, copy
 from sockcat.net.options import SockOpt
 from sockcat.net.sockets import safe_name, to_address
 from sockcat.serving.process import start_thread
-from sockcat.serving.scaffold import DEFAULT_MAX_CONNS, Settings, serve_in_threads
+from sockcat.serving.scaffold import (
+    DEFAULT_MAX_CONNS,
+    Settings,
+    check_access,
+    serve_in_threads,
+    stopped_by_signals,
+)
 from sockcat.streams.datagram import open_datagram
 
 if TYPE_CHECKING:
@@ -270,7 +276,14 @@ def _serve_child(acc: _Accepted, argv: Sequence[str], opts: BridgeOptions) -> No
 
 
 def _listen_datagram(address: Address, opts: BridgeOptions, lopts: ListenOptions) -> None:
-    """Datagrams to stdout; stdin goes back to the last sender. Ends on a signal or ``-i`` idle time."""
+    """Datagrams to stdout; stdin goes back to the last sender. Ends on a signal or ``-i`` idle time.
+    ``--allow``/``--deny`` apply to every datagram's source: one that is not allowed is dropped unread."""
+    check_access([address], Settings(access=lopts.access))
+    with stopped_by_signals():
+        _serve_datagrams(address, opts, lopts)
+
+
+def _serve_datagrams(address: Address, opts: BridgeOptions, lopts: ListenOptions) -> None:
     dg = open_datagram(address, sockopts=lopts.sockopts)
     sock = dg.socket
     sock.settimeout(None)
@@ -310,8 +323,13 @@ def _listen_datagram(address: Address, opts: BridgeOptions, lopts: ListenOptions
                 if exc.errno in (errno.ECONNREFUSED, errno.EAGAIN):
                     continue  # an ICMP error for an earlier reply: not ours to die of
                 raise network_error(exc, f"recvfrom on {dg.address}") from None
-            last = time.monotonic()
             peer = to_address(address.scheme, sa)
+            if lopts.access.active and not lopts.access.permits(peer.host):
+                if sa not in seen and len(seen) < 4096:
+                    seen.add(sa)
+                    opts.log.info(f"refused datagrams from {peer}: not allowed by --allow/--deny")
+                continue
+            last = time.monotonic()
             if sa and (not isinstance(sa, str | bytes) or sa):
                 last_peer[:] = [sa]
                 have_peer.set()

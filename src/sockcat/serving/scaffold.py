@@ -27,7 +27,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
@@ -252,6 +252,19 @@ def _stop(signum: int, frame: object) -> None:
     raise Stopped()
 
 
+@contextlib.contextmanager
+def stopped_by_signals() -> Iterator[None]:
+    """SIGTERM or SIGHUP ends the block quietly (exit 0) for a server that runs in this thread."""
+    previous = {signum: signal.signal(signum, _stop) for signum in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    except Stopped:
+        return
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
 def serve_in_threads(
     address: Address,
     settings: Settings,
@@ -271,38 +284,31 @@ def serve_in_threads(
     if keep_open:
         raise_nofile_limit()
     (b,) = bind_all([address], settings)
-    previous = {signum: signal.signal(signum, _stop) for signum in (signal.SIGTERM, signal.SIGHUP)}
     admission = Admission(settings, b.address.scheme)
-    try:
-        with b.listener:
-            if ready is not None:
-                ready(b)
-            _announce([b], settings)
-            while True:
-                accepted = _accept(b, settings.log)
-                if accepted is None:
+    with stopped_by_signals(), b.listener:
+        if ready is not None:
+            ready(b)
+        _announce([b], settings)
+        while True:
+            accepted = _accept(b, settings.log)
+            if accepted is None:
+                continue
+            conn, peer = accepted
+            if not admission.admit(peer):
+                conn.close()
+                continue
+            if keep_open:
+                start_thread(_handled, prepare, handle, conn, peer, admission, name="sockcat connection")
+                continue
+            try:
+                prepared = prepare(conn, peer)
+                if prepared is None:
                     continue
-                conn, peer = accepted
-                if not admission.admit(peer):
-                    conn.close()
-                    continue
-                if keep_open:
-                    start_thread(_handled, prepare, handle, conn, peer, admission, name="sockcat connection")
-                    continue
-                try:
-                    prepared = prepare(conn, peer)
-                    if prepared is None:
-                        continue
-                    b.listener.close()
-                    handle(prepared)
-                    return
-                finally:
-                    admission.release()
-    except Stopped:
-        return
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+                b.listener.close()
+                handle(prepared)
+                return
+            finally:
+                admission.release()
 
 
 def _handled(
