@@ -38,17 +38,28 @@ class LineReader:
         self._skipping = False  # inside an over-long line: drop until its end
 
     def feed(self, data: bytes) -> list[str | BadLine]:
+        """Every line ``data`` completes."""
+        self.push(data)
         out: list[str | BadLine] = []
+        while (item := self.take()) is not None:
+            out.append(item)
+        return out
+
+    def push(self, data: bytes) -> None:
+        """Keep ``data``; lines are cut from it one at a time by :meth:`take` (bytes waiting cost no objects)."""
         self._buf += data
+
+    def take(self) -> str | BadLine | None:
+        """The next complete line, or None until more bytes come."""
         while True:
             end = self._buf.find(b"\n")
             if end < 0:
                 if len(self._buf) > self.max_line + 1:  # +1: room for a '\r' before the '\n'
-                    if not self._skipping:
-                        out.append(BadLine("too long"))
-                        self._skipping = True
                     self._buf.clear()
-                return out
+                    if not self._skipping:
+                        self._skipping = True
+                        return BadLine("too long")
+                return None
             raw = bytes(self._buf[:end])
             del self._buf[: end + 1]
             if self._skipping:
@@ -57,12 +68,11 @@ class LineReader:
             if raw.endswith(b"\r"):
                 raw = raw[:-1]
             if len(raw) > self.max_line:
-                out.append(BadLine("too long"))
-                continue
+                return BadLine("too long")
             try:
-                out.append(raw.decode("utf-8"))
+                return raw.decode("utf-8")
             except UnicodeDecodeError:
-                out.append(BadLine("not UTF-8"))
+                return BadLine("not UTF-8")
 
     @property
     def pending(self) -> int:
@@ -142,12 +152,13 @@ def _script(ch: str) -> str:
     return str(categories.alias(ch))
 
 
-_prototypes: dict[str, str] | None = None
+_prototypes: tuple[dict[str, str], dict[str, str]] | None = None
 
 
-def _confusable_prototypes() -> dict[str, str]:
+def _confusable_prototypes() -> tuple[dict[str, str], dict[str, str]]:
     """Each character that Unicode's confusables data (TR 39, via confusable-homoglyphs) says looks like others,
-    mapped to one representative of its look-alike class (the smallest code point)."""
+    mapped to one representative of its look-alike class (the smallest code point); and the classes that look like
+    several characters (``m`` like ``rn``, ``w`` like ``vv``, ``d`` like ``cl``), mapped to what they look like."""
     global _prototypes
     if _prototypes is None:
         import json
@@ -165,23 +176,40 @@ def _confusable_prototypes() -> dict[str, str]:
                 c = parent[c]
             return c
 
+        several: list[tuple[str, str]] = []
         for ch, glyphs in data.items():
+            ch = ch.strip("\u200e")
             for g in glyphs:
                 other = g["c"].strip("\u200e")
                 if len(ch) == 1 and len(other) == 1:
                     a, b = find(ch), find(other)
                     if a != b:
                         parent[max(a, b)] = min(a, b)
-        _prototypes = {c: find(c) for c in list(parent)}
+                elif len(ch) == 1 and len(other) > 1:
+                    several.append((ch, other))
+                elif len(ch) > 1 and len(other) == 1:
+                    several.append((other, ch))
+        one = {c: find(c) for c in list(parent)}
+        wide: dict[str, str] = {}
+        for ch, text in several:
+            root, looks = one.get(ch, ch), "".join(one.get(c, c) for c in text)
+            if root not in wide or looks < wide[root]:
+                wide[root] = looks
+        _prototypes = (one, wide)
     return _prototypes
 
 
 def skeleton(name: str) -> str:
-    """What a name looks like: every character replaced by its look-alike class, case-folded. Two names with one
-    skeleton (``alice``, ``аlice`` with a Cyrillic а, ``aIice``) are confusable."""
-    proto = _confusable_prototypes()
-    text = unicodedata.normalize("NFKC", name)
-    return unicodedata.normalize("NFKC", "".join(proto.get(c, c) for c in text)).casefold()
+    """What a name looks like: every character replaced by its look-alike class (or the characters it looks like),
+    case-folded, and again. Two names with one skeleton (``alice``, ``аlice`` with a Cyrillic а, ``aIice``;
+    ``mary``, ``rnary``) are confusable."""
+    one, wide = _confusable_prototypes()
+
+    def looks(text: str) -> str:
+        return "".join(wide.get(r, r) for r in (one.get(c, c) for c in text))
+
+    text = looks(unicodedata.normalize("NFKC", name)).casefold()
+    return unicodedata.normalize("NFKC", looks(text)).casefold()
 
 
 # --- text that reaches other people's terminals ----------------------------------------------------------------

@@ -22,6 +22,7 @@ from typing import Protocol
 
 from sockcat.core import chatproto as proto
 from sockcat.core.access import AccessPolicy
+from sockcat.core.address import Address
 from sockcat.core.log import SILENT, Log
 from sockcat.engines.chat.passwords import Guard
 from sockcat.engines.chat.store import ChatStore, Quotas
@@ -90,6 +91,16 @@ class Broker:
     def stop(self) -> None:
         if self._sweeper is not None:
             self._sweeper.cancel()
+
+    # --- who may connect --------------------------------------------------------------------------------------------
+    def refuse(self, address: Address | None, count: int) -> str | None:
+        """Why a connection from ``address`` is refused, with ``count`` connections already held (None: it is not)."""
+        opts = self.opts
+        if opts.access.active and not opts.access.permits(address.host if address is not None else ""):
+            return "not allowed by --allow/--deny"
+        if opts.max_conns is not None and count >= opts.max_conns:
+            return f"--max-conns {opts.max_conns} reached"
+        return None
 
     # --- names ---------------------------------------------------------------------------------------------------
     def refuse_name(self, name: str, client: Client) -> str | None:

@@ -9,7 +9,6 @@ is dropped.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import ipaddress
 import time
@@ -23,7 +22,7 @@ from sockcat.engines.chat.passwords import hash_password
 from sockcat.engines.chat.store import StoreFull
 from sockcat.net.sockets import to_address
 
-MAX_PENDING = 256  # lines read ahead and waiting their turn; past this the socket is not read
+MAX_PENDING = 64 << 10  # bytes read ahead and waiting their turn; past this the socket is not read
 
 
 def origin_of(peer: Address | None) -> str:
@@ -41,9 +40,11 @@ def origin_of(peer: Address | None) -> str:
 
 
 class Client(asyncio.Protocol):
-    def __init__(self, broker: Broker, scheme: str) -> None:
+    def __init__(self, broker: Broker, scheme: str, accepted: float | None = None) -> None:
         self.broker = broker
         self.scheme = scheme
+        self.accepted = asyncio.get_running_loop().time() if accepted is None else accepted  # (loop time)
+        self.lost = False
         self.reader = proto.LineReader()
         self.transport: asyncio.Transport | None = None
         self.name: str | None = None
@@ -53,7 +54,7 @@ class Client(asyncio.Protocol):
         self.tokens = max(1.0, opts.line_rate * 2.5)  # a burst of 2.5 seconds' budget
         self.refilled = time.monotonic()
         self.last_line = self.refilled
-        self.pending: collections.deque[str | proto.BadLine] = collections.deque()
+        self.ahead: str | proto.BadLine | None = None  # the next line, cut and waiting for its turn
         self.holds: set[str] = set()  # why reading is paused: "rate", "busy", "broker", "pending"
         self.busy = False  # a line's handling is waiting (a password, a commit)
         self.unacked: list[int] = []  # stored messages written, waiting for the socket to take them
@@ -66,7 +67,7 @@ class Client(asyncio.Protocol):
 
     # --- asyncio ---------------------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)
+        self.transport = t = cast(asyncio.Transport, transport)
         b = self.broker
         sock = transport.get_extra_info("socket")
         address = None
@@ -76,26 +77,24 @@ class Client(asyncio.Protocol):
                 self.peer = show(address, sock)
         self.origin = origin_of(address)
         opts = b.opts
-        if opts.access.active and not opts.access.permits(address.host if address is not None else ""):
-            opts.log.info(f"refused {self.peer}: not allowed by --allow/--deny")
-            self.transport.close()
+        why = b.refuse(address, len(b.clients))
+        if why is not None:
+            opts.log.info(f"refused {self.peer}: {why}")
+            t.close()
             return
-        if opts.max_conns is not None and len(b.clients) >= opts.max_conns:
-            opts.log.info(f"refused {self.peer}: --max-conns {opts.max_conns} reached")
-            self.transport.close()
-            return
-        # high water 0: resume_writing says exactly when the kernel has taken every byte (stored mail is delivered)
-        self.transport.set_write_buffer_limits(high=0)
         b.clients.add(self)
+        opts.log.info(f"connection from {self.peer}")
+        loop = asyncio.get_running_loop()
+        self.deadline = loop.call_at(self.accepted + opts.name_timeout, self._no_name)
+        # high water 0: resume_writing says exactly when the kernel has taken every byte (stored mail is delivered)
+        t.set_write_buffer_limits(high=0)
         if b.paused:
             self.hold("broker", True)
-        opts.log.info(f"connection from {self.peer}")
-        self.deadline = asyncio.get_running_loop().call_later(opts.name_timeout, self._no_name)
         self.send(proto.PROMPT)
 
     def data_received(self, data: bytes) -> None:
-        self.pending.extend(self.reader.feed(data))
-        if len(self.pending) > MAX_PENDING:
+        self.reader.push(data)  # cut into lines one at a time, as their turn comes: bytes, not objects, wait
+        if self.reader.pending > MAX_PENDING:
             self.hold("pending", True)
         self._work()
 
@@ -110,6 +109,9 @@ class Client(asyncio.Protocol):
         self.broker.caught_up(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.lost:
+            return
+        self.lost = True
         b = self.broker
         for timer in (self.deadline, self.wake):
             if timer is not None:
@@ -139,7 +141,11 @@ class Client(asyncio.Protocol):
     def _work(self) -> None:
         """Handle pending lines, in order, while the budget allows and nothing is waiting."""
         rate = self.broker.opts.line_rate
-        while self.pending and not self.busy and not self.closing:
+        while not self.busy and not self.closing:
+            if self.ahead is None:
+                self.ahead = self.reader.take()
+                if self.ahead is None:
+                    break
             if rate:
                 now = time.monotonic()
                 burst = max(1.0, rate * 2.5)
@@ -152,7 +158,7 @@ class Client(asyncio.Protocol):
                         self.wake = asyncio.get_running_loop().call_later(delay, self._refill)
                     return
                 self.tokens -= 1
-            item = self.pending.popleft()
+            item, self.ahead = self.ahead, None
             self.last_line = time.monotonic()
             if isinstance(item, proto.BadLine):
                 why = f"at most {proto.MAX_LINE} bytes" if item.reason == "too long" else "send UTF-8"
@@ -165,7 +171,7 @@ class Client(asyncio.Protocol):
                 self.send(proto.error("internal error; try again"))
         if not self.busy:
             self.hold("rate", False)
-        if len(self.pending) <= MAX_PENDING // 2:
+        if self.reader.pending <= MAX_PENDING // 2:
             self.hold("pending", False)
 
     def _refill(self) -> None:
@@ -302,6 +308,8 @@ class Client(asyncio.Protocol):
 
     def _took(self, name: str) -> None:
         b, old = self.broker, self.name
+        if self.lost or self.closing:  # closed while its password was checked: it takes nothing
+            return
         b.take_name(self, name)
         if old is None:
             if self.deadline is not None:
@@ -323,6 +331,9 @@ class Client(asyncio.Protocol):
         """A page of the messages stored for this name, oldest first, exactly as live /msg lines; the next page once
         the kernel has taken this one (a full mailbox never floods the connection)."""
         assert self.name is not None
+        if self.unacked:  # a page is on its way: the next one follows once it is taken, never the same one twice
+            self.more_mail = True
+            return
         store = self.broker.store
         page = store.page(proto.name_key(self.name))
         for _id, sender, text in page:

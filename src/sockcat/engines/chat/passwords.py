@@ -1,7 +1,9 @@
 """Passwords for chat names: scrypt off the event loop, and a back-off that slows guessing.
 
 scrypt is slow on purpose (about 50 ms here): run on the event loop, four clients sending wrong passwords stalled
-everyone. Hashes run in a small thread pool instead (hashlib releases the GIL), one at a time per client.
+everyone. Hashes run in a small thread pool instead (hashlib releases the GIL), one at a time per client, and one
+at a time per origin (an IPv4 /24, an IPv6 /64, all Unix peers): however many connections guess from one network,
+they queue behind each other, not in front of everyone else.
 
 After wrong passwords, answers are delayed: 0.25 s after the first failure, doubling, per name and per address
 (whichever has more), but never past :data:`MAX_DELAY`, so a correct password is always answered within 2 s. A
@@ -38,6 +40,21 @@ class Guard:
 
     def __init__(self) -> None:
         self._fails: dict[str, tuple[int, float]] = {}
+        self._turns: dict[str, tuple[asyncio.Lock, int]] = {}  # origin -> (its turn to hash, how many want it)
+
+    async def _hash_in_turn(self, origin: str, password: str, salt: bytes) -> bytes:
+        lock, users = self._turns.get(origin, (None, 0))
+        lock = lock or asyncio.Lock()
+        self._turns[origin] = (lock, users + 1)
+        try:
+            async with lock:
+                return (await hash_password(password, salt))[1]
+        finally:
+            lock, users = self._turns[origin]
+            if users == 1:
+                del self._turns[origin]
+            else:
+                self._turns[origin] = (lock, users - 1)
 
     def _count(self, who: str) -> int:
         n, when = self._fails.get(who, (0, 0.0))
@@ -63,7 +80,7 @@ class Guard:
         started = time.monotonic()
         wait = self.delay(key, origin)
         salt, stored = credentials
-        _, hashed = await hash_password(password, salt)
+        hashed = await self._hash_in_turn(origin, password, salt)
         ok = hmac.compare_digest(hashed, stored)
         if not ok:
             self.failed(key, origin)
