@@ -85,3 +85,30 @@ def test_a_datagram_listener_applies_allow_deny_to_every_source_and_stops_on_hup
     p.p.send_signal(signal.SIGHUP)
     assert p.wait() == 0
     assert p.p.stdout is not None and p.p.stdout.read() == b""  # the denied datagram never reached stdout
+
+
+@pytest.mark.parametrize("command", list(SERVERS))
+def test_connections_that_never_start_tls_count_against_max_conns(procs: list[Proc], command: str) -> None:
+    """An attacker opens 30 TCP connections to a TLS listener with --max-conns 3 and never sends a ClientHello.
+    Three are held (each until the 10 s handshake timeout); every other one is closed at once, whatever the
+    listener: the cap counts connections from accept, not from the end of their handshake."""
+    p = Proc(sockcat(*SERVERS[command]("tls://127.0.0.1:0"), "--max-conns", "3"))
+    procs.append(p)
+    host, port = p.read_listening().rsplit("/", 1)[1].rsplit(":", 1)
+    silent = [socket.create_connection((host, int(port)), timeout=5) for _ in range(30)]
+    try:
+        closed = 0
+        deadline = time.monotonic() + 3.0
+        for s in silent:
+            s.settimeout(max(0.05, deadline - time.monotonic()))
+            try:
+                closed += s.recv(1) == b""
+            except ConnectionResetError:
+                closed += 1
+            except TimeoutError:
+                pass
+    finally:
+        for s in silent:
+            s.close()
+    assert closed >= 27, f"{command}: only {closed} of 30 silent TLS connections closed past --max-conns 3"
+    assert p.p.poll() is None

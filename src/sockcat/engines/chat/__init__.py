@@ -16,20 +16,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-import ssl
-from collections.abc import Coroutine
-from typing import Any
 
 from sockcat.core import chatproto as proto
-from sockcat.core.address import Address, show
-from sockcat.core.errors import NetworkError, UsageError, describe, tls_reason
+from sockcat.core.address import Address
+from sockcat.core.errors import NetworkError, UsageError, describe
 from sockcat.engines.chat.broker import Broker, ChatOptions
 from sockcat.engines.chat.client import Client
 from sockcat.engines.chat.store import ChatStore, Quotas, default_db
-from sockcat.net.sockets import to_address
 from sockcat.serving.scaffold import Bound, Settings, serve_on_loop
+from sockcat.serving.tls_accept import TlsAcceptor
 from sockcat.streams.sync import Listener
-from sockcat.streams.tlsio import TLS_HANDSHAKE_TIMEOUT
 
 __all__ = ["ChatOptions", "ChatService", "ChatStore", "Quotas", "chat_async", "default_db", "open_store", "run_chat"]
 
@@ -44,29 +40,36 @@ def open_store(opts: ChatOptions) -> ChatStore:
 
 
 class ChatService:
-    """One broker on one or more bound, listening sockets: one room across all of them.
-
-    On a TLS address the broker accepts itself and admits (``--allow``/``--deny``, ``--max-conns``) before the
-    handshake, so connections that never finish one count against the cap; each has 10 s to finish it."""
+    """One broker on one or more bound, listening sockets: one room across all of them. On a TLS address,
+    connections are admitted before their handshake (:class:`~sockcat.serving.tls_accept.TlsAcceptor`), so those
+    that never finish one count against ``--max-conns``."""
 
     def __init__(self, opts: ChatOptions, store: ChatStore) -> None:
         self.opts = opts
         self.store = store
         self.broker: Broker | None = None
-        self.servers: list[asyncio.AbstractServer] = []
-        self.tasks: set[asyncio.Task[None]] = set()  # TLS accept loops and handshakes
-        self.handshaking = 0
+        self.servers: list[asyncio.AbstractServer | TlsAcceptor] = []
 
     async def start(self, bound: list[Bound]) -> None:
         loop = asyncio.get_running_loop()
         broker = self.broker = Broker(self.store, self.opts)
         broker.start()
         for b in bound:
+            scheme = b.address.scheme
             if b.address.is_tls and self.opts.ssl_context is not None:
-                self._spawn(self._accept_tls(b.sock, b.address.scheme, self.opts.ssl_context))
+
+                def tls_client(accepted: float, scheme: str = scheme) -> asyncio.BaseProtocol:
+                    return Client(broker, scheme, accepted)
+
+                def refuse(address: Address | None, handshaking: int) -> str | None:
+                    return broker.refuse(address, len(broker.clients) + handshaking)
+
+                acceptor = TlsAcceptor(b.sock, scheme, self.opts.ssl_context, tls_client, refuse, self.opts.log)
+                acceptor.start()
+                self.servers.append(acceptor)
                 continue
 
-            def factory(scheme: str = b.address.scheme) -> asyncio.BaseProtocol:
+            def factory(scheme: str = scheme) -> asyncio.BaseProtocol:
                 return Client(broker, scheme)
 
             if b.address.is_unix:
@@ -75,54 +78,9 @@ class ChatService:
                 server = await loop.create_server(factory, sock=b.sock)
             self.servers.append(server)
 
-    def _spawn(self, step: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.ensure_future(step)
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
-
-    async def _accept_tls(self, sock: socket.socket, scheme: str, ctx: ssl.SSLContext) -> None:
-        loop, broker = asyncio.get_running_loop(), self.broker
-        assert broker is not None
-        sock.setblocking(False)
-        while True:
-            try:
-                conn, where = await loop.sock_accept(sock)
-            except OSError as exc:  # (EMFILE and the like: not the end of the broker)
-                self.opts.log.warning(f"accept: {describe(exc)}")
-                await asyncio.sleep(0.1)
-                continue
-            address = to_address(scheme, where)
-            why = broker.refuse(address, len(broker.clients) + self.handshaking)
-            if why is not None:
-                self.opts.log.info(f"refused {show(address, conn)}: {why}")
-                conn.close()
-                continue
-            self._spawn(self._handshake(conn, address, scheme, ctx, loop.time()))
-
-    async def _handshake(
-        self, conn: socket.socket, address: Address, scheme: str, ctx: ssl.SSLContext, accepted: float
-    ) -> None:
-        broker = self.broker
-        assert broker is not None
-        self.handshaking += 1
-        try:
-            await asyncio.get_running_loop().connect_accepted_socket(
-                lambda: Client(broker, scheme, accepted),
-                conn,
-                ssl=ctx,
-                ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT,
-            )
-        except (TimeoutError, OSError) as exc:
-            conn.close()
-            self.opts.log.info(f"{show(address)}: TLS handshake: {tls_reason(exc) or 'timed out'}")
-        finally:
-            self.handshaking -= 1
-
     async def stop(self, grace: float) -> None:
         for server in self.servers:
             server.close()
-        for task in list(self.tasks):
-            task.cancel()
         broker = self.broker
         if broker is None:
             return

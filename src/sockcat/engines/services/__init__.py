@@ -44,8 +44,8 @@ from sockcat.engines.services.stream import _STREAM
 from sockcat.net.sockets import SockOpts, bind_socket, norm_opts
 from sockcat.serving.process import new_runner
 from sockcat.serving.scaffold import Bound, Settings, serve_on_loop
+from sockcat.serving.tls_accept import TlsAcceptor
 from sockcat.streams.sync import Listener
-from sockcat.streams.tlsio import TLS_HANDSHAKE_TIMEOUT
 
 __all__ = [
     "CHARGEN_PERIOD",
@@ -73,7 +73,7 @@ class ServiceServer:
         self.address = address
         self.opts = opts
         self.fingerprint = opts.fingerprint
-        self._server: asyncio.AbstractServer | None = None
+        self._server: asyncio.AbstractServer | TlsAcceptor | None = None
         self._shared: _Shared | None = None
         self._dgram: _DatagramService | None = None
         self._packet: _PacketService | None = None
@@ -101,15 +101,13 @@ class ServiceServer:
 
         if addr.is_unix:
             self._server = await loop.create_unix_server(factory, sock=self.socket, backlog=self.opts.backlog)
-        else:
-            ctx = self.opts.ssl_context if addr.is_tls else None
-            self._server = await loop.create_server(
-                factory,
-                sock=self.socket,
-                backlog=self.opts.backlog,
-                ssl=ctx,
-                ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT if ctx is not None else None,
+        elif addr.is_tls and self.opts.ssl_context is not None:  # admitted before the handshake, counted during it
+            self._server = TlsAcceptor(
+                self.socket, addr.scheme, self.opts.ssl_context, lambda _accepted: factory(), shared.refuse, shared.log
             )
+            self._server.start()
+        else:
+            self._server = await loop.create_server(factory, sock=self.socket, backlog=self.opts.backlog)
         if self.opts.idle_timeout is not None:
             self._sweeper = asyncio.ensure_future(self._sweep(shared, self.opts.idle_timeout))
 

@@ -68,6 +68,14 @@ class _Shared:
         sa = transport.get_extra_info("peername")
         return _name(self.scheme, sa)
 
+    def refuse(self, peer: Address | None, handshaking: int) -> str | None:
+        """Why a TLS connection is refused before its handshake (None: admitted), ``handshaking`` others under way."""
+        if self.access.active and not self.access.permits(peer.host if peer else ""):
+            return "not allowed by --allow/--deny"
+        if len(self.conns) + handshaking >= self.max_conns:
+            return f"--max-conns {self.max_conns} reached"
+        return None
+
     def admit(self, conn: _Connection, transport: asyncio.BaseTransport) -> bool:
         """Apply --allow/--deny, --max-conns and --sockopt to a new connection; False = refused (closed)."""
         peer = self.peer_of(transport)
