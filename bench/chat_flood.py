@@ -72,7 +72,11 @@ class Receiver(asyncio.Protocol):
             fields = line[i + 1 :].split(b" ", 3)
             if len(fields) < 3:
                 continue
-            sender, seq, sent = fields[0], int(fields[1]), float(fields[2])
+            try:
+                sender, seq, sent = fields[0], int(fields[1]), float(fields[2])
+            except ValueError:  # a garbled line (ncat --chat splices lines under this load): out of order
+                self.bad += 1
+                continue
             if self.latencies is not None:
                 self.latencies.append(now - sent)
             if self.checked:

@@ -413,3 +413,22 @@ def test_parse() -> None:
     assert proto.parse("/WHO") == proto.Command("who")
     assert proto.parse("//x") == proto.Command("say", ("/x",))
     assert proto.parse("/frob") == proto.Command("unknown", ("frob",))
+
+
+def test_room_lines_and_own_lines_keep_their_order_in_one_burst(broker: Callable[..., Broker]) -> None:
+    """Lines for the room are queued once on the broker and private ones on each client; in one burst they still
+    reach everyone in the order they were sent, and the sender never sees its own room lines. A client that joins
+    afterwards gets none of them."""
+    b = broker(db=":memory:", extra=("--line-rate", "0"))
+    a, c = b.client("ann"), b.client("cat")
+    assert a.line() == "* cat joined"
+    a.send("a1\n/msg cat p1\na2\n/who\na3\n/msg ann to myself\na4")
+    assert [c.line() for _ in range(5)] == ["<ann> a1", "*ann* p1", "<ann> a2", "<ann> a3", "<ann> a4"]
+    assert a.line() == "* online (2): ann, cat"  # its /who answer, then its message to itself, in order
+    assert a.line() == "*ann* to myself"
+    late = b.client("late")
+    assert c.line() == "* late joined"
+    c.send("after")
+    assert late.line() == "<cat> after"
+    assert a.line() == "* late joined"
+    assert a.line() == "<cat> after"

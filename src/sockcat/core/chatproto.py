@@ -32,6 +32,8 @@ class LineReader:
     A line longer than ``max_line`` bytes is reported once and its bytes are dropped up to its end, so memory
     stays bounded whatever a client sends."""
 
+    __slots__ = ("_buf", "_skipping", "max_line")
+
     def __init__(self, max_line: int = MAX_LINE) -> None:
         self.max_line = max_line
         self._buf = bytearray()

@@ -118,6 +118,7 @@ def run_chat(addresses: list[Address], opts: ChatOptions) -> None:
         if address.is_datagram or address.is_stdio or address.type == socket.SOCK_SEQPACKET:
             raise UsageError(f"chat needs stream addresses (tcp, unix, tls…), not {address}")
     store = open_store(opts)  # before binding: a bad --db is one error line, not a half-started broker
+    proto.skeleton("")  # the confusables table too: loaded before the listening line, not on the first join
     with contextlib.closing(store):
         settings = Settings(log=opts.log, access=opts.access, fingerprint=opts.fingerprint)
         serve_on_loop(addresses, settings, lambda: ChatService(opts, store))

@@ -1,7 +1,9 @@
 """What every connection of one chat broker shares: who is online, the writes waiting to go out, backpressure.
 
-**Writes are batched.** A line for a client is queued; one flush at the end of the loop iteration writes each
-client's queued lines in one system call, and a broadcast line is encoded once for everyone.
+**Writes are batched.** A line for one client is queued on it; a line for the room is queued once, on the broker
+(cost: one list append, however many are online). One flush at the end of the loop iteration joins the room's lines
+into one buffer, written as is to every client that has nothing else queued and sent none of them (one system call
+each, no copy); the others get their own lines merged in order.
 
 **Nothing is dropped, and nobody is flooded.** A sender over its line budget is slowed: the broker stops reading
 it until the budget refills (``--line-rate``). When some client falls behind (more than :data:`BEHIND` bytes wait
@@ -37,11 +39,15 @@ class Client(Protocol):
 
     def send(self, line: str) -> None: ...
 
+    room_from: int
+
     def send_bytes(self, data: bytes) -> None: ...
 
     def _ack(self) -> None: ...
 
-    def flush(self) -> None: ...
+    def flush(
+        self, room: list[bytes] | None = None, blob: bytes = b"", skip: dict[int, Client] | None = None
+    ) -> None: ...
 
     def hold(self, why: str, on: bool) -> None: ...
 
@@ -81,11 +87,14 @@ class Broker:
         self.looks: dict[str, str] = {}  # skeleton -> the key of the online name that looks like that
         self.clients: set[Client] = set()
         self.dirty: set[Client] = set()  # clients with lines queued for the next flush
+        self.room: list[bytes] = []  # lines for everyone online, queued for the next flush
+        self.room_skip: dict[int, Client] = {}  # index in room -> the one client that line is not for (its sender)
         self.behind: dict[Client, float] = {}  # clients past BEHIND, and since when
         self.paused = False
         self._sweeper: asyncio.Task[None] | None = None
 
     def start(self) -> None:
+        proto.skeleton("")  # the confusables table (a few MB, 30 ms): loaded now (if not yet), not on the first join
         self._sweeper = asyncio.ensure_future(self._sweep())
 
     def stop(self) -> None:
@@ -124,6 +133,8 @@ class Broker:
         if client.name is not None:
             self.drop_name(client)
         key = proto.name_key(name)
+        if client.name is None:
+            client.room_from = len(self.room)  # lines queued for the room before it joined are not for it
         client.name = name
         self.online[key] = client
         self.looks[proto.skeleton(name)] = key
@@ -140,21 +151,32 @@ class Broker:
 
     # --- writing -------------------------------------------------------------------------------------------------
     def broadcast(self, line: str, exclude: Client | None = None) -> None:
-        data = line.encode() + b"\n"  # encoded once for everyone
-        for client in self.online.values():
-            if client is not exclude:
-                client.send_bytes(data)
+        """A line for everyone online (but ``exclude``), written at the next flush."""
+        if not self.room and not self.dirty:
+            asyncio.get_running_loop().call_soon(self.flush)
+        if exclude is not None:
+            self.room_skip[len(self.room)] = exclude
+        self.room.append(line.encode() + b"\n")  # encoded once for everyone
 
     def queued(self, client: Client) -> None:
-        """``client`` has lines to write: one flush at the end of this loop iteration writes them all."""
-        if not self.dirty:
+        """``client`` has lines of its own to write: one flush at the end of this loop iteration writes them all."""
+        if not self.dirty and not self.room:
             asyncio.get_running_loop().call_soon(self.flush)
         self.dirty.add(client)
 
     def flush(self) -> None:
+        """Write everything queued: the room's lines to everyone online, each client's own lines to it, in order."""
         dirty, self.dirty = self.dirty, set()
-        for client in dirty:
-            client.flush()
+        room, skip = self.room, self.room_skip
+        if not room:
+            for client in dirty:
+                client.flush()
+            return
+        self.room, self.room_skip = [], {}
+        blob = b"".join(room)
+        senders = set(skip.values())
+        for client in dirty.union(self.online.values()):
+            client.flush(room, blob, skip if client in senders else None)
 
     # --- backpressure --------------------------------------------------------------------------------------------
     def fell_behind(self, client: Client) -> None:

@@ -18,6 +18,7 @@ from typing import Any, cast
 from sockcat.core import chatproto as proto
 from sockcat.core.address import Address, show
 from sockcat.engines.chat.broker import BEHIND, SLOW_CLIENT, Broker
+from sockcat.engines.chat.broker import Client as BrokerClient
 from sockcat.engines.chat.passwords import hash_password
 from sockcat.engines.chat.store import StoreFull
 from sockcat.net.sockets import to_address
@@ -40,6 +41,32 @@ def origin_of(peer: Address | None) -> str:
 
 
 class Client(asyncio.Protocol):
+    __slots__ = (  # (a thousand idle clients: no per-object dict)
+        "accepted",
+        "ahead",
+        "broker",
+        "busy",
+        "closing",
+        "deadline",
+        "holds",
+        "last_line",
+        "lost",
+        "more_mail",
+        "name",
+        "origin",
+        "out",
+        "peer",
+        "reader",
+        "refilled",
+        "room_from",
+        "scheme",
+        "step",
+        "tokens",
+        "transport",
+        "unacked",
+        "wake",
+    )
+
     def __init__(self, broker: Broker, scheme: str, accepted: float | None = None) -> None:
         self.broker = broker
         self.scheme = scheme
@@ -60,7 +87,8 @@ class Client(asyncio.Protocol):
         self.unacked: list[int] = []  # stored messages written, waiting for the socket to take them
         self.more_mail = False
         self.closing = False
-        self.out: list[bytes] = []  # lines queued for the broker's next flush
+        self.out: list[tuple[int, bytes]] = []  # own lines queued for the next flush, after room[:pos]
+        self.room_from = 0  # the first of the room's queued lines that is for this client
         self.deadline: asyncio.TimerHandle | None = None
         self.wake: asyncio.TimerHandle | None = None
         self.step: asyncio.Future[None] | None = None
@@ -207,14 +235,35 @@ class Client(asyncio.Protocol):
             return
         if not self.out:
             self.broker.queued(self)
-        self.out.append(data)
+        self.out.append((len(self.broker.room), data))
 
-    def flush(self) -> None:
-        t, data = self.transport, b"".join(self.out)
-        self.out = []
-        if t is None or t.is_closing() or not data:
+    def flush(
+        self, room: list[bytes] | None = None, blob: bytes = b"", skip: dict[int, BrokerClient] | None = None
+    ) -> None:
+        """Write this client's own lines, merged in order with the room's (``room``, joined as ``blob``; ``skip``:
+        lines that are not for some client) if it is online."""
+        t, out, start = self.transport, self.out, self.room_from
+        self.out, self.room_from = [], 0
+        if t is None or t.is_closing():
             return
-        t.write(data)
+        b = self.broker
+        if not room or self.name is None or b.online.get(proto.name_key(self.name)) is not self:
+            room = []
+        if room and not out and not start and skip is None:  # (skip: only for clients some lines are not for)
+            t.write(blob)  # the common case: the room's lines as they are, shared by everyone
+        else:
+            pieces: list[bytes] = []
+            i = start
+            for pos, data in [*out, (len(room), b"")]:
+                for k in range(i, min(pos, len(room))):
+                    if skip is None or skip.get(k) is not self:
+                        pieces.append(room[k])
+                i = max(i, pos)
+                pieces.append(data)
+            joined = b"".join(pieces)
+            if not joined:
+                return
+            t.write(joined)
         size = t.get_write_buffer_size()
         if size > SLOW_CLIENT:
             self.broker.opts.log.info(f"{self.peer}: not reading; disconnected")
@@ -235,7 +284,7 @@ class Client(asyncio.Protocol):
 
     def quit(self, line: str) -> None:
         self.send(line)
-        self.flush()
+        self.broker.flush()  # (everything queued, the room's lines for this client included, before it goes)
         self.closing = True
         if self.transport is not None:
             self.transport.close()
