@@ -64,6 +64,82 @@ def wait_port(port: int, host: str = "127.0.0.1", timeout: float = TIMEOUT) -> N
     raise AssertionError(f"nothing listens on {host}:{port} after {timeout} s")
 
 
+def wait_until(cond: Callable[[], object], what: str, timeout: float = TIMEOUT, interval: float = 0.02) -> None:
+    """Poll ``cond`` until it is true; fail with ``what`` (the event awaited) after ``timeout`` seconds.
+
+    Tests wait for events through this, never with a fixed sleep: a loaded machine only makes them slower."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, f"never happened within {timeout} s: {what}"
+        time.sleep(interval)  # pacing the checks, not waiting for an event
+
+
+# TCP states in /proc/net/tcp
+TCP_ESTABLISHED = "01"
+TCP_LISTEN = "0A"
+
+
+def tcp_sockets(port: int, *, state: str | None = None, side: str = "local") -> list[tuple[int, int]]:
+    """(send queue, receive queue) of every TCP socket on this host whose ``side`` ("local" or "remote")
+    port is ``port`` (in ``state``, e.g. TCP_ESTABLISHED, if given), from /proc/net/tcp and tcp6.
+
+    For an established socket: bytes written but not yet acknowledged, bytes received but not yet read;
+    for a listener, the receive queue is the number of connections waiting for accept()."""
+    column = 1 if side == "local" else 2
+    found = []
+    for name in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(name).read_text().splitlines()[1:]
+        except FileNotFoundError:
+            continue
+        for row in rows:
+            fields = row.split()
+            if int(fields[column].rsplit(":", 1)[1], 16) != port or (state is not None and fields[3] != state):
+                continue
+            tx, rx = fields[4].split(":")
+            found.append((int(tx, 16), int(rx, 16)))
+    return found
+
+
+def established(port: int, *, side: str = "local") -> int:
+    """How many TCP connections whose ``side`` port is ``port`` are established (accepted or not)."""
+    return len(tcp_sockets(port, state=TCP_ESTABLISHED, side=side))
+
+
+def accept_queue(port: int) -> int:
+    """Connections established on the listener at ``port`` that its process has not accept()ed yet."""
+    return sum(rx for _, rx in tcp_sockets(port, state=TCP_LISTEN))
+
+
+def accepted(port: int, count: int) -> Callable[[], bool]:
+    """A predicate for :func:`wait_until`: ``count`` connections to ``port`` are established and none
+    waits in the listener's accept queue (the listening process took them all)."""
+    return lambda: established(port) >= count and accept_queue(port) == 0
+
+
+def fd_count(pid: int) -> int:
+    """Open descriptors of process ``pid``."""
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def queued_to_send(sock: socket.socket) -> int:
+    """Bytes written on our own ``sock`` that the peer has not acknowledged yet (SIOCOUTQ)."""
+    import fcntl
+    import struct
+    import termios
+
+    return int(struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0"))[0])
+
+
+def queued_to_read(sock: socket.socket) -> int:
+    """Bytes received on our own ``sock`` that nobody has read yet (SIOCINQ)."""
+    import fcntl
+    import struct
+    import termios
+
+    return int(struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0"))[0])
+
+
 class _StderrView(io.BufferedReader):
     """``Proc.p.stderr`` for tests: a real pipe fed by the reader thread. Touching it (read, readline,
     iteration, fileno…) gives up :meth:`Proc.read_listening`'s claim, so the lines come through here."""
@@ -197,6 +273,28 @@ class Proc:
             seen = [r.decode(errors="replace").rstrip("\n") for r in self._record]
         self.kill()
         raise AssertionError(f"no 'listening on' line from {self.args}: {seen}")
+
+    def stderr_count(self, text: str) -> int:
+        """How many stderr lines so far contain ``text`` (claimed or not, read by the test or not)."""
+        needle = text.encode()
+        with self._cond:
+            return sum(needle in r for r in self._record)
+
+    def wait_stderr(self, text: str, count: int = 1, timeout: float = TIMEOUT) -> list[str]:
+        """Wait until ``count`` stderr lines contain ``text``; return them. Fails (with every line so far)
+        after ``timeout`` seconds or when stderr ends first."""
+        needle = text.encode()
+
+        def hits() -> list[bytes]:
+            return [r for r in self._record if needle in r]
+
+        with self._cond:
+            self._cond.wait_for(lambda: len(hits()) >= count or self._eof, timeout=timeout)
+            found = hits()
+            if len(found) >= count:
+                return [r.decode(errors="replace").rstrip("\n") for r in found]
+            seen = [r.decode(errors="replace").rstrip("\n") for r in self._record]
+        raise AssertionError(f"{count} stderr line(s) with {text!r} never came from {self.args}: {seen}")
 
     def stderr_all(self, timeout: float = TIMEOUT) -> list[str]:
         """Every stderr line so far (all of them once the process and its children closed stderr)."""

@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from conftest import TIMEOUT, Bg, Proc, sockcat
+from conftest import TIMEOUT, Bg, Proc, sockcat, wait_until
 
 from sockcat.core import chatproto as proto
 
@@ -197,13 +197,6 @@ class Chat:
             return int(db.execute(f"SELECT COUNT(*) FROM mail {where}", args).fetchone()[0])
         finally:
             db.close()
-
-
-def wait_until(cond: Callable[[], bool], what: str, timeout: float = TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, f"never happened: {what}"
-        time.sleep(0.02)
 
 
 def register(chat: Chat, name: str, password: str) -> None:

@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import os
 import socket
-import time
 from pathlib import Path
 
 import pytest
-from conftest import TIMEOUT, Proc, sockcat
+from conftest import TIMEOUT, Proc, sockcat, wait_until
 
 
 def fds(pid: int) -> int:
@@ -27,13 +26,6 @@ def children(pid: int) -> int:
         except OSError:
             pass
     return len(kids)
-
-
-def wait_until(cond: object, what: str, timeout: float = TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():  # type: ignore[operator]
-        assert time.monotonic() < deadline, f"never happened: {what}"
-        time.sleep(0.02)
 
 
 @pytest.fixture

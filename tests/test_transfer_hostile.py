@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import pytest
-from conftest import TIMEOUT, Bg, Proc, run_sockcat, sockcat
+from conftest import TIMEOUT, Bg, Proc, run_sockcat, sockcat, wait_until
 from transfer_raw import HELLO, RawSender, entry, line
 
 from sockcat.core.pake import CodeError, ReceiverHandshake, SenderHandshake
@@ -88,13 +88,6 @@ class Site:
     def beside(self) -> dict[str, tuple[Any, ...]]:
         """Everything outside DIR (and outside the honest sources), down to the file's inode and mtime."""
         return snapshot(self.base, frozenset({"out", "src"}))
-
-
-def wait_until(cond: Callable[[], bool], what: str, timeout: float = TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, f"never happened: {what}"
-        time.sleep(0.01)
 
 
 def has_size(path: Path, size: int) -> Callable[[], bool]:
