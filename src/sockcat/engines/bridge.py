@@ -229,7 +229,8 @@ def run_connect(
     if address.is_datagram:
         _connect_datagram(address, opts, source=source, sockopts=sockopts, timeout=connect_timeout)
         return
-    sock, addr = connect_socket(address, timeout=connect_timeout, source=source, sockopts=sockopts, proxy=proxy)
+    addr = address
+    sock = connect_socket(address, timeout=connect_timeout, source=source, sockopts=sockopts, proxy=proxy)
     local = show(safe_name(sock, addr.scheme, peer=False))
     # through a proxy the socket's peer is the proxy: name the target, and the proxy after it
     peer = f"{addr} via {proxy}" if proxy is not None else show(safe_name(sock, addr.scheme, peer=True) or addr, sock)

@@ -17,13 +17,14 @@ from typing import Any
 
 from sockcat.core.address import Address
 from sockcat.core.errors import NetworkError, UsageError, network_error
+from sockcat.core.eyeballs import ATTEMPT_DELAY, Eyeballs
 from sockcat.net import proxy as _proxy
 from sockcat.net import trace as _trace
 from sockcat.net.options import SockOpt, apply_sockopts, parse_sockopts
 from sockcat.net.proxy import Proxy
 
 RECV_SIZE = 65536
-HAPPY_EYEBALLS_DELAY = 0.25  # RFC 8305 §5: "Connection Attempt Delay", recommended 250 ms
+HAPPY_EYEBALLS_DELAY = ATTEMPT_DELAY  # (kept for callers of this name)
 
 SockOpts = tuple[SockOpt, ...] | list[str] | tuple[str, ...] | None
 
@@ -173,30 +174,23 @@ def _happy_eyeballs(
     opts: tuple[SockOpt, ...],
     source: Address | None,
 ) -> socket.socket:
-    """RFC 8305: start the next attempt every 250 ms (or at once when one fails); first success wins."""
-    v6 = [i for i in infos if i[0] == socket.AF_INET6]
-    v4 = [i for i in infos if i[0] != socket.AF_INET6]
-    queue: list[tuple[int, int, int, Any]] = []
-    first, second = (v6, v4) if infos[0][0] == socket.AF_INET6 else (v4, v6)
-    for i in range(max(len(first), len(second))):
-        queue += first[i : i + 1] + second[i : i + 1]
+    """RFC 8305, as :class:`sockcat.core.eyeballs.Eyeballs` plans it, on non-blocking sockets and a selector."""
+    plan = Eyeballs(infos)
     deadline = None if timeout is None else time.monotonic() + timeout
-    errors: list[OSError] = []
     pending: dict[socket.socket, Any] = {}
     winner: socket.socket | None = None
     with selectors.DefaultSelector() as sel:
         try:
-            next_start = time.monotonic()
-            while winner is None and (queue or pending):
+            while winner is None and not plan.lost:
                 now = time.monotonic()
                 if deadline is not None and now >= deadline:
                     raise TimeoutError(errno.ETIMEDOUT, "timed out")
-                if queue and (not pending or now >= next_start):
-                    fam, kind, proto, sa = queue.pop(0)
+                if plan.due(now):
+                    fam, kind, proto, sa = plan.start(now)
                     try:
                         sock = prepare_socket(fam, kind, proto, opts, source, str(addr))
                     except OSError as exc:
-                        errors.append(exc)
+                        plan.failed(exc, now)
                         continue
                     sock.setblocking(False)
                     rc = sock.connect_ex(sa)
@@ -204,14 +198,13 @@ def _happy_eyeballs(
                         winner = sock
                         break
                     if rc not in (errno.EINPROGRESS, errno.EAGAIN, errno.EWOULDBLOCK):
-                        errors.append(OSError(rc, os.strerror(rc)))
+                        plan.failed(OSError(rc, os.strerror(rc)), now)
                         sock.close()
                         continue
                     pending[sock] = sa
                     sel.register(sock, selectors.EVENT_WRITE)
-                    next_start = now + HAPPY_EYEBALLS_DELAY
                     continue
-                waits = [] if not queue else [max(0.0, next_start - now)]
+                waits = [w for w in (plan.wait(now),) if w is not None]
                 if deadline is not None:
                     waits.append(max(0.0, deadline - now))
                 for key, _ in sel.select(min(waits) if waits else None):
@@ -222,18 +215,13 @@ def _happy_eyeballs(
                     if err == 0:
                         winner = sock
                         break
-                    errors.append(OSError(err, os.strerror(err)))
+                    plan.failed(OSError(err, os.strerror(err)), time.monotonic())
                     sock.close()
-                    next_start = time.monotonic()
         finally:
             for sock in pending:
                 sock.close()
     if winner is None:
-        if len(errors) == 1:
-            raise errors[0]
-        group = ExceptionGroup("every address failed", errors) if errors else None
-        last = errors[-1] if errors else OSError(errno.EHOSTUNREACH, "no address")
-        raise last from group
+        raise plan.error()
     winner.settimeout(timeout)
     return winner
 
@@ -245,7 +233,7 @@ def connect_socket(
     source: Address | str | None = None,
     sockopts: SockOpts = None,
     proxy: Proxy | str | None = None,
-) -> tuple[socket.socket, Address]:
+) -> socket.socket:
     """A connected plain socket (no TLS) for any address kind, errors mapped to sockcat's; with ``proxy``
     (a ``socks5://``, ``socks5h://``, ``socks4://``, ``socks4a://`` or ``http://`` URL) through that proxy."""
     addr = Address.parse(address)
@@ -254,7 +242,7 @@ def connect_socket(
         check_source(addr, src)
     opts = norm_opts(sockopts)
     if proxy is not None:
-        return _proxy.connect(Proxy.parse(proxy), addr, timeout, src, opts), addr
+        return _proxy.connect(Proxy.parse(proxy), addr, timeout, src, opts)
     try:
         infos = resolve(addr)
         if not infos:
@@ -267,7 +255,7 @@ def connect_socket(
         raise
     except OSError as exc:
         raise network_error(exc, f"connect {addr}") from exc.__cause__
-    return sock, addr
+    return sock
 
 
 def unix_stale(path: str, kind: int, where: str) -> None:

@@ -20,13 +20,14 @@ from typing import Any, Self
 
 from sockcat.core.address import Address
 from sockcat.core.errors import NetworkError, Timeout, UsageError, network_error, tls_reason
+from sockcat.core.eyeballs import Eyeballs
 from sockcat.core.framing import DEFAULT_MAX_LINE, ReceiveBuffer, to_bytes
 from sockcat.net import proxy as _proxy
 from sockcat.net.proxy import Proxy
 from sockcat.net.sockets import (
-    HAPPY_EYEBALLS_DELAY,
     RECV_SIZE,
     SockOpts,
+    check_source,
     norm_opts,
     prepare_socket,
     resolve,
@@ -228,43 +229,38 @@ async def _attempt(info: tuple[int, int, int, Any], addr: Address, opts: Any, so
 async def _happy_eyeballs(
     infos: list[tuple[int, int, int, Any]], addr: Address, opts: Any, source: Address | None
 ) -> socket.socket:
-    """RFC 8305: a new attempt every 250 ms or as soon as one fails; the first to connect wins."""
-    errors: list[OSError] = []
-    tasks: list[asyncio.Task[socket.socket]] = []
+    """RFC 8305, as :class:`sockcat.core.eyeballs.Eyeballs` plans it (the sync connect's plan), on tasks."""
+    loop = asyncio.get_running_loop()
+    plan = Eyeballs(infos)
+    racing: set[asyncio.Task[socket.socket]] = set()
     winner: socket.socket | None = None
     try:
-        for info in infos:
-            tasks.append(asyncio.ensure_future(_attempt(info, addr, opts, source)))
-            await asyncio.wait(
-                [t for t in tasks if not t.done()] or tasks,
-                timeout=HAPPY_EYEBALLS_DELAY,
-                return_when=asyncio.FIRST_COMPLETED,
-            )
-            winner = _first_success(tasks, errors)
-            if winner is not None:
-                return winner
-        while winner is None and any(not t.done() for t in tasks):
-            await asyncio.wait([t for t in tasks if not t.done()], return_when=asyncio.FIRST_COMPLETED)
-            winner = _first_success(tasks, errors)
-        if winner is not None:
-            return winner
+        while winner is None and not plan.lost:
+            if plan.due(loop.time()):
+                racing.add(asyncio.ensure_future(_attempt(plan.start(loop.time()), addr, opts, source)))
+                continue
+            done, _ = await asyncio.wait(racing, timeout=plan.wait(loop.time()), return_when=asyncio.FIRST_COMPLETED)
+            for t in done:
+                racing.discard(t)
+                exc = t.exception()
+                if exc is None:
+                    if winner is None:
+                        winner = t.result()
+                    else:
+                        t.result().close()
+                elif isinstance(exc, OSError):
+                    plan.failed(exc, loop.time())
+                else:
+                    raise exc
     finally:
-        for t in tasks:
-            if not t.done():
+        for t in racing:
+            if t.done() and not t.cancelled() and t.exception() is None:
+                t.result().close()  # (connected, but another won)
+            else:
                 t.cancel()
-            elif winner is not None and not t.cancelled() and t.exception() is None and t.result() is not winner:
-                t.result().close()
-    errors = [t.exception() for t in tasks if not t.cancelled() and isinstance(t.exception(), OSError)]  # type: ignore[misc]
-    if len(errors) == 1:
-        raise errors[0]
-    raise errors[-1] from ExceptionGroup("every address failed", errors)
-
-
-def _first_success(tasks: list[asyncio.Task[socket.socket]], errors: list[OSError]) -> socket.socket | None:
-    for t in tasks:
-        if t.done() and not t.cancelled() and t.exception() is None:
-            return t.result()
-    return None
+    if winner is None:
+        raise plan.error()
+    return winner
 
 
 async def connect(
@@ -305,6 +301,8 @@ async def connect_socket(
     With ``proxy``, through that SOCKS or HTTP CONNECT proxy."""
     addr = Address.parse(address)
     src = Address.parse(source) if source is not None else None
+    if src is not None:
+        check_source(addr, src)  # (the sync connect's checks: a source of another kind or family is a usage error)
     opts = norm_opts(sockopts)
     if proxy is not None:
         return await _proxy.connect_async(Proxy.parse(proxy), addr, timeout, src, opts)

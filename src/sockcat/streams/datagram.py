@@ -171,7 +171,7 @@ def connect_datagram(
             sock.close()
             raise network_error(exc, f"connect {addr}") from None
     else:
-        sock, addr = connect_socket(addr, timeout=timeout, source=source, sockopts=sockopts)
+        sock = connect_socket(addr, timeout=timeout, source=source, sockopts=sockopts)
     sock.settimeout(timeout)
     local = safe_name(sock, addr.scheme, peer=False) or addr
     return Datagram(sock, local, addr)

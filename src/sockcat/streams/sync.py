@@ -62,7 +62,7 @@ def connect(
     """
     addr = Address.parse(address)
     ct = timeout if connect_timeout is None else connect_timeout
-    sock, addr = connect_socket(addr, timeout=ct, source=source, sockopts=sockopts, proxy=proxy)
+    sock = connect_socket(addr, timeout=ct, source=source, sockopts=sockopts, proxy=proxy)
     tls = _tls_client(sock, addr, ssl_context, sni, ct) if addr.is_tls else None
     sock.settimeout(timeout)
     return Stream(sock, addr.scheme, tls=tls)
