@@ -2,8 +2,9 @@
 
 One module per command (``connect``, ``listen``, ``serve``, ``bench``, ``chat``, ``send``/``recv``, ``scan``,
 ``relay``), each with ``add_parser`` and the function that runs it; :mod:`.common` holds what they share.
-Exit statuses (SPEC §2): 0 success (SIGTERM included), 1 network or runtime failure, 2 usage error,
-130 interrupted by SIGINT. Errors are one stderr line, ``sockcat: error: WHAT``; ``-vv`` adds the traceback.
+Exit statuses (docs/reference.md#exit-statuses): 0 success (SIGTERM included), 1 network or runtime failure,
+2 usage error, 130 interrupted by SIGINT. Errors are one stderr line, ``sockcat: error: WHAT``; ``-vv`` adds the
+traceback.
 """
 
 from __future__ import annotations

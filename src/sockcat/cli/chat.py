@@ -1,4 +1,4 @@
-"""``sockcat chat ADDR [ADDR...]``: a chat broker for plain line clients (SPEC §3), one room across addresses."""
+"""``sockcat chat ADDR [ADDR...]``: a chat broker for plain line clients (docs/chat.md), one room across addresses."""
 
 from __future__ import annotations
 

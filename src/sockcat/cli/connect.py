@@ -1,4 +1,4 @@
-"""``sockcat connect ADDR``: stdin to the socket, the socket to stdout (SPEC §2)."""
+"""``sockcat connect ADDR``: stdin to the socket, the socket to stdout (docs/reference.md#connect)."""
 
 from __future__ import annotations
 

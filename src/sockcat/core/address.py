@@ -1,4 +1,5 @@
-"""One address syntax for every socket kind (SPEC §1); parsing is pure and never touches the network.
+"""One address syntax for every socket kind (docs/reference.md#addresses); parsing is pure and never touches the
+network.
 
 The scheme names follow Go's ``net`` package: tcp, tcp4, tcp6, udp, udp4, udp6, unix, unixgram,
 unixpacket; plus tls (TCP + TLS) and stdio (``-``).
@@ -94,7 +95,7 @@ class Address:
     def is_unnamed(self) -> bool:
         """An unbound Unix socket's address (``getpeername()`` of a client that never bound: ``''``).
 
-        It has no §1 form: ``str()`` gives ``unix:`` (or ``unixgram:``…), which does not parse.
+        It has no form in the address syntax: ``str()`` gives ``unix:`` (or ``unixgram:``…), which does not parse.
         """
         return self.is_unix and not self.path
 
@@ -237,7 +238,7 @@ def _parse_port(text: str, proto: str, bad: _Bad) -> int:
 
 
 def show(addr: Address | None, sock: socket.socket | None = None) -> str:
-    """An address for log lines and errors: §1 syntax, or words where there is none.
+    """An address for log lines and errors: the address syntax, or words where there is none.
 
     An unnamed Unix socket (a client that never bound, ``getpeername() == ''``) has no address to write:
     it shows as ``unnamed unix peer`` (with its process id from SO_PEERCRED when ``sock`` is given),

@@ -1,4 +1,4 @@
-"""The chat protocol of SPEC §3, pure: no sockets, no clock, no storage.
+"""The chat protocol (docs/chat.md), pure: no sockets, no clock, no storage.
 
 Lines are UTF-8, ending ``\\n`` or ``\\r\\n``. :class:`LineReader` cuts bytes into lines and reports what cannot be a
 line (too long, not UTF-8); :func:`parse` turns a line into a command; the ``*_line`` functions write what the

@@ -1,4 +1,4 @@
-"""What sockcat tells a person on stderr, by verbosity (SPEC §2).
+"""What sockcat tells a person on stderr, by verbosity (docs/reference.md#output).
 
 Without ``-v`` stderr carries only errors, the ``listening on`` line, a self-signed TLS listener's
 ``certificate sha256`` line and warnings; ``-q`` drops the warnings; ``-v`` adds one line per connection

@@ -327,7 +327,7 @@ class WorkerResult:
 
 @dataclass(frozen=True)
 class BenchResult:
-    """The figures of one ``bench`` run; ``to_json()`` gives the object ``--json`` prints (SPEC §2).
+    """The figures of one ``bench`` run; ``to_json()`` gives the object ``--json`` prints (docs/reference.md#output).
 
     ``requests`` counts round trips (rtt), connections opened, answered and closed (connect), or
     ``size``-byte messages moved (throughput); ``rate`` is ``requests`` per second of the window.

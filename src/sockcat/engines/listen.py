@@ -229,7 +229,8 @@ class _Hub:
 
 def _child_env(acc: _Accepted) -> dict[str, str]:
     env = dict(os.environ)
-    # §1 syntax, or empty when there is none to give (an unnamed Unix socket, e.g. a client that never bound).
+    # The address syntax (docs/reference.md#addresses), or empty when there is none to give (an unnamed Unix
+    # socket, e.g. a client that never bound).
     # A Unix peer chooses its own name: a NUL, newline or escape in it reaches the child escaped (\x00), never raw.
     env["SOCKCAT_PEER"] = escape(str(acc.peer)) if acc.peer and not acc.peer.is_unnamed else ""
     env["SOCKCAT_LOCAL"] = escape(str(acc.local)) if acc.local and not acc.local.is_unnamed else ""

@@ -95,7 +95,8 @@ class ScanResult:
         return {state: c[state] for state in STATES if c[state]}
 
     def to_dict(self) -> dict[str, Any]:
-        """SPEC §2: ``host``, ``open``, ``results`` (every port that is not closed), ``counts``."""
+        """What ``scan --json`` prints (docs/reference.md#output): ``host``, ``open``, ``results`` (every port that
+        is not closed), ``counts``, and ``address``, ``proto``, ``ports``, ``seconds``."""
         return {
             "host": self.host,
             "address": self.address,

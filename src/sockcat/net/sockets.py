@@ -259,7 +259,8 @@ def connect_socket(
 
 
 def unix_stale(path: str, kind: int, where: str) -> None:
-    """Remove a socket file left by a dead listener; refuse if a live one answers there (SPEC §1)."""
+    """Remove a socket file left by a dead listener; refuse if a live one answers there
+    (docs/reference.md#addresses)."""
     if path.startswith("\0"):
         return
     try:

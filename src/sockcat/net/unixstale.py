@@ -8,7 +8,8 @@ server would then accept that and exit). Instead the kernel's own table of Unix 
 3. neither available: ``None``, and the caller falls back to a connect probe.
 
 A stream or seqpacket file is in use when a socket *listens* on it (accepted connections that outlive
-their listener do not count: a connect to the file is refused, SPEC §1's test of a dead listener).
+their listener do not count: a connect to the file is refused, the test of a dead listener in
+docs/reference.md#addresses).
 A datagram file is in use when any socket is bound to it.
 """
 

@@ -1,4 +1,4 @@
-"""``sockcat chat ADDR [ADDR...]``: the chat broker of SPEC §3, on any stream addresses, one room across them.
+"""``sockcat chat ADDR [ADDR...]``: the chat broker of docs/chat.md, on any stream addresses, one room across them.
 
 One asyncio loop; a :class:`~.client.Client` protocol per connection, sharing a :class:`~.broker.Broker`. The
 protocol itself is pure (:mod:`sockcat.core.chatproto`); the store is SQLite (:mod:`.store`); passwords are
