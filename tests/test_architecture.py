@@ -1,5 +1,6 @@
 """The layers stay visible: import-linter's contracts (pyproject.toml) hold, no module imports itself back through
-others, and no module grows past 500 lines. docs/architecture.md says which layer each kind of change goes to."""
+others, no module grows past 500 lines, and `import sockcat` and the command line's parser load only what they use.
+docs/architecture.md says which layer each kind of change goes to."""
 
 from __future__ import annotations
 
@@ -8,6 +9,9 @@ import sys
 from pathlib import Path
 
 import grimp
+import pytest
+
+import sockcat
 
 SRC = Path(__file__).resolve().parent.parent / "src" / "sockcat"
 MAX_LINES = 500
@@ -64,3 +68,44 @@ def test_the_layer_contracts_hold() -> None:
 def test_no_module_over_500_lines() -> None:
     big = {str(p.relative_to(SRC)): n for p in SRC.rglob("*.py") if (n := len(p.read_text().splitlines())) > MAX_LINES}
     assert not big, f"modules over {MAX_LINES} lines (split them by concern): {big}"
+
+
+# --- start-up: `import sockcat` and the command line load only what they use --------------------------
+
+
+def _modules_after(code: str) -> set[str]:
+    out = subprocess.run(
+        [sys.executable, "-c", f"{code}\nimport sys\nprint(' '.join(sys.modules))"],
+        capture_output=True,
+        check=True,
+        timeout=60,
+    ).stdout
+    return set(out.decode().split())
+
+
+HEAVY = {
+    "ssl",
+    "asyncio",
+    "sockcat.streams.sync",
+    "sockcat.engines.relay",
+    "sockcat.engines.bench",
+    "sockcat.engines.services",
+    "sockcat.aio",
+}
+
+
+def test_import_sockcat_is_lazy() -> None:
+    assert not HEAVY & _modules_after("import sockcat")
+
+
+def test_cli_parser_loads_no_socket_tls_or_asyncio_code() -> None:
+    """`sockcat --help` / `--version` build the parser only: no socket engine, TLS or asyncio."""
+    assert not HEAVY & _modules_after("import sockcat.cli\nsockcat.cli.build_parser()")
+
+
+def test_every_public_name_still_imports() -> None:
+    loaded = _modules_after(f"from sockcat import {', '.join(sockcat.__all__)}\nfrom sockcat import aio")
+    assert {"sockcat.streams.sync", "sockcat.engines.relay", "sockcat.aio"} <= loaded
+    assert set(sockcat.__all__) <= set(dir(sockcat))
+    with pytest.raises(AttributeError):
+        sockcat.no_such_name  # noqa: B018

@@ -11,11 +11,19 @@ from typing import Any
 
 import pytest
 import uvloop
+from helpers_streams import (
+    Bg,
+    T,
+    tcp_listener_fixture,  # noqa: F401  (the tcp_listener fixture)
+)
+from helpers_streams import closed_port as _closed_port
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import sockcat
 from sockcat.core.address import Address
 from sockcat.core.eyeballs import ATTEMPT_DELAY, Eyeballs, interleave
+from sockcat.net.sockets import _happy_eyeballs
 from sockcat.net.sockets import _happy_eyeballs as sync_race
 from sockcat.streams.aio import _happy_eyeballs as aio_race
 
@@ -141,3 +149,36 @@ def test_a_refused_first_address_lets_the_second_start_at_once(how: str) -> None
         with sock:
             assert sock.getpeername() == ("127.0.0.1", port)
         assert took < ATTEMPT_DELAY, took  # no waiting out the delay after a refusal
+
+
+# --- the sync connect past a refused address, through a real listener ---------------------------------
+
+
+def test_happy_eyeballs_falls_back_past_a_refused_address(tcp_listener: sockcat.Listener) -> None:
+    """Two candidates (refused ::1 first, then the live IPv4 listener): the second wins."""
+    port = tcp_listener.address.port
+    dead6 = socket.socket(socket.AF_INET6)
+    dead6.bind(("::1", 0))
+    dead_port = dead6.getsockname()[1]
+    dead6.close()
+    infos = [
+        (socket.AF_INET6, socket.SOCK_STREAM, 6, ("::1", dead_port, 0, 0)),
+        (socket.AF_INET, socket.SOCK_STREAM, 6, ("127.0.0.1", port)),
+    ]
+    acc = Bg(tcp_listener.accept)
+    sock = _happy_eyeballs(infos, Address.parse(f"tcp://localhost:{port}"), T, (), None)
+    with sock, acc.get() as server:
+        assert sock.getpeername() == ("127.0.0.1", port)
+        assert sock.gettimeout() == T
+        sock.sendall(b"he")
+        assert server.recv_exactly(2) == b"he"
+
+
+def test_happy_eyeballs_every_address_refused() -> None:
+    p4 = _closed_port()
+    infos = [
+        (socket.AF_INET6, socket.SOCK_STREAM, 6, ("::1", p4, 0, 0)),
+        (socket.AF_INET, socket.SOCK_STREAM, 6, ("127.0.0.1", p4)),
+    ]
+    with pytest.raises(ConnectionRefusedError):
+        _happy_eyeballs(infos, Address.parse(f"tcp://localhost:{p4}"), T, (), None)

@@ -10,20 +10,29 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import re
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import trustme
 from conftest import Bg as _Bg
 from conftest import run_sockcat
+from helpers_streams import (
+    pair,
+    pair_to,
+    read_to_eof,
+    tcp_listener_fixture,  # noqa: F401  (the tcp_listener fixture)
+)
 
 import sockcat
-from sockcat import aio
+from sockcat import NetworkError, SockcatError, aio
 from sockcat.core.errors import tls_reason
-from sockcat.net.tls import client_context
+from sockcat.net.tls import client_context, fingerprint_sha256
 from sockcat.streams.tlsio import TLSChannel
 
 T = 10.0
@@ -37,6 +46,10 @@ VERSIONS = [
 ]
 
 
+def insecure() -> ssl.SSLContext:
+    return client_context(insecure=True)
+
+
 def client_ctx(version: ssl.TLSVersion) -> ssl.SSLContext:
     ctx = client_context(insecure=True)
     ctx.maximum_version = version
@@ -45,13 +58,6 @@ def client_ctx(version: ssl.TLSVersion) -> ssl.SSLContext:
 
 class Bg(_Bg):
     TIMEOUT = 2 * T
-
-
-def read_to_eof(s: sockcat.Stream) -> bytes:
-    out = bytearray()
-    while data := s.recv():
-        out += data
-    return bytes(out)
 
 
 def answer_then_read(lst: sockcat.Listener) -> bytes:
@@ -300,3 +306,138 @@ def test_channel_is_used_for_sync_tls_streams(tls_listener: sockcat.Listener) ->
     with c, acc.get():
         assert isinstance(c._tls, TLSChannel)
         assert not isinstance(c.socket, ssl.SSLSocket)
+
+
+# --- the sync library: TLS listeners, verification, half-close and timeouts ---------------------------
+
+FINGERPRINT_RE = re.compile(r"^([0-9A-F]{2}:){31}[0-9A-F]{2}$")
+
+
+def test_tls_self_signed_listener(tls_listener: sockcat.Listener) -> None:
+    assert tls_listener.address.scheme == "tls"
+    assert tls_listener.address.port != 0
+    assert tls_listener.fingerprint is not None
+    assert FINGERPRINT_RE.match(tls_listener.fingerprint)
+    client, server = pair(tls_listener, ssl_context=insecure())
+    with client, server:
+        # .socket is the real TCP socket: TLS runs over it (safe for a reading and a writing thread).
+        assert type(client.socket) is socket.socket and not isinstance(client.socket, ssl.SSLSocket)
+        assert client.tls_version in ("TLSv1.2", "TLSv1.3")
+        der = client.getpeercert(binary_form=True)
+        assert der is not None
+        assert fingerprint_sha256(der) == tls_listener.fingerprint
+        client.send_line("secret")
+        assert server.recv_line() == b"secret\n"
+        server.send_line(b"ack")
+        assert client.recv_line(drop=True) == b"ack"
+
+
+def test_tls_default_verification_fails(tls_listener: sockcat.Listener) -> None:
+    def server_side() -> None:
+        with pytest.raises(NetworkError):
+            tls_listener.accept()
+
+    bg = Bg(server_side)
+    with pytest.raises(NetworkError) as info:
+        sockcat.connect(str(tls_listener.address), timeout=T)
+    assert isinstance(info.value, SockcatError)
+    assert isinstance(info.value, OSError)
+    assert "certificate verify failed" in str(info.value)
+    bg.get()
+
+
+def test_tls_iteration_skips_a_failed_handshake(tls_listener: sockcat.Listener) -> None:
+    def serve() -> bytes:
+        for conn in tls_listener:
+            with conn:
+                conn.settimeout(T)
+                return conn.recv_line()
+        return b""
+
+    bg = Bg(serve)
+    with pytest.raises(NetworkError):
+        sockcat.connect(str(tls_listener.address), timeout=T)  # verification fails: server skips it
+    with sockcat.connect(str(tls_listener.address), timeout=T, ssl_context=insecure()) as c:
+        c.send_line("second")
+        assert bg.get() == b"second\n"
+
+
+@pytest.fixture(scope="module")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+def test_tls_trustme_ca_verifies(ca: trustme.CA, tmp_path: Path) -> None:
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    cert.configure_cert(server_ctx)
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    with sockcat.listen("tls://127.0.0.1:0", ssl_context=server_ctx) as lst:
+        assert lst.fingerprint is None
+        port = lst.address.port
+        for target in (f"tls://127.0.0.1:{port}", f"tls://localhost:{port}"):
+            client, server = pair_to(lst, target, ssl_context=client_context(ca=str(ca_file)))
+            with client, server:
+                client.sendall(b"verified")
+                assert server.recv_exactly(8) == b"verified"
+        # Wrong name: verification of the host name fails.
+        bg = Bg(_expect_handshake_failure, lst)
+        with pytest.raises(NetworkError) as info:
+            sockcat.connect(
+                f"tls://127.0.0.1:{port}", timeout=T, ssl_context=client_context(ca=str(ca_file)), sni="other.example"
+            )
+        assert "certificate verify failed" in str(info.value)
+        bg.get()
+
+
+def test_tls_listener_with_cert_and_key_files(ca: trustme.CA, tmp_path: Path) -> None:
+    cert = ca.issue_cert("127.0.0.1")
+    cert_file, key_file, ca_file = tmp_path / "c.pem", tmp_path / "k.pem", tmp_path / "ca.pem"
+    cert.cert_chain_pems[0].write_to_path(str(cert_file))
+    cert.private_key_pem.write_to_path(str(key_file))
+    ca.cert_pem.write_to_path(str(ca_file))
+    with sockcat.listen("tls://127.0.0.1:0", cert=str(cert_file), key=str(key_file)) as lst:
+        assert lst.fingerprint is None
+        client, server = pair(lst, ssl_context=client_context(ca=str(ca_file)))
+        with client, server:
+            server.sendall(b"from file cert")
+            assert client.recv_exactly(14) == b"from file cert"
+
+
+def _expect_handshake_failure(lst: sockcat.Listener) -> None:
+    with pytest.raises(NetworkError):
+        lst.accept()
+
+
+def test_tls_half_close(tls_listener: sockcat.Listener) -> None:
+    client, server = pair(tls_listener, ssl_context=insecure())
+    with client, server:
+        client.sendall(b"tls request")
+        client.shutdown_write()
+        assert read_to_eof(server) == b"tls request"
+        server.sendall(b"tls reply")
+        server.shutdown_write()
+        assert read_to_eof(client) == b"tls reply"
+
+
+def test_tls_timeout(tls_listener: sockcat.Listener) -> None:
+    client, server = pair(tls_listener, ssl_context=insecure())
+    with client, server:
+        client.settimeout(0.2)
+        with pytest.raises(TimeoutError):
+            client.recv()
+        server.sendall(b"after")
+        client.settimeout(T)
+        assert client.recv_exactly(5) == b"after"
+
+
+def test_tls_handshake_timeout(tcp_listener: sockcat.Listener) -> None:
+    """A TLS client facing a server that never answers the handshake gives up with TimeoutError."""
+    acc = Bg(tcp_listener.accept)
+    t0 = time.monotonic()
+    with pytest.raises(TimeoutError) as info:
+        sockcat.connect(f"tls://127.0.0.1:{tcp_listener.address.port}", timeout=0.5, ssl_context=insecure())
+    assert isinstance(info.value, SockcatError)
+    assert time.monotonic() - t0 < 3
+    acc.get().close()
