@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import socket
+import subprocess
 import time
 from pathlib import Path
 
@@ -111,4 +112,39 @@ def test_connections_that_never_start_tls_count_against_max_conns(procs: list[Pr
         for s in silent:
             s.close()
     assert closed >= 27, f"{command}: only {closed} of 30 silent TLS connections closed past --max-conns 3"
+    assert p.p.poll() is None
+
+
+@pytest.mark.parametrize("extra", [[], ["--exec", "cat"]], ids=["hub", "exec"])
+def test_listen_keep_open_times_out_silent_peers(procs: list[Proc], extra: list[str]) -> None:
+    """``listen -k -i S`` closes a peer that sends nothing for S seconds (each connection on its own clock), also
+    when an --exec child serves it; a peer that keeps talking stays."""
+    p = Proc(sockcat("listen", "-k", "-i", "0.5", *extra, "tcp://127.0.0.1:0"), stdin=subprocess.PIPE)  # stdin open
+    procs.append(p)
+    host, port = p.read_listening().rsplit("/", 1)[1].rsplit(":", 1)
+    with (
+        socket.create_connection((host, int(port)), timeout=5) as silent,
+        socket.create_connection((host, int(port)), timeout=5) as talker,
+    ):
+        t0 = time.monotonic()
+        closed_at = None
+        while time.monotonic() - t0 < 3.0:  # the talker sends every 0.1 s: a paced client, not a wait
+            talker.sendall(b"x\n")
+            if extra:
+                assert talker.recv(16) == b"x\n"  # cat answers: the talker is served
+            if closed_at is not None:
+                time.sleep(0.1)  # pacing the talker, not waiting for anything
+                continue
+            silent.settimeout(0.1)  # (also paces the talker while the silent one is open)
+            try:
+                if silent.recv(1) == b"":
+                    closed_at = time.monotonic() - t0
+            except TimeoutError:
+                pass
+            if closed_at is not None and time.monotonic() - t0 > closed_at + 1.0:
+                break
+        assert closed_at is not None and 0.4 <= closed_at <= 2.5, closed_at
+        talker.sendall(b"still here\n")
+        if extra:
+            assert talker.recv(16) == b"still here\n"
     assert p.p.poll() is None

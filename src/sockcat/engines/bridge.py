@@ -143,7 +143,7 @@ def bridge(
     start_thread(upload, name="sockcat upload")
     stop_watch = threading.Event()
     if opts.idle_timeout is not None:
-        start_thread(_watchdog, conn, up, down, opts, stop_watch, idled, name="sockcat idle watch")
+        start_thread(idle_watchdog, conn, up, down, opts, stop_watch, idled, name="sockcat idle watch")
     try:
         try:
             copy(conn, stdout, down, hexdump=_dumper(opts, "<"), emit=opts.log.always)
@@ -172,7 +172,7 @@ def bridge(
     return up.bytes, down.bytes
 
 
-def _watchdog(
+def idle_watchdog(
     conn: End, up: Counter, down: Counter, opts: BridgeOptions, stop: threading.Event, idled: threading.Event
 ) -> None:
     idle = opts.idle_timeout or 0.0

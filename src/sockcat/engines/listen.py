@@ -31,6 +31,7 @@ from sockcat.engines.bridge import (
     _stream_end,
     _write_all,
     bridge,
+    idle_watchdog,
     tls_server_end,
 )
 from sockcat.engines.pump import Counter, End, FdEnd, SockEnd, copy
@@ -209,6 +210,11 @@ class _Hub:
     def serve(self, acc: _Accepted) -> None:
         """One connection of ``listen -k``: its bytes to stdout, stdin's to it, until it ends."""
         counter = Counter()
+        stop_watch = threading.Event()
+        if self.opts.idle_timeout is not None:  # -i: a peer that sends nothing for that long is closed
+            start_thread(
+                idle_watchdog, acc.end, counter, counter, self.opts, stop_watch, threading.Event(), name="sockcat idle"
+            )
         try:
             self.add(acc.end)
             copy(
@@ -222,6 +228,7 @@ class _Hub:
         except OSError as exc:
             self.opts.log.info(f"connection with {acc.name}: {exc.strerror or exc}")
         finally:
+            stop_watch.set()
             self.remove(acc.end)
             acc.end.close()
             self.opts.log.info(f"closed {acc.name}: {counter.bytes} bytes received")
@@ -238,8 +245,9 @@ def _child_env(acc: _Accepted) -> dict[str, str]:
 
 
 def _run_child(acc: _Accepted, argv: Sequence[str], opts: BridgeOptions) -> int:
-    """inetd style: the socket itself is the child's stdin and stdout (TLS goes through pipes)."""
-    if isinstance(acc.end, SockEnd) and not opts.hexdump:
+    """inetd style: the socket itself is the child's stdin and stdout (TLS, --hexdump and -i go through pipes, so
+    that sockcat sees the bytes)."""
+    if isinstance(acc.end, SockEnd) and not opts.hexdump and opts.idle_timeout is None:
         acc.sock.setblocking(True)
         try:
             proc = subprocess.Popen(
