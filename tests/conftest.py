@@ -76,15 +76,12 @@ def wait_until(cond: Callable[[], object], what: str, timeout: float = TIMEOUT, 
 
 # TCP states in /proc/net/tcp
 TCP_ESTABLISHED = "01"
+TCP_TIME_WAIT = "06"
+TCP_CLOSE_WAIT = "08"
 TCP_LISTEN = "0A"
 
 
-def tcp_sockets(port: int, *, state: str | None = None, side: str = "local") -> list[tuple[int, int]]:
-    """(send queue, receive queue) of every TCP socket on this host whose ``side`` ("local" or "remote")
-    port is ``port`` (in ``state``, e.g. TCP_ESTABLISHED, if given), from /proc/net/tcp and tcp6.
-
-    For an established socket: bytes written but not yet acknowledged, bytes received but not yet read;
-    for a listener, the receive queue is the number of connections waiting for accept()."""
+def _tcp_rows(port: int, side: str) -> list[tuple[str, int, int]]:
     column = 1 if side == "local" else 2
     found = []
     for name in ("/proc/net/tcp", "/proc/net/tcp6"):
@@ -94,11 +91,24 @@ def tcp_sockets(port: int, *, state: str | None = None, side: str = "local") -> 
             continue
         for row in rows:
             fields = row.split()
-            if int(fields[column].rsplit(":", 1)[1], 16) != port or (state is not None and fields[3] != state):
-                continue
-            tx, rx = fields[4].split(":")
-            found.append((int(tx, 16), int(rx, 16)))
+            if int(fields[column].rsplit(":", 1)[1], 16) == port:
+                tx, rx = fields[4].split(":")
+                found.append((fields[3], int(tx, 16), int(rx, 16)))
     return found
+
+
+def tcp_sockets(port: int, *, state: str | None = None, side: str = "local") -> list[tuple[int, int]]:
+    """(send queue, receive queue) of every TCP socket on this host whose ``side`` ("local" or "remote")
+    port is ``port`` (in ``state``, e.g. TCP_ESTABLISHED, if given), from /proc/net/tcp and tcp6.
+
+    For an established socket: bytes written but not yet acknowledged, bytes received but not yet read;
+    for a listener, the receive queue is the number of connections waiting for accept()."""
+    return [(tx, rx) for st, tx, rx in _tcp_rows(port, side) if state is None or st == state]
+
+
+def tcp_states(port: int, *, side: str = "local") -> list[str]:
+    """The state (TCP_ESTABLISHED…) of every TCP socket whose ``side`` port is ``port``."""
+    return [st for st, _, _ in _tcp_rows(port, side)]
 
 
 def established(port: int, *, side: str = "local") -> int:
@@ -112,9 +122,38 @@ def accept_queue(port: int) -> int:
 
 
 def accepted(port: int, count: int) -> Callable[[], bool]:
-    """A predicate for :func:`wait_until`: ``count`` connections to ``port`` are established and none
-    waits in the listener's accept queue (the listening process took them all)."""
-    return lambda: established(port) >= count and accept_queue(port) == 0
+    """A predicate for :func:`wait_until`: ``count`` connections to ``port`` exist (not counting those in
+    TIME_WAIT) and none waits in the listener's accept queue (the listening process took them all)."""
+
+    def check() -> bool:
+        live = [st for st in tcp_states(port) if st not in (TCP_LISTEN, TCP_TIME_WAIT)]
+        return len(live) >= count and accept_queue(port) == 0
+
+    return check
+
+
+def held_open(port: int) -> int:
+    """Connections on local port ``port`` that its process still holds: established, or with the peer's FIN
+    not yet acted on (CLOSE_WAIT). Once a server closed its end, the connection no longer counts."""
+    return len(tcp_sockets(port, state=TCP_ESTABLISHED)) + len(tcp_sockets(port, state=TCP_CLOSE_WAIT))
+
+
+def read_pipe(stream: Any, size: int, timeout: float = TIMEOUT) -> bytes:
+    """Exactly ``size`` bytes from a pipe such as ``Proc.p.stdout``, read from its descriptor (nothing is
+    left buffered: a later ``stream.read()`` gets the rest); fails after ``timeout`` seconds or at EOF."""
+    import select
+
+    fd = stream.fileno()
+    deadline = time.monotonic() + timeout
+    got = b""
+    while len(got) < size:
+        left = deadline - time.monotonic()
+        assert left > 0, f"only {got!r} of {size} bytes came within {timeout} s"
+        if select.select([fd], [], [], left)[0]:
+            chunk = os.read(fd, size - len(got))
+            assert chunk, f"EOF after {got!r} ({size} bytes awaited)"
+            got += chunk
+    return got
 
 
 def fd_count(pid: int) -> int:

@@ -19,16 +19,22 @@ from pathlib import Path
 
 import pytest
 from conftest import (
+    TCP_LISTEN,
     TIMEOUT,
     Proc,
     finish,
     free_port,
+    held_open,
     port_of,
+    queued_to_read,
+    read_pipe,
     require,
     run_sockcat,
     sockcat,
     start_listen,
+    tcp_sockets,
     wait_port,
+    wait_until,
 )
 
 pytestmark = pytest.mark.timeout(60)
@@ -67,7 +73,7 @@ def wait_peer(proc: Proc, *, port: int | None = None, path: str | None = None, t
             raise AssertionError(f"{proc.args} exited with {proc.p.returncode}: {err}")
         if (port is not None and _proc_net_listening("tcp", port)) or (path is not None and _unix_listening(path)):
             return
-        time.sleep(0.02)
+        time.sleep(0.02)  # pacing the checks, not waiting for an event
     raise AssertionError(f"{proc.args} is not listening after {timeout} s")
 
 
@@ -312,7 +318,7 @@ def test_listen_with_stdin_at_eof_still_receives(procs: list[Proc]) -> None:
         assert c.recv(100) == b"", "the client must see EOF: the listener's stdin is at EOF"
         for i in range(5):
             c.sendall(b"line %d after the server's EOF\n" % i)
-            time.sleep(0.05)
+            time.sleep(0.05)  # pacing: lines come one by one, not waiting for an event
         c.shutdown(socket.SHUT_WR)
     rc, out, err = finish(server)
     assert rc == 0, err
@@ -341,7 +347,9 @@ def test_keep_open_serves_three_clients_in_turn(procs: list[Proc]) -> None:
         c.sendall(b"client 3\n")
         c.shutdown(socket.SHUT_WR)
         assert c.recv(10) == b""
-    time.sleep(0.3)
+    # the listener is still there after the fourth has gone: a fifth is accepted
+    with socket.create_connection(("127.0.0.1", port_of(bound)), timeout=10) as c:
+        assert c.recv(10) == b"", "the fifth is served (the listener's stdin is at EOF)"
     assert server.p.poll() is None, "-k must keep accepting"
     server.p.send_signal(signal.SIGTERM)
     rc, out, err = finish(server)
@@ -355,7 +363,10 @@ def test_keep_open_broadcasts_stdin(procs: list[Proc]) -> None:
     port = port_of(p.read_listening())
     clients = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(2)]
     try:
-        time.sleep(0.3)  # both accepted
+        # both are served (each one's bytes reach stdout only once it is among the broadcast's targets)
+        for i, c in enumerate(clients):
+            c.sendall(b"client %d\n" % i)
+        assert sorted(read_pipe(p.p.stdout, 18).splitlines()) == [b"client 0", b"client 1"]
         assert p.p.stdin is not None
         p.p.stdin.write(b"to everyone\n")
         p.p.stdin.flush()
@@ -379,7 +390,7 @@ def test_without_keep_open_listener_stops_accepting(procs: list[Proc]) -> None:
     procs.append(p)
     port = port_of(p.read_listening())
     with socket.create_connection(("127.0.0.1", port), timeout=10):
-        time.sleep(0.3)
+        wait_until(lambda: not tcp_sockets(port, state=TCP_LISTEN), "the listener closes after its one client")
         with pytest.raises(ConnectionRefusedError):
             socket.create_connection(("127.0.0.1", port), timeout=5).close()
 
@@ -461,11 +472,11 @@ def test_sigterm_while_bridging_exits_0(procs: list[Proc], short_tmp: Path) -> N
     with socket.socket(socket.AF_UNIX) as c:
         c.connect(str(path))
         c.sendall(b"partial")
-        time.sleep(0.3)
+        early = read_pipe(server.p.stdout, 7)  # the bridge is running: the bytes are through
         server.p.send_signal(signal.SIGTERM)
         rc, out, err = finish(server)
     assert rc == 0, err
-    assert out == b"partial"
+    assert early + out == b"partial"
     assert not path.exists()
 
 
@@ -483,10 +494,16 @@ def test_sigint_exits_130(addr: str, procs: list[Proc], short_tmp: Path) -> None
 
 
 def test_connect_sigterm_exits_0(procs: list[Proc]) -> None:
-    _server, bound = start_listen(procs, "tcp://127.0.0.1:0", "-k")
+    # the listener's stdin stays open: its EOF would end the client on its own (after the upload grace)
+    server = Proc(sockcat("listen", "-k", "tcp://127.0.0.1:0"), stdin=subprocess.PIPE)
+    procs.append(server)
+    bound = server.read_listening()
     client = Proc(sockcat("connect", bound), stdin=subprocess.PIPE)
     procs.append(client)
-    time.sleep(0.5)
+    assert client.p.stdin is not None
+    client.p.stdin.write(b"connected\n")
+    client.p.stdin.flush()
+    assert read_pipe(server.p.stdout, 10) == b"connected\n"  # the client is bridging
     assert client.p.poll() is None
     client.p.send_signal(signal.SIGTERM)
     rc, _, err = finish(client)
@@ -767,7 +784,7 @@ class SlowReader(threading.Thread):
             with conn:
                 conn.settimeout(TIMEOUT)
                 conn.shutdown(socket.SHUT_WR)
-                time.sleep(1.5)
+                time.sleep(1.5)  # pacing: a stall that outlasts the old 0.5 s grace, not waiting for an event
                 while data := conn.recv(1 << 16):
                     self.digest.update(data)
                     self.size += len(data)
@@ -849,7 +866,8 @@ def test_connect_upload_to_a_peer_that_closed_is_an_error(procs: list[Proc], tmp
             conn, _ = lsock.accept()
             with conn:
                 conn.recv(1000)
-                time.sleep(0.3)
+                # more of the upload waits unread, so the close resets the connection mid-upload
+                wait_until(lambda: queued_to_read(conn) > 0, "more of the upload arrives")
 
         t = threading.Thread(target=close_early, daemon=True)
         t.start()
@@ -938,21 +956,21 @@ def test_max_conns_extra_client_sees_eof(procs: list[Proc]) -> None:
     port = port_of(bound)
     with socket.create_connection(("127.0.0.1", port), timeout=10) as first:
         first.sendall(b"first\n")
-        time.sleep(0.3)
+        head = read_pipe(server.p.stdout, 6)  # the first is served: it holds the one slot
         with socket.create_connection(("127.0.0.1", port), timeout=5) as second:
             second.settimeout(5)
             try:
                 assert second.recv(10) == b"", "past --max-conns a client is closed at once"
             except ConnectionResetError:
                 pass
-    time.sleep(0.3)
-    # the slot is free again
+    # the slot is free again once the server closed the first connection (it releases it right after)
+    wait_until(lambda: held_open(port) == 0, "the server closes both connections")
     client = run_sockcat("connect", bound, input=b"third\n")
     assert client.returncode == 0
     server.p.send_signal(signal.SIGTERM)
     rc, out, _ = finish(server)
     assert rc == 0
-    assert out == b"first\nthird\n"
+    assert head + out == b"first\nthird\n"
 
 
 @pytest.mark.parametrize(
@@ -975,7 +993,8 @@ def test_allow_deny(rules: list[str], admitted: bool, procs: list[Proc]) -> None
             assert c.recv(10) == b""
         except (ConnectionResetError, BrokenPipeError, OSError) as exc:
             assert not admitted, exc
-    time.sleep(0.3)
+    # whatever the server was to write of it is on stdout once it closed its end (it copies up to EOF first)
+    wait_until(lambda: held_open(port_of(bound)) == 0, "the server is done with the connection")
     server.p.send_signal(signal.SIGTERM)
     rc, out, _ = finish(server)
     assert rc == 0
@@ -990,7 +1009,7 @@ def test_listen_any_host_is_dual_stack(procs: list[Proc]) -> None:
             "connect", f"tcp://[{host}]:{port}" if ":" in host else f"tcp://{host}:{port}", input=host.encode() + b"\n"
         )
         assert client.returncode == 0, client.stderr
-    time.sleep(0.2)
+    wait_until(lambda: held_open(port) == 0, "the server is done with both connections")
     server.p.send_signal(signal.SIGTERM)
     rc, out, _ = finish(server)
     assert rc == 0
@@ -1007,7 +1026,7 @@ def test_sigint_while_bridging_exits_130(who: str, procs: list[Proc]) -> None:
     assert client.p.stdin is not None
     client.p.stdin.write(b"mid-stream\n")
     client.p.stdin.flush()
-    time.sleep(0.5)
+    assert read_pipe(server.p.stdout, 11) == b"mid-stream\n"  # both are bridging
     target = server if who == "listen" else client
     target.p.send_signal(signal.SIGINT)
     rc = target.wait(10)
