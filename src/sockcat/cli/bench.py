@@ -30,7 +30,9 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     b.add_argument("--mode", choices=("rtt", "throughput", "connect"), default="rtt", help="what to measure (rtt)")
     b.add_argument("-c", "--connections", type=positive, metavar="N", help="connections (rtt/connect: 16)")
     b.add_argument("-P", "--parallel", type=positive, metavar="N", help="throughput: parallel streams (1)")
-    b.add_argument("--size", type=size, metavar="BYTES", help="bytes per message (64; throughput: 128K)")
+    b.add_argument(
+        "--size", type=size, metavar="BYTES", help="bytes per message (64; throughput: 128K, datagrams 1400)"
+    )
     b.add_argument("-d", "--duration", type=seconds, metavar="S", help="seconds measured (10)")
     b.add_argument("-n", "--requests", type=positive, metavar="N", help="stop after N requests instead")
     b.add_argument("--pipeline", type=positive, default=1, metavar="N", help="requests in flight per connection")
@@ -39,7 +41,9 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     b.add_argument(
         "--timeout", type=seconds, metavar="S", help="a reply later than S is an error (datagrams 1, streams 2)"
     )
-    b.add_argument("--workers", type=positive, default=1, metavar="N", help="client processes (one per core)")
+    b.add_argument(
+        "--workers", type=positive, default=1, metavar="N", help="client processes (default 1; at most 4 per CPU)"
+    )
     b.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     g = b.add_argument_group("connection options")
     g.add_argument("-w", "--connect-timeout", type=seconds, metavar="S", help="give up connecting after S (5)")
@@ -59,7 +63,9 @@ def run(args: argparse.Namespace, log: Log) -> None:
     from sockcat.core.address import Address
     from sockcat.engines.bench import make_plan, run_plan
     from sockcat.net.options import parse_sockopts
+    from sockcat.serving.scaffold import check_workers
 
+    check_workers(args.workers)  # a fork per worker: never an unbounded number
     addr = Address.parse(args.address)
     given = [name for name in ("cert", "key", "ca", "sni", "pin") if getattr(args, name)]
     if args.insecure:

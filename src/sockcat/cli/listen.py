@@ -35,8 +35,9 @@ def run(args: argparse.Namespace, log: Log) -> None:
 
     addr = address_of(args.address)
     check_tls_options(args, addr)
-    if args.sni or args.pin:
-        raise UsageError(f"--{'sni' if args.sni else 'pin'} is for connecting, not listening")
+    for given, name in ((args.sni, "sni"), (args.pin, "pin"), (args.insecure, "insecure"), (args.connect_timeout, "w")):
+        if given:  # (options of a connecting side: never silently ignored)
+            raise UsageError(f"{'-' if len(name) == 1 else '--'}{name} is for connecting, not listening")
     if args.source:
         raise UsageError("--source is for connecting; give the address to listen on as ADDR")
     lopts = ListenOptions(

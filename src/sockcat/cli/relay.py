@@ -35,7 +35,7 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
         type=seconds,
         default=5.0,
         metavar="S",
-        help="on SIGTERM, let connections finish for S seconds (default 5)",
+        help="on SIGTERM, SIGHUP or SIGINT, let connections finish for S seconds (default 5)",
     )
     connection_options(r)
     proxy_option(r)

@@ -21,7 +21,11 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     s.add_argument("address", metavar="ADDR")
     s.add_argument("paths", metavar="PATH", nargs="+")
-    s.add_argument("--code", metavar="CODE", help="the receiver's code (default: $SOCKCAT_CODE; none: --no-code)")
+    s.add_argument(
+        "--code",
+        metavar="CODE",
+        help="the code recv printed (default: $SOCKCAT_CODE; none if recv runs with --no-code)",
+    )
     s.add_argument("-w", "--connect-timeout", type=seconds, metavar="S", help="give up connecting after S seconds")
     s.add_argument(
         "-i",
