@@ -34,9 +34,9 @@ def test_a_stop_signal_ends_every_server_and_removes_its_socket_file(
     assert not path.exists()
 
 
-@pytest.mark.parametrize("command", ["serve", "relay"])
+@pytest.mark.parametrize("command", ["serve", "relay", "bench"])
 def test_workers_are_bounded(command: str) -> None:
-    args = SERVERS[command]("tcp://127.0.0.1:0")
+    args = ["bench", "tcp://127.0.0.1:9"] if command == "bench" else SERVERS[command]("tcp://127.0.0.1:0")
     res = run_sockcat(*args, "--workers", "100000")
     assert res.returncode == 2 and b"--workers must be from 1 to" in res.stderr
     assert res.stderr.count(b"\n") == 1
