@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 
@@ -81,8 +81,16 @@ TCP_CLOSE_WAIT = "08"
 TCP_LISTEN = "0A"
 
 
-def _tcp_rows(port: int, side: str) -> list[tuple[str, int, int]]:
-    column = 1 if side == "local" else 2
+class _TcpRow(NamedTuple):
+    local: int  # ports
+    remote: int
+    state: str
+    tx: int  # send queue: written, not yet acknowledged (for a listener: 0)
+    rx: int  # receive queue: received, not yet read (for a listener: connections not yet accepted)
+    inode: int
+
+
+def _tcp_table() -> list[_TcpRow]:
     found = []
     for name in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
@@ -90,11 +98,15 @@ def _tcp_rows(port: int, side: str) -> list[tuple[str, int, int]]:
         except FileNotFoundError:
             continue
         for row in rows:
-            fields = row.split()
-            if int(fields[column].rsplit(":", 1)[1], 16) == port:
-                tx, rx = fields[4].split(":")
-                found.append((fields[3], int(tx, 16), int(rx, 16)))
+            f = row.split()
+            tx, rx = f[4].split(":")
+            local, remote = (int(f[i].rsplit(":", 1)[1], 16) for i in (1, 2))
+            found.append(_TcpRow(local, remote, f[3], int(tx, 16), int(rx, 16), int(f[9])))
     return found
+
+
+def _tcp_rows(port: int, side: str) -> list[tuple[str, int, int]]:
+    return [(r.state, r.tx, r.rx) for r in _tcp_table() if (r.local if side == "local" else r.remote) == port]
 
 
 def tcp_sockets(port: int, *, state: str | None = None, side: str = "local") -> list[tuple[int, int]]:
@@ -154,6 +166,37 @@ def read_pipe(stream: Any, size: int, timeout: float = TIMEOUT) -> bytes:
             assert chunk, f"EOF after {got!r} ({size} bytes awaited)"
             got += chunk
     return got
+
+
+def tcp_inodes(*, local: int | None = None, remote: int | None = None) -> list[int]:
+    """Inodes of the TCP sockets (in any state but closed) with this ``local`` and/or ``remote`` port."""
+    return [r.inode for r in _tcp_table() if local in (None, r.local) and remote in (None, r.remote)]
+
+
+def peer_queues(sock: socket.socket) -> tuple[int, int]:
+    """(send queue, receive queue) of the other end of our own TCP connection ``sock`` (on this host)."""
+    ours, theirs = sock.getsockname()[1], sock.getpeername()[1]
+    rows = [(r.tx, r.rx) for r in _tcp_table() if (r.local, r.remote) == (theirs, ours)]
+    assert rows, f"no other end of {sock}"
+    return rows[0]
+
+
+def epoll_readers(pid: int) -> set[int]:
+    """Inodes of the files that process ``pid``'s epoll sets watch for input (from /proc/PID/fdinfo)."""
+    import re
+
+    found: set[int] = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}") != "anon_inode:[eventpoll]":
+                continue
+            info = Path(f"/proc/{pid}/fdinfo/{fd}").read_text()
+        except OSError:
+            continue
+        for events, ino in re.findall(r"^tfd:\s*\d+\s+events:\s*([0-9a-f]+).*?ino:([0-9a-f]+)", info, re.M):
+            if int(events, 16) & 0x1:  # EPOLLIN
+                found.add(int(ino, 16))
+    return found
 
 
 def fd_count(pid: int) -> int:

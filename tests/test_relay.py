@@ -28,7 +28,22 @@ from typing import Any
 
 import pytest
 import trustme
-from conftest import Proc, free_port, require, run_sockcat, sockcat, wait_port
+from conftest import (
+    TCP_CLOSE_WAIT,
+    TIMEOUT,
+    Proc,
+    epoll_readers,
+    free_port,
+    peer_queues,
+    queued_to_read,
+    require,
+    run_sockcat,
+    sockcat,
+    tcp_inodes,
+    tcp_states,
+    wait_port,
+    wait_until,
+)
 
 from sockcat import Address
 
@@ -110,7 +125,7 @@ class Relay:
             for line in list(self.lines):
                 if pred(line):
                     return line
-            time.sleep(0.02)
+            time.sleep(0.02)  # pacing the checks, not waiting for an event
         raise AssertionError(f"no such stderr line after {timeout} s: {self.lines}")
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
@@ -313,7 +328,7 @@ def wait_bound(port: int, kind: int = socket.SOCK_STREAM, host: str = "127.0.0.1
                 s.bind((host, port))
             except OSError:
                 return
-        time.sleep(0.05)
+        time.sleep(0.05)  # pacing the checks, not waiting for an event
     raise AssertionError(f"nothing bound {host}:{port} after {timeout} s")
 
 
@@ -324,7 +339,7 @@ def wait_unix(path: Path, timeout: float = 10.0) -> None:
             with socket.socket(socket.AF_UNIX) as s, contextlib.suppress(OSError):
                 s.connect(str(path))
                 return
-        time.sleep(0.05)
+        time.sleep(0.05)  # pacing the checks, not waiting for an event
     raise AssertionError(f"nothing listens on {path} after {timeout} s")
 
 
@@ -779,7 +794,8 @@ def test_tls_target_answer_survives_client_half_close(
             s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
             s.settimeout(10)
             s.connect((relay.address.host, relay.port))
-            time.sleep(0.5)  # the answer backs up inside the relay ...
+            # the answer backs up inside the relay: our window is full and the relay holds unsent bytes ...
+            wait_until(lambda s=s: queued_to_read(s) > 0 and peer_queues(s)[0] > 0, "the answer backs up")
             s.shutdown(socket.SHUT_WR)  # ... when our half-close makes it send close_notify to the target
             received.append(len(recv_all(s)))
     assert received == [size] * 3
@@ -983,7 +999,8 @@ def test_half_close_upstream_first(
     relay = start_relay("tcp://127.0.0.1:0", up.url, *mode)
     with relay.connect() as s:
         assert recv_all(s) == b"banner\n"  # the upstream's EOF reached us ...
-        time.sleep(0.2)
+        # ... while the relay holds its upstream socket half-closed (its read side at EOF, not closed)
+        wait_until(lambda: TCP_CLOSE_WAIT in tcp_states(up.port, side="remote"), "the relay holds the half-close")
         s.sendall(b"but we still talk\n")  # ... and our direction still flows
         s.sendall(b"x" * 500_000)
         s.shutdown(socket.SHUT_WR)
@@ -1026,13 +1043,15 @@ def test_client_vanishing_mid_transfer_resets_upstream(
 ) -> None:
     outcome: list[str] = []
     started = threading.Event()
+    vanished = threading.Event()
 
     def slow_reader(conn: socket.socket) -> None:
         started.set()
-        time.sleep(0.5)  # let bytes pile up in the relay and the socket buffers
+        # bytes pile up in the relay and the socket buffers until the client has vanished
+        vanished.wait(TIMEOUT)
         try:
             while conn.recv(65536):
-                time.sleep(0.001)
+                time.sleep(0.001)  # pacing a slow reader, not waiting for an event
         except ConnectionResetError:
             outcome.append("reset")
             return
@@ -1049,9 +1068,8 @@ def test_client_vanishing_mid_transfer_resets_upstream(
             sent += s.send(b"z" * 65536)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER0)
     s.close()  # the client vanishes with data in flight
-    deadline = time.monotonic() + 5
-    while not outcome and time.monotonic() < deadline:
-        time.sleep(0.05)
+    vanished.set()
+    wait_until(lambda: outcome, "the upstream sees the end of the connection", timeout=5)
     assert outcome == ["reset"]
     up.handler = echo
     with relay.connect() as s2:
@@ -1082,26 +1100,27 @@ def test_client_data_and_reset_arriving_together_reset_upstream(
     up = upstream(reader)
     relay = start_relay("tcp://127.0.0.1:0", up.url, *mode)
     s = relay.connect()
-    deadline = time.monotonic() + 5
-    while not up.accepted and time.monotonic() < deadline:
-        time.sleep(0.01)
-    time.sleep(0.2)  # the relay is now watching both sockets
+    wait_until(lambda: up.accepted, "the upstream accepts the relay's connection", timeout=5)
+    client_end = tcp_inodes(local=relay.port, remote=s.getsockname()[1])
+    upstream_end = tcp_inodes(remote=up.port)
+    wait_until(
+        lambda: {*client_end, *upstream_end} <= epoll_readers(relay.pid) and len(client_end + upstream_end) == 2,
+        "the relay is watching both sockets",
+        timeout=5,
+    )
     # Freeze the relay so that the request and the RST both wait in its socket when it looks next.
     os.kill(relay.pid, signal.SIGSTOP)
     try:
-        stopped_by = time.monotonic() + 5
-        while Path(f"/proc/{relay.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "T":
-            assert time.monotonic() < stopped_by, "the relay did not stop"
-            time.sleep(0.005)
+        wait_until(lambda: _state(relay.pid) == "T", "the relay stops", timeout=5)
         s.sendall(b"q" * 50_000)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER0)
+        port = s.getsockname()[1]
         s.close()
-        time.sleep(0.2)
+        # the RST has reached the relay's socket (a reset socket leaves the kernel's table)
+        wait_until(lambda: not tcp_inodes(local=relay.port, remote=port), "the reset arrives", timeout=5)
     finally:
         os.kill(relay.pid, signal.SIGCONT)
-    deadline = time.monotonic() + 3
-    while not outcome and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_until(lambda: outcome, "the upstream sees the end of the connection", timeout=3)
     assert outcome == ["reset"]
 
 
@@ -1124,9 +1143,7 @@ def test_client_vanishing_during_download(start_relay: Callable[..., Relay], ups
         while got < 2 * MiB:
             got += len(s.recv(MiB))
         s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER0)
-    deadline = time.monotonic() + 10
-    while not outcome and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: outcome, "the upstream sees the end of the connection", timeout=10)
     assert outcome == ["reset"]
 
 
@@ -1175,7 +1192,7 @@ def test_max_conns_third_client_gets_eof(start_relay: Callable[..., Relay], upst
             except OSError:
                 pass
         assert time.monotonic() < deadline, "no slot after the first client left"
-        time.sleep(0.1)
+        time.sleep(0.1)  # pacing the retries, not waiting for an event
     c2.close()
 
 
@@ -1245,7 +1262,7 @@ def test_idle_timeout_closes_stream_connection(
             s.sendall(b"tick")
             assert s.recv(10) == b"tick"
             last = time.monotonic()
-            time.sleep(0.5)
+            time.sleep(0.5)  # pacing the traffic under the idle time, not waiting for an event
         s.settimeout(4)
         with contextlib.suppress(ConnectionResetError):
             assert s.recv(10) == b""
@@ -1312,9 +1329,7 @@ def test_missing_unix_target_closes_client_promptly_and_is_logged(
     for _ in range(20):
         with relay.connect() as s:
             assert_closed_promptly(s)
-    deadline = time.monotonic() + 5
-    while relay.fd_count() > cold and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: relay.fd_count() <= cold, f"the relay closes every descriptor of those (back to {cold})", 5)
     assert relay.fd_count() <= cold
     assert relay.proc.p.poll() is None
 
@@ -1417,17 +1432,14 @@ def _fd_kinds(pid: int) -> dict[str, int]:
     return kinds
 
 
-def _settled_fds(relay: Relay, ok: Callable[[dict[str, int]], bool] | None = None, timeout: float = 5.0) -> dict:
-    """The relay's descriptors by kind once ``ok`` holds (or, without ``ok``, once they stop changing)."""
+def _settled_fds(relay: Relay, ok: Callable[[dict[str, int]], bool], timeout: float = 5.0) -> dict:
+    """The relay's descriptors by kind once ``ok`` holds (or as they are after ``timeout``: the caller checks)."""
     deadline = time.monotonic() + timeout
-    last = _fd_kinds(relay.pid)
-    while time.monotonic() < deadline:
-        time.sleep(0.3)
+    now = _fd_kinds(relay.pid)
+    while not ok(now) and time.monotonic() < deadline:
+        time.sleep(0.05)  # pacing the checks, not waiting for an event
         now = _fd_kinds(relay.pid)
-        if (ok is not None and ok(now)) or (ok is None and now == last):
-            return now
-        last = now
-    return last
+    return now
 
 
 @pytest.mark.parametrize(
@@ -1444,8 +1456,7 @@ def test_no_fd_leak_after_100_connections(
     relay = start_relay("tcp://127.0.0.1:0", up.url)
     cold = _fd_kinds(relay.pid)
     _round(relay, up, kinds, 30)  # warm-up: the pipe pool and the loop's pipe are made here
-    time.sleep(0.5)
-    base = _settled_fds(relay)
+    base = _settled_fds(relay, lambda now: now["socket"] <= cold["socket"])  # the warm-up's connections are closed
     assert base["pipe"] <= cold["pipe"] + POOL_FDS, (cold, base)
     _round(relay, up, kinds, 100)
 
@@ -1467,12 +1478,12 @@ def test_sigterm_lets_inflight_connection_finish(
     start_relay: Callable[..., Relay], upstream: Callable[..., Upstream]
 ) -> None:
     up = upstream(echo)
-    relay = start_relay("tcp://127.0.0.1:0", up.url, "--grace", "10")
+    relay = start_relay("tcp://127.0.0.1:0", up.url, "--grace", "10", verbose=True)
     c1 = relay.connect()
     c1.sendall(b"before")
     assert c1.recv(10) == b"before"
     relay.proc.p.send_signal(signal.SIGTERM)
-    time.sleep(0.3)
+    relay.wait_for(lambda line: "stopping: 1 connection(s)" in line)  # logged once it stopped accepting
     # no new connection is served any more (refused, or queued and never relayed)
     try:
         with relay.connect(timeout=2) as c2:
@@ -1543,12 +1554,8 @@ def test_workers_two_processes_one_listening_line(
     up = upstream(hasher)
     relay = start_relay("tcp://127.0.0.1:0", up.url, "--workers", "2")
     children_file = Path(f"/proc/{relay.pid}/task/{relay.pid}/children")
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        relay.children = [int(p) for p in children_file.read_text().split()]
-        if relay.children:
-            break
-        time.sleep(0.05)
+    wait_until(lambda: children_file.read_text().split(), "the worker is forked", timeout=5)
+    relay.children = [int(p) for p in children_file.read_text().split()]
     assert len(relay.children) == 1, relay.children
     results: list[bool] = []
 
@@ -1572,6 +1579,11 @@ def test_workers_two_processes_one_listening_line(
         assert not Path(f"/proc/{pid}").exists(), f"worker {pid} outlived the relay"
 
 
+def _state(pid: int) -> str:
+    """The process's state letter (R, S, T, Z…) from /proc/PID/stat."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
 def _gone(pid: int) -> bool:
     """No such process, or only a zombie left for whoever adopted it."""
     try:
@@ -1586,21 +1598,14 @@ def test_workers_die_when_the_parent_is_killed(
     up = upstream(echo)
     relay = start_relay("tcp://127.0.0.1:0", up.url, "--workers", "3")
     children_file = Path(f"/proc/{relay.pid}/task/{relay.pid}/children")
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        relay.children = [int(p) for p in children_file.read_text().split()]
-        if len(relay.children) == 2:
-            break
-        time.sleep(0.05)
+    wait_until(lambda: len(children_file.read_text().split()) >= 2, "both workers are forked", timeout=5)
+    relay.children = [int(p) for p in children_file.read_text().split()]
     assert len(relay.children) == 2, relay.children
     with relay.connect() as s:
         assert roundtrip(s, b"served") == b"served"
     relay.proc.p.send_signal(signal.SIGKILL)
     relay.proc.wait(5)
-    deadline = time.monotonic() + 10
-    while not all(_gone(pid) for pid in relay.children) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert all(_gone(pid) for pid in relay.children), f"workers {relay.children} outlived a killed parent"
+    wait_until(lambda: all(_gone(pid) for pid in relay.children), f"the workers {relay.children} die", timeout=10)
     with pytest.raises(OSError):  # nobody serves the address any more
         relay.connect(timeout=2).close()
 
