@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import Proc, require, run_sockcat, sockcat
+from conftest import Proc, peer_queues, queued_to_read, require, run_sockcat, sockcat, wait_until
 
 import sockcat as sc
 from sockcat.engines.services import CHARGEN_PERIOD, ServiceServer, chargen_datagram, chargen_line, serve_async
@@ -201,7 +201,7 @@ def test_discard_tcp_nc_swallows(procs: list[Proc]) -> None:
     addr = p.read_listening()
     data = os.urandom(1_000_000)
     assert client([nc, "-N", "127.0.0.1", str(port_of(addr))], data) == b""
-    time.sleep(0.3)
+    p.wait_stderr("bytes received")  # the server is done with the connection
     assert p.terminate() == 0
     _, err = p.communicate()
     assert "0 bytes sent, 1000000 bytes received" in err, err
@@ -278,9 +278,12 @@ def test_chargen_never_reading_client_does_not_grow_server(procs: list[Proc]) ->
             s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
             s.connect(("127.0.0.1", port_of(addr)))
             clients.append(s)
-        time.sleep(0.5)  # buffers fill up, the server pauses
+        # buffers fill up, the server pauses: our windows are full and it holds bytes it cannot send
+        wait_until(
+            lambda: all(queued_to_read(s) > 0 and peer_queues(s)[0] > 0 for s in clients), "every client is full"
+        )
         before = vm_rss_kb(p.p.pid)
-        time.sleep(3.0)
+        time.sleep(3.0)  # the window in which the paused server must not grow, not waiting for an event
         after = vm_rss_kb(p.p.pid)
         assert p.p.poll() is None
     finally:
@@ -294,14 +297,18 @@ def test_echo_never_reading_client_is_bounded(procs: list[Proc]) -> None:
     with socket.create_connection(("127.0.0.1", port_of(addr)), timeout=5) as s:
         s.setblocking(False)
         sent = 0
-        deadline = time.monotonic() + 1.0
-        while time.monotonic() < deadline:
+
+        def backed_up() -> bool:
+            nonlocal sent
             try:
                 sent += s.send(b"y" * 65536)
-            except BlockingIOError:
-                time.sleep(0.05)
+            except BlockingIOError:  # our buffer is full and the server leaves bytes unread: it stopped reading
+                return peer_queues(s)[1] > 0
+            return False
+
+        wait_until(backed_up, "backpressure reaches the client", interval=0.05)
         before = vm_rss_kb(p.p.pid)
-        time.sleep(0.5)
+        time.sleep(0.5)  # the window in which the paused server must not grow, not waiting for an event
         with contextlib.suppress(BlockingIOError):
             s.send(b"y" * 65536)
         after = vm_rss_kb(p.p.pid)
@@ -391,21 +398,24 @@ def test_workers_share_the_address(procs: list[Proc]) -> None:
 
 def test_workers_end_when_the_parent_is_killed(procs: list[Proc]) -> None:
     p, _ = start_serve(procs, "discard", "tcp://127.0.0.1:0", "--workers", "3")
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        children = [int(d) for d in os.listdir("/proc") if d.isdigit() and _ppid(int(d)) == p.p.pid]
-        if len(children) == 2:
-            break
-        time.sleep(0.05)
+
+    def children_of() -> list[int]:
+        return [int(d) for d in os.listdir("/proc") if d.isdigit() and _ppid(int(d)) == p.p.pid]
+
+    wait_until(lambda: len(children_of()) >= 2, "both workers are forked", timeout=5)
+    children = children_of()
     assert len(children) == 2
     p.p.kill()
     p.p.wait(5)
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and any(Path(f"/proc/{c}").exists() for c in children):
-        time.sleep(0.05)
-    assert not any(
-        Path(f"/proc/{c}/status").exists() and "zombie" not in Path(f"/proc/{c}/status").read_text() for c in children
-    )
+
+    def alive(c: int) -> bool:  # a zombie is dead, waiting for whoever adopted it
+        try:
+            return "zombie" not in Path(f"/proc/{c}/status").read_text()
+        except FileNotFoundError:
+            return False
+
+    wait_until(lambda: not any(alive(c) for c in children), "the workers die with their parent", timeout=5)
+    assert not any(alive(c) for c in children)
 
 
 def _ppid(pid: int) -> int:
