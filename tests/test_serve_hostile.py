@@ -315,15 +315,7 @@ def test_tls_handshakes_trickled_a_byte_at_a_time_end_at_the_handshake_timeout(p
 # --- idle timeout -------------------------------------------------------------------------------------------------
 
 
-CHARGEN_IDLE_BUG = pytest.mark.xfail(
-    strict=True,
-    reason="bug: a chargen client that reads all along and sends a byte every 0.3 s is taken for idle by -i 1 (logged "
-    "'idle for 1 s: closing' on every sweep, then closed once its queued bytes drain): engines/services/stream.py "
-    "_Chargen refreshes `last` only in resume_writing, not in buffer_updated (bytes received) nor as the client reads",
-)
-
-
-@pytest.mark.parametrize("service", ["echo", "discard", pytest.param("chargen", marks=CHARGEN_IDLE_BUG)])
+@pytest.mark.parametrize("service", ["echo", "discard", "chargen"])
 def test_idle_timeout_ends_a_silent_client_but_not_a_talking_one(procs: list[Proc], service: str) -> None:
     """``-i 1``: a client that connects and says nothing is closed after about a second; one that sends a byte
     every 0.3 s for 2.5 s is not. (chargen: a client that reads is not idle; see the non-reader case below.)"""
@@ -357,12 +349,6 @@ def test_idle_timeout_ends_a_silent_client_but_not_a_talking_one(procs: list[Pro
     settled(p, fds, mem, "idle clients")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: the -i sweep (engines/services/__init__.py _sweep) ends a connection with transport.close(), which "
-    "waits for the write buffer to drain; a client that never reads keeps it forever (descriptor held, and the "
-    "'idle … closing' line logged again on every sweep). transport.abort() would end it.",
-)
 @pytest.mark.parametrize("service", ["chargen", "echo"])
 def test_idle_timeout_ends_a_client_that_never_reads(procs: list[Proc], service: str) -> None:
     """``-i 1`` and a client that never reads (chargen: it connects; echo: it sends 8 MB): nothing moves for a

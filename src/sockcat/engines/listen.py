@@ -172,7 +172,7 @@ class _Hub:
         self.conns: set[End] = set()
         self.eof = False
         self.started = False
-        self.stdout = FdEnd(opts.stdout_fd, "stdout")
+        self.stdout = FdEnd(opts.stdout_fd, "stdout", shared=True)  # (every connection writes to it)
 
     def add(self, end: End) -> None:
         with self.lock:

@@ -81,7 +81,9 @@ class End:
 class FdEnd(End):
     """A file descriptor: stdin/stdout, or a child process's pipe."""
 
-    def __init__(self, fd: int, name: str, *, owned: bool = False) -> None:
+    def __init__(self, fd: int, name: str, *, owned: bool = False, shared: bool = False) -> None:
+        """``shared``: several threads write to it (listen -k's stdout): every write goes through ``write()``
+        under its lock, never ``splice()`` (which, into a regular file, races on the file offset and loses data)."""
         self.fd = fd
         self.name = name
         self.owned = owned
@@ -93,7 +95,7 @@ class FdEnd(End):
         self.is_pipe = stat.S_ISFIFO(mode)
         if self.is_pipe:
             grow_pipe(fd)
-        if stat.S_ISFIFO(mode) or stat.S_ISREG(mode) or stat.S_ISCHR(mode) or stat.S_ISSOCK(mode):
+        if not shared and (stat.S_ISFIFO(mode) or stat.S_ISREG(mode) or stat.S_ISCHR(mode) or stat.S_ISSOCK(mode)):
             self.splice_fd = fd
 
     def readinto(self, buf: memoryview) -> int:

@@ -118,7 +118,7 @@ class ServiceServer:
             limit = shared.loop.time() - idle
             for conn in [c for c in shared.conns if c.last < limit]:
                 shared.log.info(f"{conn.peer}: idle for {idle:g} s: closing")
-                conn.stop()
+                conn.abort()  # (not close(): that waits for a client that may never read to take what is queued)
 
     def close(self) -> None:
         """Stop accepting and close every connection (idempotent)."""

@@ -67,6 +67,11 @@ class _Conn(asyncio.BaseProtocol):
         if self.transport is not None:
             self.transport.close()
 
+    def abort(self) -> None:
+        """End now, dropping what is queued for the client (an idle one may never read it)."""
+        if self.transport is not None:
+            self.transport.abort()
+
 
 class _Echo(_Conn, asyncio.Protocol):
     __slots__ = ()
@@ -137,6 +142,7 @@ class _Chargen(_Conn, asyncio.BufferedProtocol):
             t.write(CHARGEN_CHUNK)
             if self.shared.counting:
                 self.tx += len(CHARGEN_CHUNK)
+                self.last = self.shared.loop.time()  # (writes go on only while the client reads: that is traffic)
         self.shared.loop.call_soon(self._fill)
 
     def pause_writing(self) -> None:
@@ -155,6 +161,7 @@ class _Chargen(_Conn, asyncio.BufferedProtocol):
     def buffer_updated(self, nbytes: int) -> None:
         if self.shared.counting:
             self.rx += nbytes
+            self.last = self.shared.loop.time()
 
     def eof_received(self) -> bool | None:
         return True  # a client that half-closes still gets the stream until it closes
