@@ -76,6 +76,7 @@ def wait_until(cond: Callable[[], object], what: str, timeout: float = TIMEOUT, 
 
 # TCP states in /proc/net/tcp
 TCP_ESTABLISHED = "01"
+TCP_FIN_WAIT2 = "05"
 TCP_TIME_WAIT = "06"
 TCP_CLOSE_WAIT = "08"
 TCP_LISTEN = "0A"

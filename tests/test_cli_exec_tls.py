@@ -20,7 +20,22 @@ from pathlib import Path
 
 import pytest
 import trustme
-from conftest import TIMEOUT, Proc, finish, free_port, port_of, require, run_sockcat, sockcat, start_listen
+from conftest import (
+    TCP_CLOSE_WAIT,
+    TCP_ESTABLISHED,
+    TIMEOUT,
+    Proc,
+    accepted,
+    finish,
+    free_port,
+    port_of,
+    require,
+    run_sockcat,
+    sockcat,
+    start_listen,
+    tcp_states,
+    wait_until,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -67,7 +82,7 @@ def wait_peer(proc: Proc, port: int, timeout: float = 15.0) -> None:
             raise AssertionError(f"{proc.args} exited with {proc.p.returncode}: {err}")
         if tcp_listening(port):
             return
-        time.sleep(0.02)
+        time.sleep(0.02)  # pacing the checks, not waiting for an event
     raise AssertionError(f"{proc.args} is not listening on {port}")
 
 
@@ -530,7 +545,9 @@ def test_sockcat_tls_client_to_ncat_ssl(procs: list[Proc]) -> None:
     write(peer, b"from ncat\n")
     assert read_until(client, b"from ncat\n") == b"from ncat\n"
     feed_and_close(client, b"")
-    time.sleep(0.3)
+    # sockcat's close_notify and FIN are out before ncat's stdin ends: its end has left ESTABLISHED (ncat may
+    # answer the close_notify by closing at once, so the end may be in FIN_WAIT2, TIME_WAIT, CLOSE_WAIT or gone)
+    wait_until(lambda: TCP_ESTABLISHED not in tcp_states(port, side="remote"), "sockcat half-closes")
     feed_and_close(peer, b"")
     rc, out, err = finish(client)
     assert rc == 0, err
@@ -551,7 +568,9 @@ def test_ncat_ssl_client_to_sockcat_tls(procs: list[Proc]) -> None:
     write(server, b"sockcat says hi\n")
     assert read_until(peer, b"sockcat says hi\n") == b"sockcat says hi\n"
     feed_and_close(server, b"")
-    time.sleep(0.3)
+    # sockcat's close_notify and FIN are out before ncat's stdin ends: its end has left ESTABLISHED (ncat may
+    # answer the close_notify by closing at once, so the end may be in FIN_WAIT2, TIME_WAIT, CLOSE_WAIT or gone)
+    wait_until(lambda: TCP_ESTABLISHED not in tcp_states(port), "sockcat half-closes")
     feed_and_close(peer, b"")
     assert peer.wait() == 0
     rc, _, err = finish(server)
@@ -567,7 +586,8 @@ def test_connect_keeps_sending_after_ncat_ssl_half_closes(procs: list[Proc]) -> 
     client = Proc(sockcat("connect", "--insecure", f"tls://127.0.0.1:{port}"), stdin=subprocess.PIPE)
     procs.append(client)
     read_until(client, b"from ncat\n")
-    time.sleep(0.3)  # ncat's FIN has arrived; the upload direction is still open
+    # ncat's FIN has arrived (sockcat's end is in CLOSE_WAIT); the upload direction is still open
+    wait_until(lambda: TCP_CLOSE_WAIT in tcp_states(port, side="remote"), "ncat's FIN arrives")
     feed_and_close(client, b"late from sockcat\n")
     rc, _, err = finish(client)
     _, peer_out, _ = finish(peer)
@@ -583,7 +603,8 @@ def test_listen_keeps_sending_after_ncat_ssl_half_closes(procs: list[Proc]) -> N
     procs.append(peer)
     feed_and_close(peer, b"ncat says hi\n")  # ncat: data, then a bare FIN
     read_until(server, b"ncat says hi\n")
-    time.sleep(0.3)
+    # ncat's FIN has arrived (sockcat's end is in CLOSE_WAIT); the upload direction is still open
+    wait_until(lambda: TCP_CLOSE_WAIT in tcp_states(port), "ncat's FIN arrives")
     feed_and_close(server, b"late reply from sockcat\n")
     _, peer_out, _ = finish(peer)
     rc, _, err = finish(server)
@@ -628,7 +649,7 @@ def test_tls_silent_client_does_not_block_others(mode: str, procs: list[Proc]) -
     extra = ["--exec", "cat"] if mode == "exec" else []
     _server, bound = start_listen(procs, "-k", *extra, "tls://127.0.0.1:0")
     with socket.create_connection(("127.0.0.1", port_of(bound)), timeout=10):  # connects, never says hello
-        time.sleep(0.2)
+        wait_until(accepted(port_of(bound), 1), "the listener accepts the silent client")
         started = time.monotonic()
         client = run_sockcat("connect", "--insecure", "-w", "3", bound, input=b"hello")
         took = time.monotonic() - started
