@@ -17,7 +17,21 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import TIMEOUT, Proc, free_port, require, run_sockcat, sockcat
+from conftest import (
+    TIMEOUT,
+    Proc,
+    accept_queue,
+    free_port,
+    peer_queues,
+    queued_to_send,
+    read_pipe,
+    require,
+    run_sockcat,
+    sockcat,
+    tcp_inodes,
+    tcp_states,
+    wait_until,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -65,7 +79,8 @@ def full_backlog() -> Iterator[int]:
         c.setblocking(False)
         c.connect_ex(("127.0.0.1", port))
         fillers.append(c)
-    time.sleep(0.2)
+    # the queue is full: one connection waits in it, and a later SYN went unanswered (SYN_SENT)
+    wait_until(lambda: accept_queue(port) >= 1 and "02" in tcp_states(port, side="remote"), "the backlog is full")
     yield port
     for c in fillers:
         c.close()
@@ -102,7 +117,8 @@ def _rst_server(srv: socket.socket, after: bytes | None) -> None:
     with conn:
         if after is not None:
             conn.sendall(after)
-            time.sleep(0.2)
+            # the client has read it (nothing left unacknowledged here, nothing unread there) before the reset
+            wait_until(lambda: queued_to_send(conn) == 0 and peer_queues(conn)[1] == 0, "the client reads the data")
         conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
 
 
@@ -118,7 +134,8 @@ def test_connection_reset(greeting: bytes | None, procs: list[Proc]) -> None:
         client = Proc(sockcat("connect", f"tcp://127.0.0.1:{port}"), stdin=subprocess.PIPE)
         procs.append(client)
         t.join(10)
-        time.sleep(0.2)  # the RST is on its way before our stdin ends
+        # the RST has arrived before our stdin ends (a reset socket leaves the kernel's table)
+        wait_until(lambda: not tcp_inodes(remote=port), "the reset reaches the client")
         out, err = client.communicate()
     result = subprocess.CompletedProcess(client.args, client.p.returncode, b"", err.encode())
     assert out == (greeting or b"")
@@ -342,10 +359,10 @@ def test_listen_peer_resets(procs: list[Proc]) -> None:
     with socket.create_connection(("127.0.0.1", port), timeout=10) as c:
         cport = c.getsockname()[1]
         c.sendall(b"abc")
-        time.sleep(0.3)
+        early = read_pipe(server.p.stdout, 3)  # the server has bridged the bytes before the reset
         c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     out, err = server.communicate()
-    assert out == b"abc"
+    assert early + out == b"abc"
     lines = [line for line in err.splitlines() if not line.startswith("listening on ")]
     result = subprocess.CompletedProcess(server.args, server.p.returncode, b"", "\n".join(lines).encode())
     line = one_error(result, 1)
