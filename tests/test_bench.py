@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Proc, free_port, require, run_sockcat, sockcat, wait_port
+from conftest import Proc, established, free_port, require, run_sockcat, sockcat, wait_port, wait_until
 
 import sockcat as sc
 
@@ -320,7 +320,9 @@ def test_signals_end_a_run(socat_echo: str, sig: int, code: int) -> None:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
         )
-        time.sleep(0.8)
+        port = int(socat_echo.rsplit(":", 1)[1])
+        # the run is under way: its 4 connections are up
+        wait_until(lambda port=port: established(port, side="remote") >= 4, "the bench connects")
         p.send_signal(sig)
         _, err = p.communicate(timeout=10)
         assert p.returncode == code, err

@@ -252,7 +252,7 @@ def test_a_client_that_never_reads_is_dropped_not_waited_for(broker: Callable[..
             pass
         if "sleeper" not in reply:
             break
-        time.sleep(0.2)
+        time.sleep(0.2)  # pacing the probes, not waiting for an event
     else:
         pytest.fail("the sleeping client was never dropped")
     assert "probe" in reply  # the others are served (talkers that read too slowly for this storm may go too)

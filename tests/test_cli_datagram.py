@@ -99,7 +99,7 @@ def wait_bound(peer: Proc, check: object, timeout: float = 10.0) -> None:
             raise AssertionError(f"{peer.args} exited early with {peer.p.returncode}")
         if check():  # type: ignore[operator]
             return
-        time.sleep(0.02)
+        time.sleep(0.02)  # pacing the checks, not waiting for an event
     raise AssertionError(f"{peer.args} did not bind within {timeout} s")
 
 
@@ -377,7 +377,7 @@ def test_listen_idle_timeout_exits_0(procs: list[Proc]) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         for i in range(3):  # traffic keeps it alive past 1 s
             s.sendto(b"tick %d\n" % i, ("127.0.0.1", port))
-            time.sleep(0.5)
+            time.sleep(0.5)  # pacing the traffic under the idle time, not waiting for an event
         last = time.monotonic()
         rc = server.wait(10)
     ended = time.monotonic()
@@ -401,7 +401,7 @@ def test_listen_idle_without_any_traffic(procs: list[Proc], short_tmp: Path) -> 
 def test_listen_without_idle_keeps_running(procs: list[Proc]) -> None:
     server = start(procs, sockcat("listen", "udp://127.0.0.1:0"), stdin=subprocess.DEVNULL)
     server.read_listening()
-    time.sleep(1.3)
+    time.sleep(1.3)  # the window (past any 1 s default) in which nothing may happen, not waiting for an event
     assert server.p.poll() is None, "without -i a datagram listener waits for a signal"
     server.p.send_signal(signal.SIGINT)
     assert server.wait() == 130
@@ -467,7 +467,7 @@ def test_connect_late_reply_keeps_client_alive() -> None:
             p.stdin = None
             _, client = srv.recvfrom(10)
             for i in range(3):
-                time.sleep(0.6)
+                time.sleep(0.6)  # pacing the replies inside the idle window, not waiting for an event
                 srv.sendto(b"r%d " % i, client)
             out, err = p.communicate(timeout=TIMEOUT)
         finally:
