@@ -16,12 +16,12 @@ import struct
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from conftest import queued_to_read, wait_until
 
 import sockcat
 from sockcat import aio
@@ -213,7 +213,8 @@ def test_sync_relay_sends_bytes_already_buffered_first(short_tmp: Path, sync_pai
     sync_pairs.extend([(x, a, la), (y, b, lb)])
     body = b"".join(f"line {i}\n".encode() for i in range(20000))
     x.sendall(b"HELLO proto/1\n" + body)
-    time.sleep(0.1)
+    # some of the body has arrived behind the first line, so the line's read may take it in too
+    wait_until(lambda: queued_to_read(a.socket) > len(b"HELLO proto/1\n"), "the body arrives", timeout=10)
     assert a.recv_line() == b"HELLO proto/1\n"  # may read ahead into the body
     relaying = _Relaying(a, b)
     x.shutdown_write()
@@ -243,10 +244,12 @@ TCP_CLOSE = 7
 
 
 def _wait_tcp_state(sock: socket.socket, state: int, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0] != state:
-        assert time.monotonic() < deadline, f"the socket never reached TCP state {state}"
-        time.sleep(0.005)
+    wait_until(
+        lambda: sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0] == state,
+        f"the socket reaches TCP state {state}",
+        timeout,
+        interval=0.005,
+    )
 
 
 def test_sync_relay_reset_wakes_a_direction_blocked_writing(short_tmp: Path, sync_pairs: list) -> None:
@@ -364,7 +367,8 @@ def test_aio_relay_sends_bytes_already_buffered_first(short_tmp: Path) -> None:
         try:
             body = b"".join(f"line {i}\n".encode() for i in range(20000))
             await x.sendall(b"HELLO proto/1\n" + body)
-            await asyncio.sleep(0.1)
+            # some of the body has arrived behind the first line, so the line's read may take it in too
+            wait_until(lambda: queued_to_read(a.socket) > len(b"HELLO proto/1\n"), "the body arrives", timeout=10)
             assert await a.recv_line() == b"HELLO proto/1\n"
             relaying = asyncio.ensure_future(aio.relay(a, b))
             await x.shutdown_write()
