@@ -74,6 +74,16 @@ def wait_until(cond: Callable[[], object], what: str, timeout: float = TIMEOUT, 
         time.sleep(interval)  # pacing the checks, not waiting for an event
 
 
+async def await_until(cond: Callable[[], object], what: str, timeout: float = TIMEOUT, interval: float = 0.01) -> None:
+    """:func:`wait_until` inside an asyncio loop: the loop runs between the checks (its tasks may be the event)."""
+    import asyncio
+
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, f"never happened within {timeout} s: {what}"
+        await asyncio.sleep(interval)  # pacing the checks, not waiting for an event
+
+
 # TCP states in /proc/net/tcp
 TCP_ESTABLISHED = "01"
 TCP_FIN_WAIT2 = "05"

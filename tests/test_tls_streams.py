@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import trustme
 from conftest import Bg as _Bg
-from conftest import run_sockcat
+from conftest import await_until, queued_to_read, run_sockcat, wait_until
 from helpers_streams import (
     pair,
     pair_to,
@@ -104,7 +104,7 @@ def test_sync_half_close_while_another_thread_reads(tls_listener: sockcat.Listen
         with sockcat.connect(str(tls_listener.address), timeout=T, ssl_context=client_ctx(version)) as c:
             reader = Bg(read_to_eof, c)
             if rng.random() < 0.7:
-                threading.Event().wait(rng.random() * 0.004)
+                threading.Event().wait(rng.random() * 0.004)  # pacing: a random interleaving, not an event
             c.sendall(b"question")
             c.shutdown_write()
             assert reader.get() == ANSWER
@@ -159,7 +159,8 @@ def test_sync_close_with_unread_session_tickets_is_not_a_reset() -> None:
             client = sockcat.connect(str(lst.address), timeout=T, ssl_context=client_context(insecure=True))
             with acc.get() as server:
                 server.settimeout(T)
-                threading.Event().wait(0.05)  # the tickets reach the client's kernel buffer, unread
+                # the tickets reach the client's kernel buffer, unread
+                wait_until(lambda c=client: queued_to_read(c.socket) > 0, "the session tickets arrive", T)
                 client.close()
                 assert server.recv() == b""
 
@@ -200,7 +201,8 @@ def test_aio_half_close_keeps_records_already_received(version: ssl.TLSVersion) 
                 async with await aio.connect(str(lst.address), timeout=T, ssl_context=client_ctx(version)) as c:
                     while not (first := await c.recv(100)):
                         pass
-                    await asyncio.sleep(0.02)  # more records arrive; only a read brings them into the BIO
+                    # more records arrive in the socket; only a read brings them into the BIO
+                    await await_until(lambda c=c: queued_to_read(c.socket) > 0, "more records arrive", T)
                     first += await c.recv(100)
                     await c.sendall(b"question")
                     await c.shutdown_write()
@@ -221,7 +223,7 @@ def test_aio_half_close_while_another_task_reads(version: ssl.TLSVersion) -> Non
                 async with await aio.connect(str(lst.address), timeout=T, ssl_context=client_ctx(version)) as c:
                     reader = asyncio.create_task(a_read_to_eof(c))
                     for _ in range(rng.randrange(6)):
-                        await asyncio.sleep(0)
+                        await asyncio.sleep(0)  # pacing: a random interleaving, not waiting for an event
                     await c.sendall(b"question")
                     await c.shutdown_write()
                     assert await reader == ANSWER
@@ -241,7 +243,8 @@ def test_aio_close_with_unread_session_tickets_is_not_a_reset() -> None:
                 )
                 server.timeout = T
                 async with server:
-                    await asyncio.sleep(0.05)
+                    # the tickets reach the client's kernel buffer, unread
+                    await await_until(lambda c=client: queued_to_read(c.socket) > 0, "the session tickets arrive", T)
                     await client.aclose()
                     assert await server.recv() == b""
 
