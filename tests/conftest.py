@@ -60,7 +60,7 @@ def wait_port(port: int, host: str = "127.0.0.1", timeout: float = TIMEOUT) -> N
     while time.monotonic() < deadline:
         with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
             return
-        time.sleep(0.05)
+        time.sleep(0.05)  # pacing the checks, not waiting for an event
     raise AssertionError(f"nothing listens on {host}:{port} after {timeout} s")
 
 

@@ -301,7 +301,7 @@ def sync_close_while_blocked(kind: Kind) -> None:
                 return data, time.monotonic()
 
             bg = Bg(blocked_read)
-            time.sleep(0.15)
+            time.sleep(0.15)  # the window in which the reader must stay blocked, not waiting for an event
             assert bg.is_alive(), "reader should be blocked"
             closed_at = time.monotonic()
             other.close()
@@ -477,7 +477,7 @@ async def aio_close_while_blocked(kind: Kind) -> None:
                 return data, time.monotonic()
 
             task = asyncio.create_task(blocked_read())
-            await asyncio.sleep(0.15)
+            await asyncio.sleep(0.15)  # the window in which the reader must stay blocked, not waiting for an event
             assert not task.done(), "reader should be blocked"
             closed_at = time.monotonic()
             await other.aclose()
