@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import socket
 
 from sockcat.core import chatproto as proto
@@ -119,6 +120,7 @@ def run_chat(addresses: list[Address], opts: ChatOptions) -> None:
             raise UsageError(f"chat needs stream addresses (tcp, unix, tls…), not {address}")
     store = open_store(opts)  # before binding: a bad --db is one error line, not a half-started broker
     proto.skeleton("")  # the confusables table too: loaded before the listening line, not on the first join
+    gc.freeze()  # what is loaded by now lives as long as the broker: the collector need not walk it on every pass
     with contextlib.closing(store):
         settings = Settings(log=opts.log, access=opts.access, fingerprint=opts.fingerprint)
         serve_on_loop(addresses, settings, lambda: ChatService(opts, store))
