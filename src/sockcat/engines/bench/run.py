@@ -28,6 +28,11 @@ async def bench_async(plan_or_address: BenchPlan | Address | str, **kwargs: Any)
     if plan.workers > 1:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(None, lambda: _run_forked(plan, progress))
+    return await _run_here(plan, progress)
+
+
+async def _run_here(plan: BenchPlan, progress: Progress | None) -> BenchResult:
+    """One worker, on the running loop: connect everything, then run."""
     worker = _Worker(plan, plan.connections, plan.requests)
     try:
         await worker.prepare()
@@ -99,14 +104,7 @@ def run_plan(plan: BenchPlan, progress: Progress | None = None) -> BenchResult:
         _on_sigterm(terminated)
         if progress is not None:
             progress("connecting", plan.connect_timeout, 0, 0)
-        worker = _Worker(plan, plan.connections, plan.requests)
-        try:
-            await worker.prepare()
-        except BaseException:
-            await worker.close()
-            raise
-        part = await worker.run(0.0, progress)
-        return _result(plan, [part])
+        return await _run_here(plan, progress)
 
     previous = signal.getsignal(signal.SIGTERM)
     in_main = threading.current_thread() is threading.main_thread()
