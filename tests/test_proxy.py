@@ -214,8 +214,8 @@ def test_proxy_errors_are_one_line(procs: list[Proc], server: LineServer, socks5
         (["--proxy", "ftp://127.0.0.1:21", f"tcp://127.0.0.1:{server.port}"], 2, "bad proxy"),
         (["--proxy", "socks5://", f"tcp://127.0.0.1:{server.port}"], 2, "bad proxy"),
         (["--proxy", "socks5://h:99999", f"tcp://127.0.0.1:{server.port}"], 2, "bad proxy"),
-        (["--proxy", f"socks5://{proxy}", "udp://127.0.0.1:53"], 2, "--proxy carries tcp and tls"),
-        (["--proxy", f"socks5://{proxy}", "unix:/tmp/nothing.sock"], 2, "--proxy carries tcp and tls"),
+        (["--proxy", f"socks5://{proxy}", "udp://127.0.0.1:53"], 2, "--proxy carries tcp, tls, ws and wss"),
+        (["--proxy", f"socks5://{proxy}", "unix:/tmp/nothing.sock"], 2, "--proxy carries tcp, tls, ws and wss"),
     ]
     for args, status, words in cases:
         res = run_sockcat("connect", *args, input=b"x\n")
@@ -255,7 +255,7 @@ def test_relay_through_proxy(procs: list[Proc], server: LineServer, http_proxy: 
 def test_relay_proxy_needs_a_tcp_target() -> None:
     res = run_sockcat("relay", "--proxy", "socks5://127.0.0.1:1080", "udp://127.0.0.1:0", "udp://127.0.0.1:53")
     assert res.returncode == 2
-    assert res.stderr.decode().startswith("sockcat: error: --proxy carries tcp and tls"), res.stderr
+    assert res.stderr.decode().startswith("sockcat: error: --proxy carries tcp, tls, ws and wss"), res.stderr
 
 
 # --- the library ------------------------------------------------------------------------------------------------

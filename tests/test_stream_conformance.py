@@ -43,6 +43,7 @@ T = 10.0  # bound on every single blocking operation
 BIG = 8 << 20  # 8 MiB
 LARGE_T = 2.0  # 8 MiB take well under a second on loopback; this bounds a stalled transfer
 PACKET = 64 << 10  # unixpacket messages are at most 64 KiB
+NOISE = random.Random(5).randbytes(PACKET)
 SHORT = 0.2  # the recv timeout the timeout behaviour sets
 SLACK = 1.5  # how late past SHORT a timeout may fire on a loaded machine
 pytestmark = pytest.mark.timeout(45)
@@ -97,6 +98,10 @@ KIND_NAMES = [
     "proxied-tls-socks5",
     "relayed-tcp",
     "relayed-unix",
+    "ws",
+    "wss",
+    "ws-unix",
+    "relayed-ws",
 ]
 
 
@@ -164,6 +169,14 @@ def kind(request: pytest.FixtureRequest, short_tmp: Path, procs: list[Proc]) -> 
         return Kind(name, "tls://127.0.0.1:0", {**tls, "proxy": socks5_proxy(procs, short_tmp)})
     if name == "relayed-tcp":
         return Kind(name, "tcp://127.0.0.1:0", via=relay_via(procs, lambda: "tcp://127.0.0.1:0"))
+    if name == "ws":
+        return Kind(name, "ws://127.0.0.1:0/")
+    if name == "wss":
+        return Kind(name, "wss://127.0.0.1:0/", {"ssl_context": client_context(insecure=True)})
+    if name == "ws-unix":
+        return Kind(name, f"ws+unix:{short_tmp}/w.sock:/stream")
+    if name == "relayed-ws":  # a tcp client, through a tcp -> ws relay, to a WebSocket listener
+        return Kind(name, "ws://127.0.0.1:0/", via=relay_via(procs, lambda: "tcp://127.0.0.1:0"))
     assert name == "relayed-unix", name
     n = itertools.count()
     return Kind(name, "tcp://127.0.0.1:0", via=relay_via(procs, lambda: f"unix:{short_tmp}/r{next(n)}.sock"))
@@ -273,7 +286,7 @@ def sync_large_once(kind: Kind) -> None:
 def sync_backpressure(kind: Kind) -> None:
     with sync_pair(kind) as p:
         p.client.settimeout(1.0)
-        chunk = b"\xab" * PACKET
+        chunk = NOISE  # (incompressible: a WebSocket with permessage-deflate would shrink a repeated byte)
         total = 0
         deadline = time.monotonic() + 3 * T
         while True:
@@ -449,7 +462,7 @@ async def aio_backpressure(kind: Kind) -> None:
     lst, client, server = await aio_pair(kind)
     async with lst, client, server:
         client.timeout = 1.0
-        chunk = b"\xab" * PACKET
+        chunk = NOISE  # (incompressible: a WebSocket with permessage-deflate would shrink a repeated byte)
         total = 0
         deadline = time.monotonic() + 3 * T
         while True:

@@ -21,6 +21,7 @@ from sockcat.core.errors import (
 if TYPE_CHECKING:
     from sockcat.core.address import Address as Address
     from sockcat.core.stats import BenchResult as BenchResult
+    from sockcat.core.websocket import WsOptions as WsOptions
     from sockcat.engines.bench import bench as bench
     from sockcat.engines.relay import relay as relay
     from sockcat.engines.scan import ScanResult as ScanResult
@@ -50,6 +51,7 @@ _LAZY = {
     "Proxy": "sockcat.net.proxy",
     "ScanResult": "sockcat.engines.scan",
     "Stream": "sockcat.streams.sync",
+    "WsOptions": "sockcat.core.websocket",
     "bench": "sockcat.engines.bench",
     "connect": "sockcat.streams.sync",
     "connect_datagram": "sockcat.streams.datagram",
@@ -77,6 +79,7 @@ __all__ = [
     "SockcatError",
     "Stream",
     "UsageError",
+    "WsOptions",
     "__version__",
     "bench",
     "connect",

@@ -8,7 +8,7 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
-from sockcat.cli.common import pin_option, positive, seconds, size, sockopt_option
+from sockcat.cli.common import pin_option, positive, seconds, size, sockopt_option, ws_of, ws_options
 from sockcat.core.errors import SockcatError, UsageError
 from sockcat.core.log import Log
 
@@ -56,6 +56,7 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     t.add_argument("--insecure", action="store_true", help="do not verify the server's certificate")
     t.add_argument("--sni", metavar="NAME", help="server name to send and verify")
     pin_option(t)
+    ws_options(b, listener=False)
     b.set_defaults(func=run)
 
 
@@ -98,6 +99,7 @@ def run(args: argparse.Namespace, log: Log) -> None:
         source=Address.parse(args.source) if args.source else None,
         ssl_context=ctx,
         sni=args.sni,
+        ws=ws_of(args, addr),
     )
     show = _ProgressLine(plan.mode) if sys.stderr.isatty() and not log.quiet else None
     try:

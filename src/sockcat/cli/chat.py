@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from sockcat.cli.common import access_options, seconds, timeout_or_none, tls_listen_options
+from sockcat.cli.common import access_options, seconds, size, timeout_or_none, tls_listen_options
 from sockcat.core.log import Log
 
 
@@ -24,7 +24,7 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
         "chat",
         parents=[common],
         help="chat broker for plain line clients (nc, telnet, sockcat connect)",
-        description="A chat broker on every ADDR (tcp, unix, tls…), one room across them: named users, lines to "
+        description="A chat broker on every ADDR (tcp, unix, tls, ws…), one room across them: named users, lines to "
         "everyone, /msg NAME TEXT (kept for offline users until they join), /register to protect a name, /who, "
         "/help, /quit. A name must come within 30 s of connecting.",
     )
@@ -41,6 +41,17 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     access_options(p, max_conns=10_000, cap="connections at once")
     t = tls_listen_options(p)
     t.add_argument("--ca", metavar="PEM", help="require client certificates signed by these CAs")
+    w = p.add_argument_group("WebSocket options (ws://, wss://, ws+unix: addresses; GET / serves the chat page)")
+    w.add_argument(
+        "--origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="another origin whose pages may join (repeatable; default: only the broker's own page)",
+    )
+    w.add_argument(
+        "--max-message", type=size, default=None, metavar="BYTES", help="largest message taken (default 16M)"
+    )
     p.set_defaults(func=run)
 
 
@@ -58,6 +69,15 @@ def run(args: argparse.Namespace, log: Log) -> None:
         access=AccessPolicy.parse(args.allow, args.deny),
         line_rate=args.line_rate,
         idle_timeout=timeout_or_none(args.idle_timeout),
+    )
+    if (args.origin or args.max_message) and not any(a.is_ws for a in addresses):
+        raise UsageError("--origin/--max-message need a WebSocket address (ws://, wss:// or ws+unix:)")
+    from sockcat.cli.common import check_origins
+    from sockcat.core.websocket import DEFAULT_MAX_MESSAGE, WsOptions
+
+    check_origins(args.origin)
+    opts.ws = WsOptions(
+        text=True, compress=False, max_message=args.max_message or DEFAULT_MAX_MESSAGE, origins=tuple(args.origin)
     )
     tls = [a for a in addresses if a.is_tls]
     if (args.cert or args.key or args.ca) and not tls:

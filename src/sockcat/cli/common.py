@@ -16,6 +16,7 @@ from sockcat.core.log import PROG
 
 if TYPE_CHECKING:
     from sockcat.core.address import Address
+    from sockcat.core.websocket import WsOptions
     from sockcat.net.proxy import Proxy
 
 EXIT_USAGE = 2
@@ -177,3 +178,78 @@ def check_tls_options(
         given.append("insecure")
     if given and not addr.is_tls:
         raise UsageError(f"--{given[0]} needs a tls:// address, not {addr}")
+
+
+def ws_options(p: argparse.ArgumentParser, *, client: bool = True, listener: bool = True) -> None:
+    """The WebSocket options (docs/websocket.md): what a client, a listener or both may be told."""
+    w = p.add_argument_group("WebSocket options (ws://, wss://, ws+unix: addresses)")
+    w.add_argument("--text", action="store_true", help="each line is one text message (checked as UTF-8)")
+    w.add_argument("--ping", type=seconds, metavar="S", help="ping every S seconds; end after 2*S without a word")
+    w.add_argument(
+        "--max-message", type=size, default=None, metavar="BYTES", help="largest message taken (default 16M)"
+    )
+    w.add_argument("--no-compress", action="store_true", help="refuse permessage-deflate")
+    w.add_argument(
+        "--protocol", action="append", default=[], metavar="NAME", help="subprotocol to offer or accept (repeatable)"
+    )
+    if client:
+        w.add_argument(
+            "-H",
+            "--header",
+            action="append",
+            default=[],
+            metavar="'NAME: VALUE'",
+            help="an extra request header (repeatable)",
+        )
+    if listener:
+        w.add_argument(
+            "--origin",
+            action="append",
+            default=[],
+            metavar="ORIGIN",
+            help="browsers may connect only from these origins (repeatable; default: any)",
+        )
+
+
+_HEADER = re.compile(r"([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*([\x20-\x7e\t]*)")
+_ORIGIN = re.compile(r"(https?)://[A-Za-z0-9.:\[\]_-]+|null")
+
+
+def check_origins(origins: list[str]) -> None:
+    for origin in origins:
+        if not _ORIGIN.fullmatch(origin):
+            raise UsageError(f"bad origin {origin!r}: expected e.g. https://example.org or http://localhost:8080")
+
+
+def ws_of(args: argparse.Namespace, *addrs: Address) -> WsOptions:
+    """The WebSocket options given; any of them without a WebSocket address among ``addrs`` is a usage error."""
+    from sockcat.core.websocket import DEFAULT_MAX_MESSAGE, WsOptions
+
+    given = [
+        name
+        for name in ("text", "ping", "max_message", "no_compress", "protocol", "header", "origin")
+        if getattr(args, name, None)
+    ]
+    if given and not any(a.is_ws for a in addrs):
+        option = "--" + given[0].replace("_", "-")
+        raise UsageError(f"{option} needs a WebSocket address (ws://, wss:// or ws+unix:)")
+    headers = []
+    for text in getattr(args, "header", []):
+        m = _HEADER.fullmatch(text)
+        if not m:
+            raise UsageError(f"bad header {text!r}: expected 'NAME: VALUE' in printable ASCII")
+        headers.append((m.group(1), m.group(2).strip()))
+    check_origins(getattr(args, "origin", []))
+    protocols = tuple(args.protocol or ())
+    for name in protocols:
+        if not _HEADER.fullmatch(f"{name}:"):
+            raise UsageError(f"bad subprotocol name {name!r}")
+    return WsOptions(
+        text=bool(getattr(args, "text", False)),
+        max_message=args.max_message or DEFAULT_MAX_MESSAGE,
+        compress=not args.no_compress,
+        protocols=protocols,
+        headers=tuple(headers),
+        origins=tuple(args.origin) if getattr(args, "origin", None) else None,
+        ping=args.ping or None,
+    )

@@ -5,7 +5,15 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any
 
-from sockcat.cli.common import address_of, check_tls_options, connection_options, proxy_of, proxy_option
+from sockcat.cli.common import (
+    address_of,
+    check_tls_options,
+    connection_options,
+    proxy_of,
+    proxy_option,
+    ws_of,
+    ws_options,
+)
 from sockcat.core.log import Log
 
 if TYPE_CHECKING:
@@ -23,6 +31,7 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     c.add_argument("address", metavar="ADDR")
     connection_options(c)
     proxy_option(c)
+    ws_options(c, listener=False)
     c.set_defaults(func=run)
 
 
@@ -52,4 +61,5 @@ def run(args: argparse.Namespace, log: Log) -> None:
         ssl_context=ctx,
         sni=args.sni,
         proxy=proxy_of(args),
+        ws=ws_of(args, addr),
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from sockcat.cli.common import access_options, address_of, check_tls_options, connection_options
+from sockcat.cli.common import access_options, address_of, check_tls_options, connection_options, ws_of, ws_options
 from sockcat.cli.connect import bridge_options
 from sockcat.core.errors import UsageError
 from sockcat.core.log import Log
@@ -25,6 +25,7 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     listen.add_argument("--sh-exec", metavar="CMD", help="run /bin/sh -c CMD for each connection")
     access_options(listen, default="10,000; 100 with --exec/--sh-exec")
     connection_options(listen)
+    ws_options(listen, client=False)
     listen.set_defaults(func=run)
 
 
@@ -46,6 +47,7 @@ def run(args: argparse.Namespace, log: Log) -> None:
         max_conns=args.max_conns,
         access=AccessPolicy.parse(args.allow, args.deny),
         sockopts=parse_sockopts(args.sockopt),
+        ws=ws_of(args, addr),
     )
     if addr.is_tls:
         from sockcat.net.tls import server_context

@@ -5,7 +5,17 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from sockcat.cli.common import access_options, address_of, connection_options, positive, proxy_of, proxy_option, seconds
+from sockcat.cli.common import (
+    access_options,
+    address_of,
+    connection_options,
+    positive,
+    proxy_of,
+    proxy_option,
+    seconds,
+    ws_of,
+    ws_options,
+)
 from sockcat.core.errors import UsageError
 from sockcat.core.log import Log
 
@@ -39,6 +49,7 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     connection_options(r)
     proxy_option(r)
+    ws_options(r)
     r.set_defaults(func=run)
 
 
@@ -70,6 +81,13 @@ def run(args: argparse.Namespace, log: Log) -> None:
         sni=args.sni,
         proxy=proxy_of(args),
     )
+    ws = ws_of(args, listen_addr, target)
+    if args.header and not target.is_ws:
+        raise UsageError(f"-H/--header is for a WebSocket TARGET, not {target}")
+    if args.origin and not listen_addr.is_ws:
+        raise UsageError(f"--origin is for a WebSocket LISTEN address, not {listen_addr}")
+    opts.server_ws = ws if listen_addr.is_ws else None
+    opts.client_ws = ws if target.is_ws else None
     if listen_addr.is_tls:
         from sockcat.net.tls import server_context
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from sockcat.cli.common import access_options, positive, seconds, sockopt_option, tls_listen_options
+from sockcat.cli.common import access_options, positive, seconds, sockopt_option, tls_listen_options, ws_of, ws_options
 from sockcat.core.errors import UsageError
 from sockcat.core.log import Log
 
@@ -16,7 +16,7 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
         parents=[common],
         help="run a test service: echo, discard, chargen or daytime",
         description="Serve echo (RFC 862), discard (863), chargen (864) or daytime (867) on ADDR: "
-        "tcp, tcp6, udp, unix, unixgram, unixpacket or tls. Runs until SIGTERM or ^C.",
+        "tcp, tcp6, udp, unix, unixgram, unixpacket, tls, ws, wss or ws+unix. Runs until SIGTERM or ^C.",
     )
     s.add_argument("service", metavar="SERVICE", choices=("echo", "discard", "chargen", "daytime"))
     s.add_argument("address", metavar="ADDR")
@@ -27,6 +27,7 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     sockopt_option(g)
     t = tls_listen_options(s)
     t.add_argument("--ca", metavar="PEM", help="require client certificates signed by these CAs")
+    ws_options(s, client=False)
     s.set_defaults(func=run)
 
 
@@ -47,6 +48,7 @@ def run(args: argparse.Namespace, log: Log) -> None:
         sockopts=parse_sockopts(args.sockopt),
         idle_timeout=args.idle_timeout,
         workers=args.workers,
+        ws=ws_of(args, addr),
     )
     if addr.is_tls:
         from sockcat.net.tls import server_context

@@ -12,6 +12,7 @@ import os
 import re
 import socket
 import struct
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
@@ -26,13 +27,20 @@ _IP_SCHEMES: dict[str, tuple[socket.AddressFamily, socket.SocketKind]] = {
     "udp4": (socket.AF_INET, socket.SOCK_DGRAM),
     "udp6": (socket.AF_INET6, socket.SOCK_DGRAM),
     "tls": (socket.AF_UNSPEC, socket.SOCK_STREAM),
+    "ws": (socket.AF_UNSPEC, socket.SOCK_STREAM),
+    "wss": (socket.AF_UNSPEC, socket.SOCK_STREAM),
 }
 _UNIX_SCHEMES: dict[str, socket.SocketKind] = {
     "unix": socket.SOCK_STREAM,
     "unixgram": socket.SOCK_DGRAM,
     "unixpacket": socket.SOCK_SEQPACKET,
+    "ws+unix": socket.SOCK_STREAM,
 }
-_SCHEME_RE = re.compile(r"([a-z][a-z0-9]*):")
+_WS_SCHEMES = frozenset({"ws", "wss", "ws+unix"})
+_WS_PORTS = {"ws": 80, "wss": 443}
+_SCHEME_RE = re.compile(r"([a-z][a-z0-9+]*):")
+# An HTTP request target: printable ASCII, no space (other characters are percent-encoded when parsed).
+_RESOURCE_MAX = 2048
 # A host name: labels of letters (any script), digits, '_' and '-', joined by dots; a final dot is allowed.
 _NAME_RE = re.compile(r"[\w-]+(?:\.[\w-]+)*\.?")
 _NUMERIC_RE = re.compile(r"[0-9.]+")
@@ -53,6 +61,7 @@ class Address:
     family: socket.AddressFamily = socket.AF_UNSPEC
     type: socket.SocketKind = socket.SOCK_STREAM
     path: str = ""
+    resource: str = ""  # a WebSocket's request path (``/`` unless given); empty for every other kind
 
     IP_SCHEMES: ClassVar[frozenset[str]] = frozenset(_IP_SCHEMES)
     UNIX_SCHEMES: ClassVar[frozenset[str]] = frozenset(_UNIX_SCHEMES)
@@ -77,7 +86,13 @@ class Address:
 
     @property
     def is_tls(self) -> bool:
-        return self.scheme == "tls"
+        """TLS runs on the connection: ``tls://`` and ``wss://``."""
+        return self.scheme in ("tls", "wss")
+
+    @property
+    def is_ws(self) -> bool:
+        """A WebSocket: ``ws://``, ``wss://`` or ``ws+unix:``."""
+        return self.scheme in _WS_SCHEMES
 
     @property
     def is_stdio(self) -> bool:
@@ -100,23 +115,25 @@ class Address:
         return self.is_unix and not self.path
 
     def with_port(self, port: int) -> Address:
-        return Address(self.scheme, self.host, port, self.family, self.type, self.path)
+        return Address(self.scheme, self.host, port, self.family, self.type, self.path, self.resource)
 
     def with_host(self, host: str, family: socket.AddressFamily | None = None) -> Address:
         fam = self.family if family is None else family
-        return Address(self.scheme, host, self.port, fam, self.type, self.path)
+        return Address(self.scheme, host, self.port, fam, self.type, self.path, self.resource)
 
     def __str__(self) -> str:
         if self.is_stdio:
             return "stdio:"
         if self.is_unix:
             if self.is_abstract:
-                return f"{self.scheme}:@{self.path[1:]}"
-            if self.path.startswith("//"):
-                return f"{self.scheme}://{self.path}"
-            return f"{self.scheme}:{self.path}"
+                text = f"{self.scheme}:@{self.path[1:]}"
+            elif self.path.startswith("//"):
+                text = f"{self.scheme}://{self.path}"
+            else:
+                text = f"{self.scheme}:{self.path}"
+            return f"{text}:{self.resource}" if self.resource not in ("", "/") else text
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{self.scheme}://{host}:{self.port}"
+        return f"{self.scheme}://{host}:{self.port}{self.resource}"
 
 
 def _parse(text: str) -> Address:
@@ -133,6 +150,10 @@ def _parse(text: str) -> Address:
     if not m:
         raise bad("missing scheme (expected e.g. tcp://HOST:PORT or unix:PATH)")
     scheme, rest = m.group(1), text[m.end() :]
+    if scheme == "ws+unix":
+        sock_path, _, resource = rest.partition(":/")
+        unix = _parse_unix(scheme, sock_path, bad)
+        return Address(scheme, "", 0, socket.AF_UNIX, socket.SOCK_STREAM, unix.path, _resource("/" + resource, bad))
     if scheme in _UNIX_SCHEMES:
         return _parse_unix(scheme, rest, bad)
     if scheme not in _IP_SCHEMES:
@@ -142,7 +163,33 @@ def _parse(text: str) -> Address:
         raise bad(f"unknown scheme {scheme!r} (known: {known})")
     if not rest.startswith("//"):
         raise bad(f"expected '//' after '{scheme}:'")
+    if scheme in _WS_SCHEMES:
+        authority, slash, resource = rest[2:].partition("/")
+        if "?" in authority:
+            authority, _, query = authority.partition("?")
+            resource, slash = "?" + query, ""
+        if "@" in authority:
+            raise bad("user information is not supported in a WebSocket address (use -H 'Authorization: ...')")
+        if authority.endswith("]") or ":" not in authority.rpartition("]")[2]:
+            authority += f":{_WS_PORTS[scheme]}"  # ws://host/path: the scheme's port, as in a URL
+        addr = _parse_ip(scheme, authority, bad)
+        return Address(scheme, addr.host, addr.port, addr.family, addr.type, resource=_resource(slash + resource, bad))
     return _parse_ip(scheme, rest[2:], bad)
+
+
+def _resource(text: str, bad: _Bad) -> str:
+    """A WebSocket request target: ``/`` when empty; other than printable ASCII is percent-encoded."""
+    if not text:
+        return "/"
+    if not text.startswith("/"):
+        text = "/" + text
+    if any(c in text for c in " \t\r\n\0") or any(ord(c) < 32 or ord(c) == 127 for c in text):
+        raise bad("white space or a control character in the WebSocket path")
+    if not text.isascii():
+        text = urllib.parse.quote(text, safe="".join(chr(c) for c in range(33, 127)), errors="strict")
+    if len(text) > _RESOURCE_MAX:
+        raise bad(f"WebSocket path longer than {_RESOURCE_MAX} characters")
+    return text
 
 
 def _parse_unix(scheme: str, rest: str, bad: _Bad) -> Address:

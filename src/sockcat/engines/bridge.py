@@ -25,14 +25,17 @@ from sockcat.core.address import Address, show
 from sockcat.core.errors import UsageError, network_error
 from sockcat.core.hexdump import HexDumper
 from sockcat.core.log import SILENT, Log
-from sockcat.engines.pump import Counter, End, FdEnd, SockEnd, TLSEnd, copy
+from sockcat.core.websocket import WsOptions
+from sockcat.engines.pump import Counter, End, FdEnd, SockEnd, StreamEnd, TLSEnd, copy
 from sockcat.net.options import SockOpt
 from sockcat.net.proxy import Proxy
 from sockcat.net.proxy import check_target as check_proxy_target
 from sockcat.net.sockets import connect_socket, safe_name
 from sockcat.serving.process import start_thread
 from sockcat.streams.datagram import connect_datagram
+from sockcat.streams.sync import Stream
 from sockcat.streams.tlsio import handshake
+from sockcat.streams.wsio import client_handshake, server_handshake
 
 if TYPE_CHECKING:
     import ssl  # only TLS needs it: imported where TLS runs
@@ -207,6 +210,25 @@ def tls_server_end(sock: socket.socket, context: ssl.SSLContext, where: str) -> 
     return TLSEnd(channel, where)
 
 
+def ws_client_end(sock: socket.socket, end: End, addr: Address, ws: WsOptions, timeout: float | None) -> StreamEnd:
+    """A connected socket (``end``: plain or TLS) upgraded to a WebSocket client."""
+    tls = end.channel if isinstance(end, TLSEnd) else None
+    chan = client_handshake(sock, tls, addr, ws, timeout=timeout)
+    sock.settimeout(None)
+    return StreamEnd(Stream(sock, addr.scheme, tls=tls, ws=chan), str(addr))
+
+
+def ws_server_end(sock: socket.socket, end: End, listen: Address, ws: WsOptions, where: str) -> StreamEnd:
+    """An accepted socket (``end``: plain or TLS) whose WebSocket upgrade was answered; ``.stream.request`` is
+    the client's request."""
+    tls = end.channel if isinstance(end, TLSEnd) else None
+    chan, ans = server_handshake(sock, tls, where, listen.resource, ws)
+    sock.settimeout(None)
+    stream = Stream(sock, listen.scheme, tls=tls, ws=chan)
+    stream.request = ans.request
+    return StreamEnd(stream, where)
+
+
 # --- connect -------------------------------------------------------------------------------------
 
 
@@ -220,6 +242,7 @@ def run_connect(
     ssl_context: ssl.SSLContext | None = None,
     sni: str | None = None,
     proxy: Proxy | None = None,
+    ws: WsOptions | None = None,
 ) -> None:
     """``sockcat connect``: stdio <-> one connection."""
     if address.is_stdio:
@@ -241,6 +264,8 @@ def run_connect(
         conn = tls_client_end(sock, addr, ssl_context or client_context(), sni, connect_timeout)
     else:
         conn = _stream_end(sock, peer)
+    if addr.is_ws:
+        conn = ws_client_end(sock, conn, addr, ws or WsOptions(), connect_timeout)
     opts.log.info(f"connected to {peer} from {local}")
     try:
         sent, received = bridge(conn, FdEnd(opts.stdin_fd, "stdin"), FdEnd(opts.stdout_fd, "stdout"), peer, opts)

@@ -23,6 +23,7 @@ from sockcat.core.address import Address, show
 from sockcat.core.errors import NetworkError, UsageError, network_error
 from sockcat.core.log import Log
 from sockcat.core.untrusted import escape
+from sockcat.core.websocket import WsOptions, environment
 from sockcat.engines.bridge import (
     DGRAM_MAX,
     BridgeOptions,
@@ -33,6 +34,7 @@ from sockcat.engines.bridge import (
     bridge,
     idle_watchdog,
     tls_server_end,
+    ws_server_end,
 )
 from sockcat.engines.pump import Counter, End, FdEnd, SockEnd, copy
 from sockcat.net.options import SockOpt
@@ -50,6 +52,8 @@ from sockcat.streams.datagram import open_datagram
 if TYPE_CHECKING:
     import ssl
 
+    from websockets.http11 import Request
+
 EXEC_MAX_CONNS = 100
 
 
@@ -62,6 +66,7 @@ class ListenOptions:
     sockopts: tuple[SockOpt, ...] = ()
     ssl_context: ssl.SSLContext | None = None
     fingerprint: str | None = None
+    ws: WsOptions = field(default_factory=WsOptions)
 
 
 def exec_argv(exec_cmd: str | None, sh_exec: str | None) -> list[str] | None:
@@ -95,12 +100,15 @@ class _Accepted:
         self.peer = peer
         self.name = show(peer, sock)
         self.local_name = show(local)
+        self.request: Request | None = None  # a WebSocket client's HTTP request
 
 
 def _prepared(
-    conn: socket.socket, peer: Address | None, scheme: str, lopts: ListenOptions, log: Log
+    conn: socket.socket, peer: Address | None, address: Address, lopts: ListenOptions, log: Log
 ) -> _Accepted | None:
-    """An admitted connection made ready: socket options applied, names taken, TLS done (None if TLS failed)."""
+    """An admitted connection made ready: socket options applied, names taken, TLS and the WebSocket upgrade
+    done (None if either failed)."""
+    scheme = address.scheme
     if peer is None:
         peer = safe_name(conn, scheme, peer=True)
     for opt in lopts.sockopts:
@@ -114,6 +122,13 @@ def _prepared(
         except NetworkError as exc:
             log.info(str(exc))
             return None
+    if address.is_ws:
+        try:
+            end = ws_server_end(acc.sock, acc.end, address, lopts.ws, acc.name)
+        except NetworkError as exc:
+            log.info(str(exc))
+            return None
+        acc.end, acc.request = end, end.stream.request
     return acc
 
 
@@ -145,7 +160,7 @@ def run_listen(address: Address, opts: BridgeOptions, lopts: ListenOptions) -> N
         handle = lambda acc: _bridge_one(acc, opts)  # noqa: E731
 
     def prepare(conn: socket.socket, peer: Address | None) -> _Accepted | None:
-        acc = _prepared(conn, peer, address.scheme, lopts, opts.log)
+        acc = _prepared(conn, peer, address, lopts, opts.log)
         if acc is not None:
             running = f": running {lopts.exec_argv[0]}" if lopts.exec_argv else ""
             opts.log.info(f"connection from {acc.name} on {acc.local_name}{running}")
@@ -241,6 +256,8 @@ def _child_env(acc: _Accepted) -> dict[str, str]:
     # A Unix peer chooses its own name: a NUL, newline or escape in it reaches the child escaped (\x00), never raw.
     env["SOCKCAT_PEER"] = escape(str(acc.peer)) if acc.peer and not acc.peer.is_unnamed else ""
     env["SOCKCAT_LOCAL"] = escape(str(acc.local)) if acc.local and not acc.local.is_unnamed else ""
+    if acc.request is not None:
+        env.update(environment(acc.request))
     return env
 
 

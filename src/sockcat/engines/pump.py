@@ -179,12 +179,12 @@ class TLSEnd(End):
 class StreamEnd(End):
     """A library :class:`~sockcat.Stream` (TLS included: it half-closes with close_notify)."""
 
-    def __init__(self, stream: Stream) -> None:
+    def __init__(self, stream: Stream, name: str | None = None) -> None:
         self.stream = stream
-        self.name = str(stream.peer)
+        self.name = name or str(stream.peer)
         sock = stream.socket
         self.packet = sock.type in (socket.SOCK_SEQPACKET, socket.SOCK_DGRAM)
-        if stream._tls is None and not isinstance(sock, ssl.SSLSocket) and not self.packet and not stream._buf:
+        if stream._chan is None and not isinstance(sock, ssl.SSLSocket) and not self.packet and not stream._buf:
             self.splice_fd = sock.fileno()
 
     def read_packet(self) -> bytes:

@@ -79,8 +79,8 @@ class Proxy:
 
 def check_target(addr: Address) -> None:
     """A proxy carries TCP: tcp, tcp4, tcp6 and tls targets only."""
-    if addr.scheme not in ("tcp", "tcp4", "tcp6", "tls"):
-        raise UsageError(f"--proxy carries tcp and tls connections, not {addr.scheme} ({addr})")
+    if addr.scheme not in ("tcp", "tcp4", "tcp6", "tls", "ws", "wss"):
+        raise UsageError(f"--proxy carries tcp, tls, ws and wss connections, not {addr.scheme} ({addr})")
 
 
 def _begin(proxy: Proxy, addr: Address, source: Address | None) -> tuple[str, int, tuple[str, int] | None]:

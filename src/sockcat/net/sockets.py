@@ -7,6 +7,7 @@ Errors are mapped once, here, at the I/O boundary (:func:`sockcat.core.errors.ne
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import os
 import selectors
@@ -339,6 +340,8 @@ def bind_socket(
         # Keep the user's scheme and host spelling; only the port is filled in (port 0 -> real port).
         host = addr.host if addr.host else ""
         bound = Address(addr.scheme, host, bound.port, addr.family, addr.type)
+    if addr.resource:
+        bound = dataclasses.replace(bound, resource=addr.resource)
     return sock, bound
 
 

@@ -22,6 +22,7 @@ from sockcat.core.address import Address
 from sockcat.core.errors import NetworkError, Timeout, UsageError, network_error, tls_reason
 from sockcat.core.eyeballs import Eyeballs
 from sockcat.core.framing import DEFAULT_MAX_LINE, ReceiveBuffer, to_bytes
+from sockcat.core.websocket import WsOptions
 from sockcat.net import proxy as _proxy
 from sockcat.net.proxy import Proxy
 from sockcat.net.sockets import (
@@ -35,6 +36,9 @@ from sockcat.net.sockets import (
     to_address,
 )
 from sockcat.streams.aio_tls import AioTLS, handshake_async
+from sockcat.streams.aio_ws import AioWS
+from sockcat.streams.aio_ws import client_handshake as ws_client_handshake
+from sockcat.streams.aio_ws import server_handshake as ws_server_handshake
 from sockcat.streams.datagram import Datagram as SyncDatagram
 from sockcat.streams.datagram import connect_datagram as sync_connect_datagram
 from sockcat.streams.datagram import open_datagram as sync_open_datagram
@@ -93,12 +97,15 @@ class Stream(_Resource):
         *,
         timeout: float | None = None,
         tls: AioTLS | None = None,
+        ws: AioWS | None = None,
     ) -> None:
         sock.setblocking(False)
         self.socket = sock
         self.scheme = scheme
         self.timeout = timeout
         self._tls = tls
+        self._ws = ws
+        self.request: Any = None  # a WebSocket listener's connection: the client's HTTP request
         self._buf = ReceiveBuffer()
         self._loop = asyncio.get_running_loop()
         self.address = safe_name(sock, scheme, peer=False)
@@ -110,6 +117,8 @@ class Stream(_Resource):
     async def _recv_raw(self, n: int) -> bytes:
         try:
             async with asyncio.timeout(self.timeout):
+                if self._ws is not None:
+                    return await self._ws.recv(n)
                 if self._tls is not None:
                     return await self._tls.recv(n)
                 return await self._loop.sock_recv(self.socket, n)
@@ -167,7 +176,9 @@ class Stream(_Resource):
         payload = data.encode() if isinstance(data, str) else data
         try:
             async with asyncio.timeout(self.timeout):
-                if self._tls is not None:
+                if self._ws is not None:
+                    await self._ws.sendall(payload)
+                elif self._tls is not None:
                     await self._tls.sendall(bytes(payload))
                 else:
                     await self._loop.sock_sendall(self.socket, payload)
@@ -182,7 +193,10 @@ class Stream(_Resource):
         await self.sendall(to_bytes(data) + b"\n")
 
     async def shutdown_write(self) -> None:
-        """Half-close (a TLS stream sends close_notify first); reading goes on."""
+        """Half-close (a TLS stream sends close_notify first, a WebSocket its Close); reading goes on."""
+        if self._ws is not None:
+            await self._ws.close_write()
+            return
         if self._tls is not None:
             with contextlib.suppress(OSError):
                 await self._tls.close_notify()
@@ -206,6 +220,8 @@ class Stream(_Resource):
         return self._tls.version() if self._tls else None
 
     def close(self) -> None:
+        if self._ws is not None:
+            self._ws.close()
         if self._tls is not None and self.socket.fileno() != -1:
             self._tls.drain()
         self.socket.close()
@@ -273,6 +289,7 @@ async def connect(
     ssl_context: ssl.SSLContext | None = None,
     sni: str | None = None,
     proxy: Proxy | str | None = None,
+    ws: WsOptions | None = None,
 ) -> Stream:
     """Connect to a stream address; the asyncio twin of :func:`sockcat.connect`."""
     addr = Address.parse(address)
@@ -286,7 +303,8 @@ async def connect(
         hostname = sni if sni is not None else (addr.host or None)
         tls = AioTLS(sock, ctx, False, hostname)
         await handshake_async(tls, sock, f"TLS handshake with {addr}", ct)
-    return Stream(sock, addr.scheme, timeout=timeout, tls=tls)
+    chan = await ws_client_handshake(sock, tls, addr, ws or WsOptions(), timeout=ct) if addr.is_ws else None
+    return Stream(sock, addr.scheme, timeout=timeout, tls=tls, ws=chan)
 
 
 async def connect_socket(
@@ -343,7 +361,13 @@ class Listener(_Resource):
             conn.setblocking(False)
             tls = AioTLS(conn, self._inner.ssl_context, True, None)
             await handshake_async(tls, conn, f"TLS handshake on {self.address}", None)
-        return Stream(conn, self.address.scheme, tls=tls)
+        if not self.address.is_ws:
+            return Stream(conn, self.address.scheme, tls=tls)
+        conn.setblocking(False)
+        chan, ans = await ws_server_handshake(conn, tls, self.address, self.address.resource, self._inner.ws)
+        stream = Stream(conn, self.address.scheme, tls=tls, ws=chan)
+        stream.request = ans.request
+        return stream
 
     def __aiter__(self) -> AsyncIterator[Stream]:
         return self._loop_accept()

@@ -17,6 +17,7 @@ from typing import Any, Self
 from sockcat.core.address import Address
 from sockcat.core.errors import NetworkError, Timeout, UsageError, network_error, tls_reason
 from sockcat.core.framing import DEFAULT_MAX_LINE, ReceiveBuffer, to_bytes
+from sockcat.core.websocket import WsOptions
 from sockcat.net.options import SockOpt
 from sockcat.net.proxy import Proxy
 from sockcat.net.sockets import (
@@ -29,6 +30,7 @@ from sockcat.net.sockets import (
 )
 from sockcat.streams.fileio import stream_file
 from sockcat.streams.tlsio import TLSChannel, handshake
+from sockcat.streams.wsio import WSChannel, client_handshake, server_handshake
 
 
 def _tls_client(
@@ -52,20 +54,24 @@ def connect(
     ssl_context: ssl.SSLContext | None = None,
     sni: str | None = None,
     proxy: Proxy | str | None = None,
+    ws: WsOptions | None = None,
 ) -> Stream:
     """Connect to any stream (or datagram) address and return a :class:`Stream`.
 
     ``timeout`` bounds the connect and every later blocking call (``TimeoutError`` past it);
-    ``connect_timeout`` overrides it for the connect alone. A ``tls://`` address verifies the peer's
-    certificate and host name unless ``ssl_context`` says otherwise. ``proxy``: connect through a SOCKS or
-    HTTP CONNECT proxy (``socks5h://host:1080``, ``http://user:pw@host:3128``…; tcp and tls addresses).
+    ``connect_timeout`` overrides it for the connect alone. A ``tls://`` or ``wss://`` address verifies the
+    peer's certificate and host name unless ``ssl_context`` says otherwise. ``proxy``: connect through a SOCKS or
+    HTTP CONNECT proxy (``socks5h://host:1080``, ``http://user:pw@host:3128``…; tcp, tls and ws addresses).
+    A WebSocket address (``ws://``, ``wss://``, ``ws+unix:``) upgrades the connection with ``ws`` (text mode,
+    headers, subprotocols…: :class:`~sockcat.core.websocket.WsOptions`); the stream carries message payloads.
     """
     addr = Address.parse(address)
     ct = timeout if connect_timeout is None else connect_timeout
     sock = connect_socket(addr, timeout=ct, source=source, sockopts=sockopts, proxy=proxy)
     tls = _tls_client(sock, addr, ssl_context, sni, ct) if addr.is_tls else None
+    chan = client_handshake(sock, tls, addr, ws or WsOptions(), timeout=ct) if addr.is_ws else None
     sock.settimeout(timeout)
-    return Stream(sock, addr.scheme, tls=tls)
+    return Stream(sock, addr.scheme, tls=tls, ws=chan)
 
 
 # --- listening -----------------------------------------------------------------------------------
@@ -82,11 +88,13 @@ class Listener:
         ssl_context: ssl.SSLContext | None = None,
         sockopts: tuple[SockOpt, ...] = (),
         fingerprint: str | None = None,
+        ws: WsOptions | None = None,
     ) -> None:
         self.socket = sock
         self.address = address
         self.ssl_context = ssl_context
         self.fingerprint = fingerprint
+        self.ws = ws or WsOptions()
         self._opts = tuple(o for o in sockopts if o.name not in ("reuseaddr", "reuseport", "v6only"))
         self._owned_path: tuple[str, int, int] | None = None
         if address.is_unix and not address.is_abstract:
@@ -107,16 +115,26 @@ class Listener:
         return conn, peer
 
     def accept(self) -> Stream:
-        """The next connection as a :class:`Stream` (TLS handshake done for a ``tls://`` listener)."""
+        """The next connection as a :class:`Stream` (TLS handshake done for a ``tls://`` listener, the WebSocket
+        upgrade answered for a WebSocket one)."""
         conn, _peer = self.accept_socket()
         conn.settimeout(self.socket.gettimeout())
+        return self.upgrade(conn)
+
+    def upgrade(self, conn: socket.socket) -> Stream:
+        """An accepted socket as a :class:`Stream`: TLS and WebSocket handshakes done as the address says."""
         tls = None
         if self.ssl_context is not None:
             tls = handshake(conn, self.ssl_context, server_side=True, where=self.address)
-        return Stream(conn, self.address.scheme, tls=tls)
+        if not self.address.is_ws:
+            return Stream(conn, self.address.scheme, tls=tls)
+        chan, ans = server_handshake(conn, tls, self.address, self.address.resource, self.ws)
+        stream = Stream(conn, self.address.scheme, tls=tls, ws=chan)
+        stream.request = ans.request
+        return stream
 
     def __iter__(self) -> Iterator[Stream]:
-        """Accept forever; a client whose TLS handshake fails is skipped, not fatal."""
+        """Accept forever; a client whose TLS or WebSocket handshake fails is skipped, not fatal."""
         while self.socket.fileno() != -1:
             try:
                 yield self.accept()
@@ -167,11 +185,13 @@ def listen(
     ssl_context: ssl.SSLContext | None = None,
     cert: str | None = None,
     key: str | None = None,
+    ws: WsOptions | None = None,
 ) -> Listener:
-    """Listen on a stream address (tcp*, unix, unixpacket, tls). Port 0 lets the kernel pick.
+    """Listen on a stream address (tcp*, unix, unixpacket, tls, ws, wss, ws+unix). Port 0 lets the kernel pick.
 
-    A ``tls://`` listener uses ``ssl_context``, or ``cert``/``key``, or else a throwaway self-signed
-    certificate whose fingerprint is in ``Listener.fingerprint``.
+    A WebSocket listener answers each client's upgrade (``ws`` sets text mode, origins, subprotocols…); one on a
+    path other than ``/`` serves that path only. A ``tls://`` or ``wss://`` listener uses ``ssl_context``, or
+    ``cert``/``key``, or else a throwaway self-signed certificate whose fingerprint is in ``Listener.fingerprint``.
     """
     addr = Address.parse(address)
     if addr.is_datagram:
@@ -191,7 +211,7 @@ def listen(
         sock.close()
         raise network_error(exc, f"listen {addr}") from None
     return Listener(
-        sock, bound, ssl_context=ssl_context if addr.is_tls else None, sockopts=opts, fingerprint=fingerprint
+        sock, bound, ssl_context=ssl_context if addr.is_tls else None, sockopts=opts, fingerprint=fingerprint, ws=ws
     )
 
 
@@ -207,10 +227,15 @@ class Stream:
     may read while another writes (or half-closes), as :func:`sockcat.relay` does.
     """
 
-    def __init__(self, sock: socket.socket, scheme: str = "tcp", *, tls: TLSChannel | None = None) -> None:
+    def __init__(
+        self, sock: socket.socket, scheme: str = "tcp", *, tls: TLSChannel | None = None, ws: WSChannel | None = None
+    ) -> None:
         self.socket = sock
         self.scheme = scheme
         self._tls = tls
+        self._ws = ws
+        self._chan: TLSChannel | WSChannel | None = ws if ws is not None else tls
+        self.request: Any = None  # a WebSocket listener's connection: the client's HTTP request (path, headers)
         self._buf = ReceiveBuffer()
         self.address = safe_name(sock, scheme, peer=False)
         self.peer = safe_name(sock, scheme, peer=True)
@@ -220,8 +245,8 @@ class Stream:
 
     def _recv_raw(self, n: int) -> bytes:
         try:
-            if self._tls is not None:
-                return self._tls.recv(n)
+            if self._chan is not None:
+                return self._chan.recv(n)
             return self.socket.recv(n)
         except TimeoutError as exc:
             raise Timeout(errno.ETIMEDOUT, f"recv from {self._where()}: timed out") from exc
@@ -248,7 +273,7 @@ class Stream:
             data = self._buf.take_some(n)
             view[: len(data)] = data
             return len(data)
-        if self._tls is not None:
+        if self._chan is not None:
             data = self._recv_raw(n)
             view[: len(data)] = data
             return len(data)
@@ -294,8 +319,8 @@ class Stream:
     # Writing.
     def send(self, data: bytes | bytearray | memoryview | str) -> int:
         try:
-            if self._tls is not None:
-                return self._tls.send(to_bytes(data))
+            if self._chan is not None:
+                return self._chan.send(to_bytes(data))
             return self.socket.send(to_bytes(data))
         except OSError as exc:
             raise self._send_error(exc) from exc
@@ -303,8 +328,8 @@ class Stream:
     def sendall(self, data: bytes | bytearray | memoryview | str) -> None:
         payload = data.encode() if isinstance(data, str) else data
         try:
-            if self._tls is not None:
-                self._tls.sendall(payload)
+            if self._chan is not None:
+                self._chan.sendall(payload)
             else:
                 self.socket.sendall(payload)
         except OSError as exc:
@@ -325,8 +350,8 @@ class Stream:
 
         A TLS stream sends close_notify first; bytes already received stay readable.
         """
-        if self._tls is not None:
-            self._tls.shutdown_write()
+        if self._chan is not None:
+            self._chan.shutdown_write()
         else:
             shutdown_write(self.socket)
 
@@ -380,13 +405,13 @@ class Stream:
 
         On a TLS stream it reads and writes plaintext through the stream (buffered bytes first).
         """
-        if self._tls is not None:
+        if self._chan is not None:
             return stream_file(self, mode, buffering, **kw)
         return self.socket.makefile(mode, buffering, **kw)  # type: ignore[call-overload]
 
     def close(self) -> None:
-        if self._tls is not None:
-            self._tls.close()
+        if self._chan is not None:
+            self._chan.close()
         else:
             self.socket.close()
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from sockcat.core.address import Address
 from sockcat.core.errors import NetworkError, UsageError, describe, tls_reason
+from sockcat.core.websocket import WsOptions
 from sockcat.net.options import SockOpt
 from sockcat.net.sockets import SockOpts, norm_opts
 
@@ -49,6 +50,7 @@ class BenchPlan:
     source: Address | None = None
     ssl_context: ssl.SSLContext | None = field(default=None, compare=False)
     sni: str | None = None
+    ws: WsOptions = field(default_factory=WsOptions)  # a WebSocket address: messages carry the load
 
     @property
     def is_packet(self) -> bool:
@@ -73,6 +75,7 @@ def make_plan(
     source: Address | str | None = None,
     ssl_context: ssl.SSLContext | None = None,
     sni: str | None = None,
+    ws: WsOptions | None = None,
 ) -> BenchPlan:
     """Check the arguments (UsageError for anything wrong) and fill in the defaults."""
     addr = Address.parse(address)
@@ -140,6 +143,7 @@ def make_plan(
         source=src,
         ssl_context=ctx,
         sni=sni,
+        ws=ws or WsOptions(),
     )
 
 

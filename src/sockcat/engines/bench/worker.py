@@ -13,7 +13,6 @@ import time
 from time import perf_counter_ns
 from typing import cast
 
-from sockcat.core.address import Address
 from sockcat.core.errors import NetworkError, network_error
 from sockcat.core.stats import Histogram, WorkerResult
 from sockcat.engines.bench.datagram import _DatagramSession, _PacketSession
@@ -22,6 +21,7 @@ from sockcat.engines.bench.sessions import _Session, _session_class
 from sockcat.net.pin import check_pin, pinned
 from sockcat.net.sockets import to_address
 from sockcat.streams import aio as _aio
+from sockcat.streams.aio_wsproto import WsClient
 from sockcat.streams.datagram import connect_datagram
 
 PROGRESS_INTERVAL = 0.25
@@ -193,9 +193,7 @@ class _Worker:
         if self.target is plan.address and plan.address.is_ip and plan.address.family == socket.AF_UNSPEC:
             with contextlib.suppress(OSError):
                 peer = to_address(plan.address.scheme, sock.getpeername())
-                self.target = Address(
-                    plan.address.scheme, peer.host, peer.port, peer.family, plan.address.type, plan.address.path
-                )
+                self.target = plan.address.with_host(peer.host, peer.family)
         return sock
 
     # --- persistent connections (rtt, throughput) -------------------------------------------------------------
@@ -214,6 +212,15 @@ class _Worker:
 
                 def factory() -> asyncio.BaseProtocol:
                     return cls(self, closed)
+
+                ws: WsClient | None = None
+                if plan.address.is_ws:  # the session runs on message payloads, behind the WebSocket's upgrade
+                    inner_factory = factory
+                    ws = WsClient(inner_factory, plan.address, plan.ws)
+
+                    def factory() -> asyncio.BaseProtocol:
+                        assert ws is not None
+                        return ws
 
                 if plan.address.is_unix:
                     _t, proto = await self.loop.create_unix_connection(factory, sock=sock)
@@ -234,6 +241,12 @@ class _Worker:
                             raise
                 else:
                     _t, proto = await self.loop.create_connection(factory, sock=sock)
+                if ws is not None:
+                    try:
+                        proto = await ws.opened
+                    except BaseException:
+                        _t.abort()
+                        raise
                 return cast(_Session, proto)
             except BaseException:
                 sock.close()
@@ -284,7 +297,7 @@ class _Worker:
     async def _one_connection(self) -> None:
         """Open, one round trip (``size`` bytes there and back), close."""
         plan, loop, size = self.plan, self.loop, self.size
-        if plan.address.is_tls:
+        if plan.address.is_tls or plan.address.is_ws:
             stream = await _aio.connect(
                 self.target,
                 connect_timeout=plan.connect_timeout,
@@ -292,6 +305,7 @@ class _Worker:
                 sockopts=plan.sockopts,
                 ssl_context=plan.ssl_context,
                 sni=self.sni,
+                ws=plan.ws,
             )
             try:
                 if size:

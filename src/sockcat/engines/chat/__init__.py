@@ -17,6 +17,8 @@ import asyncio
 import contextlib
 import gc
 import socket
+import urllib.parse
+from typing import Any
 
 from sockcat.core import chatproto as proto
 from sockcat.core.address import Address
@@ -24,6 +26,7 @@ from sockcat.core.errors import NetworkError, UsageError, describe
 from sockcat.engines.chat.broker import Broker, ChatOptions
 from sockcat.engines.chat.client import Client
 from sockcat.engines.chat.store import ChatStore, Quotas, default_db
+from sockcat.engines.chat.web import Names, WsGate
 from sockcat.serving.scaffold import Bound, Settings, serve_on_loop
 from sockcat.serving.tls_accept import TlsAcceptor
 from sockcat.streams.sync import Listener
@@ -55,11 +58,19 @@ class ChatService:
         loop = asyncio.get_running_loop()
         broker = self.broker = Broker(self.store, self.opts)
         broker.start()
+        names = Names(
+            [b.address.host for b in bound if b.address.host] + [_host_of(o) for o in self.opts.ws.origins or ()]
+        )
+        cache: list[Any] = [None, b""]
+        pending: set[WsGate] = set()
         for b in bound:
             scheme = b.address.scheme
+            ws = b.address.is_ws
             if b.address.is_tls and self.opts.ssl_context is not None:
 
-                def tls_client(accepted: float, scheme: str = scheme) -> asyncio.BaseProtocol:
+                def tls_client(accepted: float, scheme: str = scheme, ws: bool = ws) -> asyncio.BaseProtocol:
+                    if ws:
+                        return WsGate(broker, scheme, self.opts.ws, names, True, cache, pending)
                     return Client(broker, scheme, accepted)
 
                 def refuse(address: Address | None, handshaking: int) -> str | None:
@@ -70,7 +81,9 @@ class ChatService:
                 self.servers.append(acceptor)
                 continue
 
-            def factory(scheme: str = scheme) -> asyncio.BaseProtocol:
+            def factory(scheme: str = scheme, ws: bool = ws) -> asyncio.BaseProtocol:
+                if ws:
+                    return WsGate(broker, scheme, self.opts.ws, names, False, cache, pending)
                 return Client(broker, scheme)
 
             if b.address.is_unix:
@@ -91,6 +104,10 @@ class ChatService:
         await asyncio.sleep(0)
         for client in list(broker.clients):
             client._ack()
+
+
+def _host_of(origin: str) -> str:
+    return urllib.parse.urlsplit(origin).hostname or ""
 
 
 async def chat_async(

@@ -26,6 +26,7 @@ from sockcat.core import chatproto as proto
 from sockcat.core.access import AccessPolicy
 from sockcat.core.address import Address
 from sockcat.core.log import SILENT, Log
+from sockcat.core.websocket import WsOptions
 from sockcat.engines.chat.passwords import Guard
 from sockcat.engines.chat.store import ChatStore, Quotas
 
@@ -74,6 +75,7 @@ class ChatOptions:
     fingerprint: str | None = None
     line_rate: float = LINE_RATE
     idle_timeout: float | None = None  # for joined users (-i); None: never
+    ws: WsOptions = field(default_factory=WsOptions)  # WebSocket addresses: --origin, --max-message
     name_timeout: float = NAME_TIMEOUT
     quotas: Quotas = field(default_factory=Quotas)
 

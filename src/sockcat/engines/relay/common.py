@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from sockcat.core.access import AccessPolicy
 from sockcat.core.address import Address
 from sockcat.core.log import SILENT, Log
+from sockcat.core.websocket import WsOptions
 from sockcat.net.options import SockOpt
 from sockcat.net.proxy import Proxy
 from sockcat.net.sockets import to_address
@@ -35,6 +36,8 @@ class RelayOptions:
     grace: float = 5.0
     workers: int = 1
     proxy: Proxy | None = None  # reach the target through this SOCKS / HTTP CONNECT proxy
+    server_ws: WsOptions | None = None  # the listening side is a WebSocket
+    client_ws: WsOptions | None = None  # the target is a WebSocket
 
 
 def _name(sock: socket.socket, scheme: str, peer: bool) -> Address | None:

@@ -27,6 +27,8 @@ from sockcat.net.sockets import prepare_socket, resolve, to_address
 from sockcat.serving.scaffold import DEFAULT_MAX_CONNS
 from sockcat.streams import aio as _aio
 from sockcat.streams.aio_tls import AioTLS, handshake_async
+from sockcat.streams.aio_ws import client_handshake as ws_client_handshake
+from sockcat.streams.aio_ws import server_handshake as ws_server_handshake
 
 _NO_RESOURCES = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 
@@ -108,6 +110,8 @@ class _Relay:
             and not _trace.tracing()
             and self.opts.server_ssl is None
             and self.opts.client_ssl is None
+            and self.opts.server_ws is None
+            and self.opts.client_ws is None
             and a_type == socket.SOCK_STREAM
             and b_type == socket.SOCK_STREAM
         )
@@ -331,7 +335,16 @@ class _Relay:
         log = self.opts.log
         client.setblocking(False)
         upstream: socket.socket | None = None
+        front: _aio.Stream | None = None
         try:
+            if self.opts.server_ws is not None:
+                # A WebSocket client is answered first: a plain HTTP request gets its HTTP error, and no request
+                # that is not a WebSocket costs a connection to the target.
+                try:
+                    front = await self._wrap(client, self.opts.server_ssl, True, show(peer))
+                except OSError as exc:
+                    log.info(f"{show(peer)}: {exc}")
+                    return
             try:
                 upstream = await self._connect_when_possible(reserve)
             except (OSError, UsageError) as exc:
@@ -346,7 +359,7 @@ class _Relay:
                 if self.splice_ok(client, upstream):
                     sent, received = await self._splice(client, upstream)
                 else:
-                    sent, received = await self._buffered(client, upstream, peer)
+                    sent, received = await self._buffered(client, upstream, peer, front)
             except OSError as exc:  # a TLS handshake on either side
                 log.info(f"{show(peer)}: {exc}")
                 return
@@ -355,6 +368,8 @@ class _Relay:
                 f"{time.monotonic() - started:.3f} s"
             )
         finally:
+            if front is not None:
+                front.close()
             client.close()
             if upstream is not None:
                 upstream.close()
@@ -389,9 +404,12 @@ class _Relay:
 
         return asyncio.ensure_future(watch())
 
-    async def _buffered(self, client: socket.socket, upstream: socket.socket, peer: Address | None) -> tuple[int, int]:
-        """TLS, hex dumps and packet sockets: awaited copies through 64 KiB, half-close and resets kept."""
-        a = await self._wrap(client, self.opts.server_ssl, True, show(peer))
+    async def _buffered(
+        self, client: socket.socket, upstream: socket.socket, peer: Address | None, front: _aio.Stream | None = None
+    ) -> tuple[int, int]:
+        """TLS, WebSockets, hex dumps and packet sockets: awaited copies through 64 KiB, half-close and resets
+        kept. ``front``: the client's side, already wrapped."""
+        a = front or await self._wrap(client, self.opts.server_ssl, True, show(peer))
         b = await self._wrap(upstream, self.opts.client_ssl, False, str(self.target))
         conn = _BufferedConn(a, b, self.opts)
         self.active.add(conn)
@@ -407,6 +425,7 @@ class _Relay:
     async def _wrap(
         self, sock: socket.socket, ctx: ssl.SSLContext | None, server_side: bool, where: str
     ) -> _aio.Stream:
+        """TLS and the WebSocket upgrade, as the listening (``server_side``) or target address says."""
         tls = None
         if ctx is not None:
             hostname = None if server_side else (self.opts.sni or self.target.host or None)
@@ -414,7 +433,15 @@ class _Relay:
             await handshake_async(
                 tls, sock, f"TLS handshake {'from' if server_side else 'with'} {where}", self.opts.connect_timeout
             )
-        return _aio.Stream(sock, "tls" if tls else "tcp", tls=tls)
+        ws = self.opts.server_ws if server_side else self.opts.client_ws
+        if ws is None:
+            return _aio.Stream(sock, "tls" if tls else "tcp", tls=tls)
+        if server_side:
+            assert self.bound is not None
+            chan, _ans = await ws_server_handshake(sock, tls, where, self.bound.resource, ws)
+        else:
+            chan = await ws_client_handshake(sock, tls, self.target, ws, timeout=self.opts.connect_timeout)
+        return _aio.Stream(sock, "ws", tls=tls, ws=chan)
 
     def stop_all(self) -> None:
         for conn in [*self.conns, *self.active]:

@@ -41,6 +41,7 @@ from sockcat.engines.services.common import (
 )
 from sockcat.engines.services.packets import _DatagramService, _PacketService
 from sockcat.engines.services.stream import _STREAM
+from sockcat.engines.services.websocket import WsService
 from sockcat.net.sockets import SockOpts, bind_socket, norm_opts
 from sockcat.serving.process import new_runner
 from sockcat.serving.scaffold import Bound, Settings, serve_on_loop
@@ -98,6 +99,12 @@ class ServiceServer:
 
         def factory() -> asyncio.BaseProtocol:
             return cls(shared)
+
+        if addr.is_ws:
+            service, resource, ws = self.service, addr.resource, self.opts.ws
+
+            def factory() -> asyncio.BaseProtocol:
+                return WsService(shared, service, resource, ws)
 
         if addr.is_unix:
             self._server = await loop.create_unix_server(factory, sock=self.socket, backlog=self.opts.backlog)

@@ -11,6 +11,7 @@ from typing import Any, Protocol
 from sockcat.core.access import AccessPolicy
 from sockcat.core.address import Address
 from sockcat.core.log import SILENT, Log
+from sockcat.core.websocket import WsOptions
 from sockcat.net.options import SockOpt
 from sockcat.net.sockets import to_address
 from sockcat.serving.scaffold import DEFAULT_MAX_CONNS
@@ -36,6 +37,7 @@ class ServeOptions:
     fingerprint: str | None = None
     workers: int = 1
     backlog: int = BACKLOG
+    ws: WsOptions = field(default_factory=WsOptions)  # a WebSocket address's options
 
 
 class _Connection(Protocol):

@@ -1,0 +1,383 @@
+"""WebSocket (RFC 6455) as a byte stream, with no I/O: the handshake and the frames of one connection.
+
+Frames, the HTTP handshake and permessage-deflate (RFC 7692) are the sans-I/O layer of the ``websockets``
+package (its masking is in C). What is sockcat's own is the stream semantics (docs/websocket.md):
+- the payloads of data messages, binary or text, are the stream's bytes;
+- a Close frame is the end of the sender's direction, like a TCP FIN: after sending its Close a side still
+  receives until the peer's Close, and a side that has received a Close may still send until it ends its
+  own direction (RFC 6455 §5.5.1 lets it finish what it is sending first);
+- pings are answered with pongs; every message is bounded by ``max_message``; in text mode each message must
+  be UTF-8.
+The caller moves bytes: :meth:`WsCore.feed` what the wire gave, and writes what :meth:`WsCore.take_out` and the
+``encode_*`` methods return.
+"""
+
+from __future__ import annotations
+
+import codecs
+import re
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass, field
+
+from websockets.client import ClientProtocol
+from websockets.exceptions import InvalidHandshake, InvalidStatus, PayloadTooBig, ProtocolError
+from websockets.extensions.base import Extension
+from websockets.extensions.permessage_deflate import (
+    enable_client_permessage_deflate,
+    enable_server_permessage_deflate,
+)
+from websockets.frames import Close, CloseCode, Frame, Opcode
+from websockets.http11 import Request, Response
+from websockets.server import ServerProtocol
+from websockets.streams import StreamReader
+from websockets.typing import Origin, Subprotocol
+from websockets.uri import WebSocketURI
+
+from sockcat.core.untrusted import escape
+
+DEFAULT_MAX_MESSAGE = 16 * 1024 * 1024  # bytes in one message, unless --max-message says otherwise
+MAX_SEND = 256 * 1024  # bytes in one message sockcat sends from a stream (peers bound messages: websockets at 1 MiB)
+_CLEAN_CLOSE = frozenset({1000, 1001, 1005})  # normal, going away, no status: a plain end of the stream
+MAX_HANDSHAKE = 64 * 1024  # bytes of HTTP request or response head (websockets also bounds lines and headers)
+
+
+class WsError(Exception):
+    """The peer broke the protocol; ``code`` is the Close status to send, ``reason`` a one-line why."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+@dataclass
+class WsCore:
+    """One open WebSocket connection's frames. Not thread-safe: a reader calls :meth:`feed` and :meth:`read`, a
+    writer the ``encode_*`` methods; the sync channel (``streams/wsio.py``) keeps them apart with a lock."""
+
+    client: bool
+    extensions: Sequence[Extension] = ()
+    text: bool = False
+    max_message: int = DEFAULT_MAX_MESSAGE
+    leftover: bytes = b""
+    inbox: bytearray = field(default_factory=bytearray)
+    peer_closed: bool = False  # the peer's Close arrived (or its TCP end, after a whole frame)
+    close_sent: bool = False
+    close_code: int | None = None  # what the peer's Close said
+    close_reason: str = ""
+    out: bytearray = field(default_factory=bytearray)  # control frames to send: pongs, a Close after an error
+    messages: int = 0  # data messages received whole
+    pongs: int = 0
+
+    def __post_init__(self) -> None:
+        self._partial = bytearray()  # text mode: the start of a line not yet sent
+        self._reader = StreamReader()
+        self._size = 0  # bytes so far in the message being received
+        self._in_message: Opcode | None = None
+        self._utf8 = codecs.getincrementaldecoder("utf-8")()
+        self._parser = self._frames()
+        next(self._parser)
+        if self.leftover:
+            self.feed(self.leftover)
+            self.leftover = b""
+
+    # --- receiving ---------------------------------------------------------------------------------
+    def feed(self, data: bytes | bytearray) -> None:
+        """Bytes from the wire; ``b""`` is the transport's end. Raises :class:`WsError` on a protocol error
+        (and queues the Close to send in ``out``)."""
+        if self.peer_closed:
+            return  # after a Close, nothing more is read (RFC 6455 §1.4)
+        if data:
+            self._reader.feed_data(data)
+        else:
+            self._reader.feed_eof()
+        try:
+            next(self._parser)
+        except StopIteration:
+            pass
+        except EOFError:
+            if self._reader.buffer or self._in_message is not None:
+                raise self._fail(CloseCode.PROTOCOL_ERROR, "connection ended in the middle of a message") from None
+            self.peer_closed = True  # a TCP end without a Close: an end all the same
+        except PayloadTooBig:
+            raise self._fail(CloseCode.MESSAGE_TOO_BIG, f"message over {self.max_message} bytes") from None
+        except ProtocolError as exc:
+            raise self._fail(CloseCode.PROTOCOL_ERROR, f"bad WebSocket frame: {exc}") from None
+        except UnicodeDecodeError:
+            raise self._fail(CloseCode.INVALID_DATA, "a Close reason is not UTF-8") from None
+
+    def read(self, n: int) -> bytes | None:
+        """Up to ``n`` received bytes; ``b""`` once the peer's direction has ended; None: feed me more.
+        A Close with an error status (not 1000, 1001 or none) raises :class:`WsError` once the bytes before it
+        are read."""
+        if self.inbox:
+            data = bytes(self.inbox[:n])
+            del self.inbox[:n]
+            return data
+        if not self.peer_closed:
+            return None
+        if self.close_code is not None and self.close_code not in _CLEAN_CLOSE:
+            code, self.close_code = self.close_code, None  # reported once; later reads see the end
+            reason = f": {escape(self.close_reason[:120])}" if self.close_reason else ""
+            raise WsError(code, f"the peer closed the WebSocket with status {code}{reason}")
+        return b""
+
+    def _frames(self) -> Generator[None, None, None]:
+        yield
+        while True:
+            frame = yield from Frame.parse(
+                self._reader.read_exact,
+                mask=not self.client,
+                max_size=max(self.max_message - self._size, 125),
+                extensions=list(self.extensions),
+            )
+            op = frame.opcode
+            if op is Opcode.TEXT or op is Opcode.BINARY or op is Opcode.CONT:
+                self._data(frame)
+            elif op is Opcode.PING:
+                self.out += Frame(Opcode.PONG, frame.data).serialize(mask=self.client)
+            elif op is Opcode.PONG:
+                self.pongs += 1
+            elif op is Opcode.CLOSE:
+                close = Close.parse(frame.data)
+                if self._in_message is not None:
+                    raise ProtocolError("Close in the middle of a message")
+                self.close_code, self.close_reason = close.code, close.reason
+                self.peer_closed = True
+                return
+
+    def _data(self, frame: Frame) -> None:
+        if frame.opcode is Opcode.CONT:
+            if self._in_message is None:
+                raise ProtocolError("continuation frame with no message")
+        elif self._in_message is not None:
+            raise ProtocolError("new message before the last one ended")
+        else:
+            self._in_message = frame.opcode
+            self._size = 0
+        self._size += len(frame.data)
+        if self._size > self.max_message:
+            raise PayloadTooBig(self._size, self.max_message)
+        if self._in_message is Opcode.TEXT and self.text:
+            try:
+                self._utf8.decode(frame.data, final=frame.fin)
+            except UnicodeDecodeError:
+                raise self._fail(CloseCode.INVALID_DATA, "a text message is not UTF-8") from None
+        self.inbox += frame.data
+        if frame.fin:
+            self._in_message = None
+            self._size = 0
+            self.messages += 1
+            if self.text and not self.inbox.endswith(b"\n"):
+                self.inbox += b"\n"  # text mode: each message is one line
+
+    def _fail(self, code: int, reason: str) -> WsError:
+        if not self.close_sent:
+            self.out += self.encode_close(code, reason[:120])
+        self.peer_closed = True
+        return WsError(code, reason)
+
+    def take_out(self) -> bytes:
+        """Control frames waiting to be written (pongs, an error's Close)."""
+        data = bytes(self.out)
+        self.out.clear()
+        return data
+
+    # --- sending -----------------------------------------------------------------------------------
+    def encode(self, data: bytes | bytearray | memoryview) -> bytes:
+        """Stream bytes as messages: binary messages of at most ``MAX_SEND`` bytes; in text mode, one text
+        message per line (without its newline; a last partial line waits for the rest, or for the Close)."""
+        if self.close_sent:
+            raise WsError(CloseCode.NORMAL_CLOSURE, "cannot send after this side's Close")
+        view = memoryview(data).cast("B")
+        if self.text:
+            self._partial += view
+            *lines, rest = self._partial.split(b"\n")
+            self._partial = bytearray(rest)
+            return b"".join(self.encode_text(line) for line in lines)
+        if len(view) <= MAX_SEND:
+            return self._serialize(Frame(Opcode.BINARY, bytes(view)))
+        return b"".join(
+            self._serialize(Frame(Opcode.BINARY, bytes(view[i : i + MAX_SEND]))) for i in range(0, len(view), MAX_SEND)
+        )
+
+    def encode_text(self, text: bytes | bytearray) -> bytes:
+        """One text message; text that is not UTF-8 raises :class:`WsError` (nothing is sent)."""
+        try:
+            bytes(text).decode()
+        except UnicodeDecodeError:
+            raise WsError(CloseCode.INVALID_DATA, "text mode sends UTF-8 only: a line is not UTF-8") from None
+        return self._serialize(Frame(Opcode.TEXT, bytes(text)))
+
+    def encode_ping(self, data: bytes = b"") -> bytes:
+        return self._serialize(Frame(Opcode.PING, data))
+
+    def encode_close(self, code: int = CloseCode.NORMAL_CLOSURE, reason: str = "") -> bytes:
+        """This side's Close (once; later calls give ``b""``): the end of this direction."""
+        if self.close_sent:
+            return b""
+        last = b""
+        if self._partial and code == CloseCode.NORMAL_CLOSURE:
+            last, self._partial = self.encode_text(self._partial), bytearray()  # text mode: a last line without \n
+        self.close_sent = True
+        return last + self._serialize(Frame(Opcode.CLOSE, Close(code, reason).serialize()))
+
+    def _serialize(self, frame: Frame) -> bytes:
+        return frame.serialize(mask=self.client, extensions=list(self.extensions))
+
+    @property
+    def finished(self) -> bool:
+        """Both Closes have passed: the transport may end."""
+        return self.peer_closed and self.close_sent
+
+
+# --- the opening handshake ---------------------------------------------------------------------------
+
+
+class HandshakeReader:
+    """Reads an HTTP request (server side) or response (client side) head from the wire, bounded."""
+
+    def __init__(self, *, response: bool) -> None:
+        self.reader = StreamReader()
+        self.result: Request | Response | None = None
+        gen: Generator[None, None, Request | Response]
+        r = self.reader
+        gen = Response.parse(r.read_line, r.read_exact, r.read_to_eof) if response else Request.parse(r.read_line)
+        self._gen = gen
+        self._total = 0
+
+    def feed(self, data: bytes) -> Request | Response | None:
+        """Feed bytes (``b""``: the peer's end); the parsed head once complete, else None.
+        Raises :class:`WsError` (code 1002) on a malformed or oversized head."""
+        self._total += len(data)
+        if data:
+            self.reader.feed_data(data)
+        else:
+            self.reader.feed_eof()
+        try:
+            next(self._gen)
+        except StopIteration as stop:
+            self.result = stop.value
+            return self.result
+        except EOFError:
+            raise WsError(CloseCode.PROTOCOL_ERROR, "connection closed during the WebSocket handshake") from None
+        except (InvalidHandshake, ValueError, RuntimeError) as exc:
+            raise WsError(CloseCode.PROTOCOL_ERROR, f"bad HTTP in the WebSocket handshake: {exc}") from None
+        if self._total > MAX_HANDSHAKE:
+            raise WsError(CloseCode.PROTOCOL_ERROR, f"WebSocket handshake over {MAX_HANDSHAKE} bytes")
+        return None
+
+    def leftover(self) -> bytes:
+        """Bytes read past the head (the first frames, sent at once by an eager peer)."""
+        data = bytes(self.reader.buffer)
+        self.reader.buffer.clear()
+        return data
+
+
+@dataclass(frozen=True)
+class WsOptions:
+    """What a WebSocket end may be told (docs/websocket.md): text mode, bounds, compression, subprotocols, the
+    client's extra headers, the listener's origins (None: any; a browser-less client, with no Origin, always
+    passes) and keepalive pings."""
+
+    text: bool = False
+    max_message: int = DEFAULT_MAX_MESSAGE
+    compress: bool = True
+    protocols: tuple[str, ...] = ()
+    headers: tuple[tuple[str, str], ...] = ()
+    origins: tuple[str, ...] | None = None
+    ping: float | None = None
+
+
+class ClientHandshake:
+    """The client's opening handshake: :attr:`request` to send, then :meth:`feed` the answer."""
+
+    def __init__(self, host: str, port: int, resource: str, opts: WsOptions, *, secure: bool) -> None:
+        path, _, query = resource.partition("?")
+        uri = WebSocketURI(secure, host or "localhost", port or (443 if secure else 80), path, query)
+        self.opts = opts
+        self.proto = ClientProtocol(
+            uri,
+            extensions=enable_client_permessage_deflate(None) if opts.compress else None,
+            subprotocols=[Subprotocol(p) for p in opts.protocols] or None,
+            max_size=opts.max_message,
+        )
+        req = self.proto.connect()
+        for name, value in opts.headers:
+            req.headers[name] = value
+        self.request = req.serialize()
+        self._reader = HandshakeReader(response=True)
+
+    def feed(self, data: bytes) -> WsCore | None:
+        """The server's answer, as it arrives; the open connection once it has all come. A refusal raises
+        :class:`WsError` naming the HTTP status."""
+        response = self._reader.feed(data)
+        if response is None:
+            return None
+        assert isinstance(response, Response)
+        try:
+            self.proto.process_response(response)
+        except InvalidStatus:
+            reason = escape(response.reason_phrase[:80])
+            raise WsError(CloseCode.PROTOCOL_ERROR, f"server answered HTTP {response.status_code} {reason}") from None
+        except InvalidHandshake as exc:
+            raise WsError(CloseCode.PROTOCOL_ERROR, f"bad WebSocket handshake answer: {exc}") from None
+        return WsCore(
+            client=True,
+            extensions=self.proto.extensions,
+            text=self.opts.text,
+            max_message=self.opts.max_message,
+            leftover=self._reader.leftover(),
+        )
+
+    @property
+    def subprotocol(self) -> str | None:
+        return self.proto.subprotocol
+
+
+@dataclass
+class ServerAnswer:
+    """What a listener answers a request: ``response`` bytes to send, and ``core`` when the connection is open
+    (None: the response was an HTTP error, and the connection ends after it)."""
+
+    request: Request
+    response: bytes
+    core: WsCore | None
+    status: int
+    subprotocol: str | None = None
+
+
+def answer(request: Request, resource: str, opts: WsOptions, leftover: bytes = b"") -> ServerAnswer:
+    """A listener's answer to ``request``. A listener on a path other than ``/`` serves that path only (404
+    elsewhere); a request that is not a WebSocket upgrade gets HTTP 426 (websockets' wording)."""
+    origins: list[Origin | None] | None = None
+    if opts.origins is not None:
+        origins = [Origin(o) for o in opts.origins]
+        origins.append(None)  # no Origin header: not a browser, so no cross-site hijacking to fear
+    proto = ServerProtocol(
+        origins=origins,
+        extensions=enable_server_permessage_deflate(None) if opts.compress else None,
+        subprotocols=[Subprotocol(p) for p in opts.protocols] or None,
+        max_size=opts.max_message,
+    )
+    if resource not in ("", "/") and request.path.partition("?")[0] != resource.partition("?")[0]:
+        response = proto.reject(404, "Not Found\n")
+    else:
+        response = proto.accept(request)
+    core = None
+    if response.status_code == 101:
+        core = WsCore(
+            client=False, extensions=proto.extensions, text=opts.text, max_message=opts.max_message, leftover=leftover
+        )
+    return ServerAnswer(request, response.serialize(), core, response.status_code, proto.subprotocol)
+
+
+def environment(request: Request) -> dict[str, str]:
+    """A child's view of the request, CGI style as websocketd gives it: ``SOCKCAT_WS_PATH`` and one
+    ``HTTP_NAME`` per header (letters, digits and ``_`` only; repeated headers joined with ``, ``)."""
+    env = {"SOCKCAT_WS_PATH": request.path}
+    for name in {k.lower() for k in request.headers} - {"proxy"}:  # HTTP_PROXY would steer the child (httpoxy)
+        key = "HTTP_" + re.sub(r"[^A-Z0-9]", "_", name.upper())
+        value = ", ".join(request.headers.get_all(name))
+        env[key] = value.replace("\0", "")
+    return env
