@@ -16,12 +16,12 @@ import time
 from websockets.http11 import Request
 
 from sockcat.core.address import Address
-from sockcat.core.errors import NetworkError, Timeout, network_error
+from sockcat.core.errors import NetworkError
 from sockcat.core.untrusted import escape
 from sockcat.core.websocket import ClientHandshake, HandshakeReader, ServerAnswer, WsCore, WsError, WsOptions, answer
 from sockcat.streams.aio_tls import AioTLS
 from sockcat.streams.tlsio import drain_socket
-from sockcat.streams.wsio import RECV_SIZE, WS_HANDSHAKE_TIMEOUT
+from sockcat.streams.wsio import RECV_SIZE, WS_HANDSHAKE_TIMEOUT, handshake_errors
 
 
 class AioWS:
@@ -153,23 +153,13 @@ async def client_handshake(
     sock: socket.socket, tls: AioTLS | None, addr: Address, opts: WsOptions, *, timeout: float | None = None
 ) -> AioWS:
     """The asyncio twin of :func:`sockcat.streams.wsio.client_handshake` (the socket is closed on failure)."""
-    what = f"WebSocket handshake with {addr}"
-    try:
+    with handshake_errors(f"WebSocket handshake with {addr}", sock.close):
         async with asyncio.timeout(timeout if timeout is not None else WS_HANDSHAKE_TIMEOUT):
             hs = ClientHandshake(addr.host, addr.port, addr.resource, opts, secure=addr.is_tls)
             await _sendall(sock, tls, hs.request)
             core = None
             while core is None:
                 core = hs.feed(await _recv(sock, tls))
-    except WsError as exc:
-        sock.close()
-        raise NetworkError(errno.EPROTO, f"{what}: {exc.reason}") from None
-    except TimeoutError:
-        sock.close()
-        raise Timeout(errno.ETIMEDOUT, f"{what}: timed out") from None
-    except OSError as exc:
-        sock.close()
-        raise network_error(exc, what) from None
     return AioWS(sock, core, tls, ping=opts.ping)
 
 
@@ -177,8 +167,7 @@ async def server_handshake(
     sock: socket.socket, tls: AioTLS | None, where: Address | str, resource: str, opts: WsOptions
 ) -> tuple[AioWS, ServerAnswer]:
     """The asyncio twin of :func:`sockcat.streams.wsio.server_handshake`."""
-    what = f"WebSocket handshake from {where}"
-    try:
+    with handshake_errors(f"WebSocket handshake from {where}", sock.close):
         async with asyncio.timeout(WS_HANDSHAKE_TIMEOUT):
             reader = HandshakeReader(response=False)
             request = None
@@ -192,13 +181,4 @@ async def server_handshake(
                 sock.shutdown(socket.SHUT_WR)
             drain_socket(sock)
             raise WsError(1002, f"refused {escape(request.path[:200])} with HTTP {ans.status}")
-    except WsError as exc:
-        sock.close()
-        raise NetworkError(errno.EPROTO, f"{what}: {exc.reason}") from None
-    except TimeoutError:
-        sock.close()
-        raise Timeout(errno.ETIMEDOUT, f"{what}: timed out") from None
-    except OSError as exc:
-        sock.close()
-        raise network_error(exc, what) from None
     return AioWS(sock, ans.core, tls, ping=opts.ping), ans

@@ -13,6 +13,7 @@ import errno
 import socket
 import threading
 import time
+from collections.abc import Callable, Iterator
 from typing import Protocol
 
 from websockets.http11 import Request
@@ -211,6 +212,26 @@ class WSChannel:
 # --- the opening handshakes --------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def handshake_errors(what: str, close: Callable[[], object]) -> Iterator[None]:
+    """The one wording of a failed upgrade, both sides, sync and asyncio: ``close()`` the connection, then raise
+    NetworkError (EPROTO for the protocol, ETIMEDOUT for time) naming ``what``."""
+    try:
+        yield
+    except WsError as exc:
+        close()
+        raise NetworkError(errno.EPROTO, f"{what}: {exc.reason}") from None
+    except TimeoutError:
+        close()
+        raise Timeout(errno.ETIMEDOUT, f"{what}: timed out") from None
+    except NetworkError:
+        close()
+        raise
+    except OSError as exc:
+        close()
+        raise network_error(exc, what) from None
+
+
 def _what(server_side: bool, where: Address | str) -> str:
     return f"WebSocket handshake {'from' if server_side else 'with'} {where}"
 
@@ -229,7 +250,7 @@ def client_handshake(
     old = sock.gettimeout()
     what = _what(False, addr)
     wire = transport(sock, tls)
-    try:
+    with handshake_errors(what, wire.close):
         sock.settimeout(timeout if timeout is not None else WS_HANDSHAKE_TIMEOUT)
         hs = ClientHandshake(host or addr.host, addr.port, addr.resource, opts, secure=addr.is_tls)
         wire.sendall(hs.request)
@@ -237,18 +258,6 @@ def client_handshake(
         while core is None:
             core = hs.feed(wire.recv(RECV_SIZE))
         sock.settimeout(old)
-    except WsError as exc:
-        wire.close()
-        raise NetworkError(errno.EPROTO, f"{what}: {exc.reason}") from None
-    except TimeoutError:
-        wire.close()
-        raise Timeout(errno.ETIMEDOUT, f"{what}: timed out") from None
-    except NetworkError:
-        wire.close()
-        raise
-    except OSError as exc:
-        wire.close()
-        raise network_error(exc, what) from None
     _trace.emit(f"websocket handshake -> {addr.resource} {hs.subprotocol or ''}".rstrip())
     return WSChannel(sock, core, wire, ping=opts.ping)
 
@@ -261,7 +270,7 @@ def server_handshake(
     old = sock.gettimeout()
     what = _what(True, where)
     wire = transport(sock, tls)
-    try:
+    with handshake_errors(what, wire.close):
         sock.settimeout(WS_HANDSHAKE_TIMEOUT)
         reader = HandshakeReader(response=False)
         request = None
@@ -275,13 +284,5 @@ def server_handshake(
             drain_socket(sock)  # unread bytes would turn our close into a reset that loses the answer
             raise WsError(1002, f"refused {escape(request.path[:200])} with HTTP {ans.status}")
         sock.settimeout(old)
-    except WsError as exc:
-        wire.close()
-        raise NetworkError(errno.EPROTO, f"{what}: {exc.reason}") from None
-    except TimeoutError:
-        wire.close()
-        raise Timeout(errno.ETIMEDOUT, f"{what}: timed out") from None
-    except OSError as exc:
-        wire.close()
-        raise network_error(exc, what) from None
+    assert ans.core is not None
     return WSChannel(sock, ans.core, wire, ping=opts.ping), ans
