@@ -486,3 +486,29 @@ def test_serve_ws_drops_a_client_that_never_upgrades_and_keeps_serving(procs: li
         assert client.recv(timeout=TIMEOUT) == b"still here"
     for s in junk:
         s.close()
+
+
+# --- send/recv over WebSocket ----------------------------------------------------------------------------------
+
+
+def test_send_and_recv_over_wss(procs: list[Proc], tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "data.bin").write_bytes(os.urandom(3 * MiB))
+    (src / "名字.txt").write_text("小王\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    env = dict(os.environ, SOCKCAT_CODE="7-crane-violin")
+    r = Proc(sockcat("recv", "wss://127.0.0.1:0/drop", "-o", str(out)), env=env)
+    procs.append(r)
+    addr = r.read_listening()
+    fingerprint = r.wait_stderr("certificate sha256")[0].split()[-1]
+    s = subprocess.run(
+        sockcat("send", "--pin", fingerprint, addr, str(src), "--json"), capture_output=True, env=env, timeout=TIMEOUT
+    )
+    assert s.returncode == 0, s.stderr
+    assert json.loads(s.stdout)["ok"] is True
+    rc, _out, err = finish(r)
+    assert rc == 0, err
+    assert (out / "src" / "data.bin").read_bytes() == (src / "data.bin").read_bytes()
+    assert (out / "src" / "名字.txt").read_text() == "小王\n"
