@@ -241,3 +241,17 @@ def test_garbage_after_a_good_handshake_gets_a_close_or_an_end_never_a_hang(garb
         t.join(TIMEOUT)
         assert not t.is_alive()
     assert outcome and (outcome[0] == "end" or isinstance(outcome[0], OSError))
+
+
+def test_incompressible_messages_go_out_uncompressed_and_compressible_ones_compressed() -> None:
+    client, server = opened()  # permessage-deflate negotiated
+    text = b"the same line again\n" * 3000
+    wire = client.encode(text)
+    assert wire[0] & 0x40 and len(wire) < len(text) // 10  # RSV1 set: deflated
+    noise = os.urandom(64 * 1024)
+    wire2 = client.encode(noise)
+    assert wire2[0] & 0x40 == 0 and len(wire2) > len(noise)  # RSV1 clear: sent as it is
+    wire3 = client.encode(text)  # (and the next ones for a while, without a probe)
+    assert wire3[0] & 0x40 == 0
+    server.feed(wire + wire2 + wire3)
+    assert drain(server) == text + noise + text
