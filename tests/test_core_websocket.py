@@ -255,3 +255,35 @@ def test_incompressible_messages_go_out_uncompressed_and_compressible_ones_compr
     assert wire3[0] & 0x40 == 0
     server.feed(wire + wire2 + wire3)
     assert drain(server) == text + noise + text
+
+
+def _outcome(wire: bytes, cut: int) -> tuple[bytes, int | None]:
+    _client, server = opened(max_message=1000, compress=False)
+    got = b""
+    try:
+        for i in range(0, len(wire), cut):
+            server.feed(wire[i : i + cut])
+            while data := server.read(1 << 20):
+                got += data
+    except WsError as exc:
+        return got + bytes(server.inbox), exc.code  # (what arrived before the error, however it was cut)
+    return got, None
+
+
+@fuzz(400)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from([Opcode.BINARY, Opcode.TEXT, Opcode.CONT, Opcode.PING, 3]),
+            st.binary(max_size=300),
+            st.booleans(),
+        ),
+        max_size=8,
+    ),
+    st.integers(min_value=2, max_value=4000),
+)
+def test_the_fast_path_and_websockets_parser_agree(frames: list[tuple[int, bytes, bool]], cut: int) -> None:
+    """Whole small frames are parsed by sockcat's fast path; cut one byte at a time, every frame goes through the
+    websockets parser. Both must give the same bytes and the same error, for valid and invalid frame sequences."""
+    wire = b"".join(masked(op, data, fin=fin) for op, data, fin in frames)
+    assert _outcome(wire, cut) == _outcome(wire, 1)
