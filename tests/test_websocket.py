@@ -512,3 +512,84 @@ def test_send_and_recv_over_wss(procs: list[Proc], tmp_path: Path) -> None:
     assert rc == 0, err
     assert (out / "src" / "data.bin").read_bytes() == (src / "data.bin").read_bytes()
     assert (out / "src" / "名字.txt").read_text() == "小王\n"
+
+
+# --- the options, each against a real peer -------------------------------------------------------------------------
+
+
+def test_ping_ends_a_connection_to_a_peer_that_went_silent() -> None:
+    """A peer that completes the upgrade and then answers nothing, pings included: --ping 0.3 ends the client
+    with exit 1 and a line saying why, well before any other time-out."""
+    with socket.socket() as srv:
+        srv.bind(("127.0.0.1", 0))
+        srv.listen(1)
+        port = srv.getsockname()[1]
+
+        def mute() -> None:
+            conn, _ = srv.accept()
+            request = b""
+            while b"\r\n\r\n" not in request:
+                request += conn.recv(4096)
+            key = next(
+                line.split(b":", 1)[1].strip()
+                for line in request.split(b"\r\n")
+                if line.lower().startswith(b"sec-websocket-key")
+            )
+            accept = base64.b64encode(hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
+            conn.sendall(
+                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n"
+            )
+            done.wait(TIMEOUT)  # silent: reads nothing, answers nothing
+            conn.close()
+
+        done = threading.Event()
+        t = threading.Thread(target=mute)
+        t.start()
+        p = subprocess.Popen(
+            sockcat("connect", "--ping", "0.3", f"ws://127.0.0.1:{port}/"),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        try:
+            _out, err = p.communicate(timeout=TIMEOUT)
+        finally:
+            done.set()
+            t.join(TIMEOUT)
+    assert p.returncode == 1, err
+    assert b"nothing heard for 0.6 s (--ping)" in err and err.count(b"\n") == 1, err
+
+
+def test_subprotocol_headers_and_message_bound(procs: list[Proc]) -> None:
+    script = 'echo "auth=$HTTP_AUTHORIZATION proto=$HTTP_SEC_WEBSOCKET_PROTOCOL"'
+    args = ("listen", "-k", "ws://127.0.0.1:0/", "--protocol", "chat.v2", "--sh-exec", script)
+    _p, addr = start(procs, *args)
+    url = f"ws://127.0.0.1:{port_of(addr)}/"
+    with ws_connect(url, subprotocols=["chat.v1", "chat.v2"], open_timeout=TIMEOUT) as client:  # type: ignore[list-item]
+        assert client.subprotocol == "chat.v2"
+        client.recv(timeout=TIMEOUT)
+    r = run_sockcat("connect", "-H", "Authorization: Bearer t0ken", "--protocol", "chat.v2", url)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == b"auth=Bearer t0ken proto=chat.v2\n"
+    with pytest.raises(InvalidStatus) as refused:  # a listener with --protocol requires one of them
+        ws_connect(url, open_timeout=TIMEOUT)
+    assert refused.value.response.status_code == 400
+    _e, echo = start(procs, "serve", "echo", "ws://127.0.0.1:0/", "--max-message", "1000")
+    with ws_connect(echo, open_timeout=TIMEOUT, max_size=None) as big:
+        big.send(b"x" * 2000)  # over --max-message: the listener ends the connection with 1009
+        with pytest.raises(ConnectionClosed) as info:
+            while True:
+                big.recv(timeout=TIMEOUT)
+    assert info.value.rcvd is not None and info.value.rcvd.code == 1009
+
+
+def test_bench_measures_a_ws_echo_server(procs: list[Proc]) -> None:
+    _p, addr = start(procs, "serve", "echo", "ws://127.0.0.1:0/")
+    r = run_sockcat("bench", addr, "-c", "8", "-d", "0.5", "--warmup", "0.1", "--json")
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout)
+    assert result["requests"] > 100 and result["errors"] == 0
+    r = run_sockcat("bench", "--mode", "connect", addr, "-c", "2", "-d", "0.5", "--warmup", "0.1", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["requests"] > 10

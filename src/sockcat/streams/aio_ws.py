@@ -16,7 +16,7 @@ import time
 from websockets.http11 import Request
 
 from sockcat.core.address import Address
-from sockcat.core.errors import NetworkError
+from sockcat.core.errors import NetworkError, Timeout
 from sockcat.core.untrusted import escape
 from sockcat.core.websocket import ClientHandshake, HandshakeReader, ServerAnswer, WsCore, WsError, WsOptions, answer
 from sockcat.streams.aio_tls import AioTLS
@@ -35,6 +35,7 @@ class AioWS:
         self._queue: list[bytes] = []
         self._pusher: asyncio.Future[None] | None = None
         self._heard = time.monotonic()
+        self.silent = 0.0  # set by the keepalive when the peer stopped answering
         self._pinger = self.loop.create_task(self._keepalive(ping)) if ping else None
 
     async def _raw_recv(self) -> bytes:
@@ -79,6 +80,8 @@ class AioWS:
                     await self._end_transport()
                 return data
             raw = await self._raw_recv()
+            if self.silent:
+                raise Timeout(errno.ETIMEDOUT, f"nothing heard for {self.silent:g} s (--ping)")
             self._heard = time.monotonic()
             try:
                 self.core.feed(raw)
@@ -118,8 +121,9 @@ class AioWS:
         while True:
             await asyncio.sleep(every)
             if time.monotonic() - self._heard > 2 * every:
+                self.silent = 2 * every
                 with contextlib.suppress(OSError):
-                    self.sock.shutdown(socket.SHUT_RDWR)
+                    self.sock.shutdown(socket.SHUT_RDWR)  # the reader wakes up, and reports the silence
                 return
             self._queue.append(self.core.encode_ping(b"sockcat"))
             with contextlib.suppress(OSError):

@@ -249,7 +249,8 @@ class Stream:
                 return self._chan.recv(n)
             return self.socket.recv(n)
         except TimeoutError as exc:
-            raise Timeout(errno.ETIMEDOUT, f"recv from {self._where()}: timed out") from exc
+            why = exc.strerror if isinstance(exc, Timeout) and exc.strerror else "timed out"
+            raise Timeout(errno.ETIMEDOUT, f"recv from {self._where()}: {why}") from exc
         except ssl.SSLZeroReturnError:
             return b""  # close_notify after our own: a clean end of the peer's direction
         except ssl.SSLError as exc:

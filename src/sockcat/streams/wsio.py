@@ -75,6 +75,7 @@ class WSChannel:
         self._queue_lock = threading.Lock()
         self._heard = time.monotonic()
         self._ended = threading.Event()
+        self.silent = 0.0  # set by the keepalive when the peer stopped answering
         if ping:
             threading.Thread(target=self._keepalive, args=(ping,), name="sockcat ws ping", daemon=True).start()
 
@@ -98,6 +99,8 @@ class WSChannel:
                         self._peer_ended()
                     return data
                 raw = self._wire.recv(RECV_SIZE)
+                if self.silent:
+                    raise Timeout(errno.ETIMEDOUT, f"nothing heard for {self.silent:g} s (--ping)")
                 self._heard = time.monotonic()
                 try:
                     self.core.feed(raw)
@@ -176,8 +179,9 @@ class WSChannel:
     def _keepalive(self, every: float) -> None:
         while not self._ended.wait(every):
             if time.monotonic() - self._heard > 2 * every:
+                self.silent = 2 * every
                 with contextlib.suppress(OSError):
-                    self.sock.shutdown(socket.SHUT_RDWR)  # the reader sees the end and reports it
+                    self.sock.shutdown(socket.SHUT_RDWR)  # the reader wakes up, and reports the silence
                 return
             with contextlib.suppress(OSError, NetworkError):
                 self._owe(self.core.encode_ping(b"sockcat"))
