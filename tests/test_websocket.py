@@ -593,3 +593,75 @@ def test_bench_measures_a_ws_echo_server(procs: list[Proc]) -> None:
     r = run_sockcat("bench", "--mode", "connect", addr, "-c", "2", "-d", "0.5", "--warmup", "0.1", "--json")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["requests"] > 10
+
+
+# --- playing the attacker against WebSocket listeners ------------------------------------------------------------
+
+
+def _raw_upgrade(port: int, extra: bytes = b"") -> socket.socket:
+    s = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
+    s.sendall(
+        b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n" + extra + b"\r\n"
+    )
+    return s
+
+
+def test_relay_ws_counts_unfinished_upgrades_against_its_cap(procs: list[Proc], echo_tcp: int) -> None:
+    _p, addr = start(procs, "relay", "--max-conns", "3", "ws://127.0.0.1:0/", f"tcp://127.0.0.1:{echo_tcp}")
+    port = port_of(addr)
+    silent = [socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) for _ in range(3)]
+    for s in silent:
+        s.sendall(b"GET / HTTP/1.1\r\n")  # and nothing more
+    over = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
+    assert over.recv(100) == b""  # closed at once: the three unfinished upgrades hold the cap
+    over.close()
+    silent.pop().close()
+
+    def served() -> bool:
+        try:
+            with ws_connect(f"ws://127.0.0.1:{port}/", open_timeout=2) as client:
+                client.send(b"ok")
+                return client.recv(timeout=TIMEOUT) == b"ok"
+        except (OSError, InvalidStatus, ConnectionClosed):
+            return False
+
+    wait_until(served, "an honest client served once a slot is free")
+    for s in silent:
+        s.close()
+
+
+@pytest.mark.parametrize(
+    ("extra", "wire"),
+    [
+        (b"".join(b"X-%d: y\r\n" % i for i in range(200)), b""),  # more headers than the parser takes
+        (b"", bytes([0x82, 0xFF]) + (1 << 62).to_bytes(8, "big") + b"\0\0\0\0"),  # a 4 EiB frame
+        (b"", bytes([0x8F, 0x80, 0, 0, 0, 0])),  # a reserved opcode
+        (b"", bytes([0x82, 0x05]) + b"hello"),  # an unmasked client frame
+    ],
+    ids=["200-headers", "4EiB-frame", "reserved-opcode", "unmasked"],
+)
+def test_relay_ws_ends_a_broken_client_and_serves_on(
+    procs: list[Proc], echo_tcp: int, extra: bytes, wire: bytes
+) -> None:
+    p, addr = start(procs, "relay", "ws://127.0.0.1:0/", f"tcp://127.0.0.1:{echo_tcp}")
+    port = port_of(addr)
+    with _raw_upgrade(port, extra) as s:
+        answer = b""
+        while b"\r\n\r\n" not in answer and (chunk := s.recv(4096)):
+            answer += chunk
+        if wire:
+            assert answer.startswith(b"HTTP/1.1 101 "), answer[:80]
+            s.sendall(wire)
+        rest = b""
+        while chunk := s.recv(4096):
+            rest += chunk
+        if wire:  # an open WebSocket broken by a frame: ended with a Close that names the fault
+            assert rest[:1] == b"\x88" and int.from_bytes(rest[2:4], "big") in (1002, 1009), rest[:8]
+        else:
+            assert answer.startswith(b"HTTP/1.1 4") or answer == b"", answer[:80]
+    with ws_connect(f"ws://127.0.0.1:{port}/", open_timeout=TIMEOUT) as client:
+        client.send(b"still here")
+        assert client.recv(timeout=TIMEOUT) == b"still here"
+    assert p.p.poll() is None
+    assert not [line for line in p.stderr_all(0.1) if "Traceback" in line]

@@ -58,6 +58,8 @@ class _BufferedConn:
             return
         self.reset = True
         for s in (self.a, self.b):
+            if s._ws is not None and s._ws.core.close_sent:
+                continue  # a WebSocket told why in its Close (1002, 1009…): a reset could destroy that frame
             with contextlib.suppress(OSError):
                 s.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER0)
         self.stop()
