@@ -37,6 +37,11 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
         metavar="N",
         help="lines a second each client may send; faster ones are slowed, never dropped (default 20; 0: no limit)",
     )
+    p.add_argument(
+        "--cluster",
+        metavar="URL",
+        help="join the brokers sharing this Redis: redis://[USER:PASS@]HOST:PORT/DB, rediss://…, redis+unix:PATH",
+    )
     p.add_argument("-i", "--idle-timeout", type=seconds, metavar="S", help="disconnect joined users idle for S seconds")
     access_options(p, max_conns=10_000, cap="connections at once")
     t = tls_listen_options(p)
@@ -70,6 +75,11 @@ def run(args: argparse.Namespace, log: Log) -> None:
         line_rate=args.line_rate,
         idle_timeout=timeout_or_none(args.idle_timeout),
     )
+    if args.cluster is not None:
+        from sockcat.engines.chat.cluster import parse_url
+
+        parse_url(args.cluster)  # a bad URL is a usage error before anything starts
+        opts.cluster = args.cluster
     if (args.origin or args.max_message) and not any(a.is_ws for a in addresses):
         raise UsageError("--origin/--max-message need a WebSocket address (ws://, wss:// or ws+unix:)")
     from sockcat.cli.common import check_origins

@@ -99,6 +99,8 @@ class ChatService:
         if broker is None:
             return
         broker.stop()
+        if broker.cluster is not None:
+            await broker.cluster.stop()
         for client in list(broker.clients):
             client.quit(proto.notice("the broker is stopping; bye"))
         await asyncio.sleep(0)

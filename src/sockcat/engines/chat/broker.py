@@ -27,6 +27,7 @@ from sockcat.core.access import AccessPolicy
 from sockcat.core.address import Address
 from sockcat.core.log import SILENT, Log
 from sockcat.core.websocket import WsOptions
+from sockcat.engines.chat.cluster import Cluster
 from sockcat.engines.chat.passwords import Guard
 from sockcat.engines.chat.store import ChatStore, Quotas
 
@@ -76,6 +77,7 @@ class ChatOptions:
     line_rate: float = LINE_RATE
     idle_timeout: float | None = None  # for joined users (-i); None: never
     ws: WsOptions = field(default_factory=WsOptions)  # WebSocket addresses: --origin, --max-message
+    cluster: str | None = None  # --cluster URL: brokers sharing one Redis (cluster.py)
     name_timeout: float = NAME_TIMEOUT
     quotas: Quotas = field(default_factory=Quotas)
 
@@ -94,14 +96,36 @@ class Broker:
         self.behind: dict[Client, float] = {}  # clients past BEHIND, and since when
         self.paused = False
         self._sweeper: asyncio.Task[None] | None = None
+        self.cluster: Cluster | None = None
 
     def start(self) -> None:
         proto.skeleton("")  # the confusables table (a few MB, 30 ms): loaded now (if not yet), not on the first join
         self._sweeper = asyncio.ensure_future(self._sweep())
+        if self.opts.cluster is not None:
+            self.cluster = Cluster(self.opts.cluster, self.opts.log, self._from_room, self._direct, self._cluster_state)
+            self.cluster.start()
 
     def stop(self) -> None:
         if self._sweeper is not None:
             self._sweeper.cancel()
+
+    # --- the cluster (other brokers' lines) ----------------------------------------------------------------------
+    def _from_room(self, line: str) -> None:
+        self.broadcast(line, local=True)
+
+    def _direct(self, key: str, line: str) -> None:
+        client = self.online.get(key)
+        if client is not None:
+            client.send(line)
+        else:  # (gone between the sender's look-up and now: a live line to nobody, as on one broker)
+            self.opts.log.info("cluster: a direct line for a name no longer here was dropped")
+
+    def _cluster_state(self, up: bool) -> None:
+        if up:
+            text = "the cluster is reachable again: lines reach users on every broker"
+        else:
+            text = "the cluster is unreachable: lines reach only users on this broker until it is back"
+        self.broadcast(proto.notice(text), local=True)
 
     # --- who may connect --------------------------------------------------------------------------------------------
     def refuse(self, address: Address | None, count: int) -> str | None:
@@ -147,13 +171,18 @@ class Broker:
         key = proto.name_key(client.name)
         if self.online.get(key) is client:
             del self.online[key]
+            if self.cluster is not None:
+                self.cluster.later(self.cluster.release(key))
             look = proto.skeleton(client.name)
             if self.looks.get(look) == key:
                 del self.looks[look]
 
     # --- writing -------------------------------------------------------------------------------------------------
-    def broadcast(self, line: str, exclude: Client | None = None) -> None:
-        """A line for everyone online (but ``exclude``), written at the next flush."""
+    def broadcast(self, line: str, exclude: Client | None = None, *, local: bool = False) -> None:
+        """A line for everyone online (but ``exclude``), written at the next flush; in a cluster, published for the
+        other brokers' users too (unless ``local``)."""
+        if self.cluster is not None and not local:
+            self.cluster.publish_room(line)
         if not self.room and not self.dirty:
             asyncio.get_running_loop().call_soon(self.flush)
         if exclude is not None:

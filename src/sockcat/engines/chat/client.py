@@ -330,7 +330,10 @@ class Client(asyncio.Protocol):
         key = proto.name_key(name)
         credentials = b.store.credentials(key)
         if credentials is None:
-            self._took(name)
+            if b.cluster is None:
+                self._took(name)
+            else:
+                self.wait_for(self._claim(name))
             return
         if password is None:
             self._refused(f"{name} is protected: /nick {name} PASSWORD")
@@ -345,9 +348,36 @@ class Client(asyncio.Protocol):
             if again is not None:
                 self._refused(again)
                 return
-            self._took(name)
+            if b.cluster is None:
+                self._took(name)
+            else:
+                await self._claim(name)
 
         self.wait_for(check())
+
+    async def _claim(self, name: str) -> None:
+        """In a cluster: hold the name cluster-wide before taking it (a name is one connection's in every broker)."""
+        b = self.broker
+        assert b.cluster is not None
+        key = proto.name_key(name)
+        held = await b.cluster.claim(key, name)
+        if held is False:
+            self._refused(f"{name} is taken")
+            return
+        again = b.refuse_name(name, self)
+        if again is not None or self.lost or self.closing:  # (taken here meanwhile, or this client is gone)
+            if held and b.online.get(key) is None:
+                b.cluster.later(b.cluster.release(key))
+            if again is not None:
+                self._refused(again)
+            return
+        everyone = await b.cluster.who() if held else None
+        if self.lost or self.closing:
+            b.cluster.later(b.cluster.release(key))
+            return
+        self._took(name, len(everyone) if everyone else None)
+        if held is None:
+            self.send(proto.notice("the cluster is unreachable: your name is checked on this broker only for now"))
 
     def _refused(self, why: str) -> None:
         if self.name is None:
@@ -355,7 +385,8 @@ class Client(asyncio.Protocol):
         else:
             self.send(proto.error(why))
 
-    def _took(self, name: str) -> None:
+    def _took(self, name: str, everyone: int | None = None) -> None:
+        """Take ``name``; ``everyone``: how many are online in the whole cluster, this user included."""
         b, old = self.broker, self.name
         if self.lost or self.closing:  # closed while its password was checked: it takes nothing
             return
@@ -364,7 +395,7 @@ class Client(asyncio.Protocol):
             if self.deadline is not None:
                 self.deadline.cancel()
                 self.deadline = None
-            others = len(b.online) - 1
+            others = (everyone if everyone is not None else len(b.online)) - 1
             self.send(
                 proto.notice(
                     f"hello {name}; {others} other{'s' if others != 1 else ''} online; /help lists the commands"
@@ -409,8 +440,11 @@ class Client(asyncio.Protocol):
             target.send(proto.msg_line(self.name, clean))
             return
         sender = self.name
+        cluster = self.broker.cluster
 
         async def keep() -> None:
+            if cluster is not None and await cluster.send_to(proto.name_key(name), proto.msg_line(sender, clean)):
+                return  # online on another broker: delivered there
             try:  # committed before the sender hears it is stored
                 await self.broker.store.store(proto.name_key(name), sender, proto.name_key(sender), self.origin, clean)
             except StoreFull as exc:
@@ -441,8 +475,21 @@ class Client(asyncio.Protocol):
         self.wait_for(register())
 
     def _cmd_who(self) -> None:
-        names = sorted((c.name for c in self.broker.online.values() if c.name), key=str.casefold)
-        self.send(proto.notice(f"online ({len(names)}): {', '.join(names)}"))
+        local = [c.name for c in self.broker.online.values() if c.name]
+        cluster = self.broker.cluster
+        if cluster is None:
+            self._who(local)
+            return
+
+        async def ask() -> None:
+            everyone = await cluster.who()
+            self._who(everyone if everyone is not None else local, "" if everyone is not None else " (this broker)")
+
+        self.wait_for(ask())
+
+    def _who(self, names: list[str], where: str = "") -> None:
+        names = sorted(set(names), key=str.casefold)
+        self.send(proto.notice(f"online{where} ({len(names)}): {', '.join(names)}"))
 
     def _cmd_help(self) -> None:
         self.send(proto.notice(proto.HELP))

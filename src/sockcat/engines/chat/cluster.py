@@ -1,0 +1,299 @@
+"""``sockcat chat --cluster URL``: brokers that share one Redis are one chat (docs/chat.md#clusters).
+
+What goes through Redis (with ``redis``' asyncio client and its hiredis parser):
+- **names**: a name is held by one connection in the whole cluster. A broker claims it with ``SET … NX PX`` (a
+  lease, ``NAME_LEASE`` seconds) and renews the leases of its users every third of that; a broker that dies
+  releases its names when their leases end. ``sockcat:online`` (a sorted set scored by lease end) lists them for
+  ``/who``;
+- **the room**: a broker publishes each room line on ``sockcat:room`` (PUB/SUB); every other broker writes it to
+  its own users;
+- **direct lines**: ``/msg`` to a name held on another broker is published on that broker's own channel.
+
+PUB/SUB delivers at most once, to brokers connected at that moment: a live line is lost if its broker loses
+Redis for that instant, which is the promise of a live chat line on one broker too (a client that is gone misses
+it). Stored mail, which must not be lost, stays in each broker's SQLite store in this version.
+
+When Redis cannot be reached, a broker keeps serving its own users: names are checked locally, lines reach only
+its own users, and users are told so; it reconnects with back-off (``-v`` logs each change).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import time
+import urllib.parse
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from sockcat.core.errors import UsageError
+from sockcat.core.log import Log
+
+NAME_LEASE = 5.0  # seconds a name stays held after its broker stopped renewing it
+_RENEW = NAME_LEASE / 3
+_PREFIX = "sockcat:"
+_SEP = "\x00"
+
+# Release a name only if this broker still holds it (compare and delete, atomically).
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  redis.call('ZREM', KEYS[2], ARGV[2])
+  return 1
+end
+return 0
+"""
+# Renew the leases this broker holds; names it lost (taken after a lapse) are returned.
+_RENEW_SCRIPT = """
+local lost = {}
+for i, key in ipairs(KEYS) do
+  if redis.call('GET', key) == ARGV[1] then
+    redis.call('PEXPIRE', key, ARGV[2])
+    redis.call('ZADD', ARGV[3], ARGV[4], ARGV[4 + i])
+  else
+    table.insert(lost, ARGV[4 + i])
+  end
+end
+return lost
+"""
+
+
+def parse_url(url: str) -> str:
+    """A ``--cluster`` URL as redis-py takes it: ``redis://[USER:PASS@]HOST:PORT/DB``, ``rediss://…`` (TLS) or
+    ``redis+unix:PATH`` (a Unix socket). Anything else is a usage error naming the URL (without its password)."""
+    if url.startswith("redis+unix:"):
+        path = url[len("redis+unix:") :]
+        if path.startswith("//"):
+            path = path[2:]
+        if not path:
+            raise UsageError("bad --cluster URL 'redis+unix:': no socket path")
+        return f"unix://{path}"
+    parts = urllib.parse.urlsplit(url)
+    shown = shown_url(url)
+    if parts.scheme not in ("redis", "rediss") or not parts.hostname:
+        raise UsageError(f"bad --cluster URL {shown!r}: expected redis://HOST:PORT/DB, rediss://… or redis+unix:PATH")
+    try:
+        parts.port  # noqa: B018 (a bad port raises)
+    except ValueError:
+        raise UsageError(f"bad --cluster URL {shown!r}: bad port") from None
+    db = parts.path.lstrip("/")
+    if db and not db.isdigit():
+        raise UsageError(f"bad --cluster URL {shown!r}: the database is a number")
+    return url
+
+
+def shown_url(url: str) -> str:
+    """The URL for logs and errors: the password left out."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    user = f"{parts.username}:***@" if parts.username else ":***@"
+    host = parts.netloc.rpartition("@")[2]
+    return urllib.parse.urlunsplit((parts.scheme, user + host, parts.path, parts.query, parts.fragment))
+
+
+class Cluster:
+    """One broker's link to the others. ``on_room(line)`` and ``on_direct(key, line)`` are called for lines
+    published by other brokers; ``on_state(up)`` when Redis is reached or lost."""
+
+    def __init__(
+        self,
+        url: str,
+        log: Log,
+        on_room: Callable[[str], None],
+        on_direct: Callable[[str, str], None],
+        on_state: Callable[[bool], None],
+    ) -> None:
+        import redis.asyncio as aredis
+
+        self.url = parse_url(url)
+        self.shown = shown_url(url)
+        self.log = log
+        self.node = secrets.token_hex(6)
+        self.on_room, self.on_direct, self.on_state = on_room, on_direct, on_state
+        self.redis: Any = aredis.from_url(self.url, socket_timeout=2.0, socket_connect_timeout=2.0)
+        self.up = False
+        self._known = False  # (the first state, up or not, is logged too)
+        self.held: dict[str, str] = {}  # name key -> display name, the names this broker's users hold
+        self._tasks: list[asyncio.Task[None]] = []
+        self._background: set[asyncio.Future[Any]] = set()
+        self._outbox: asyncio.Queue[str] = asyncio.Queue()
+        self._release = self.redis.register_script(_RELEASE)
+        self._renew = self.redis.register_script(_RENEW_SCRIPT)
+
+    @staticmethod
+    def _name(key: str) -> str:
+        return f"{_PREFIX}name:{key}"
+
+    # --- running ---------------------------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._tasks = [
+            asyncio.ensure_future(self._listen()),
+            asyncio.ensure_future(self._keep_leases()),
+            asyncio.ensure_future(self._publish()),
+        ]
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(BaseException):
+                await t
+        if self.up and self.held:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(1.0):
+                    for key in list(self.held):
+                        await self._release(keys=[self._name(key), f"{_PREFIX}online"], args=[self.node, key])
+        with contextlib.suppress(Exception):
+            await self.redis.aclose()
+
+    def _state(self, up: bool, why: str = "") -> None:
+        if up == self.up and self._known:
+            return
+        self.up, self._known = up, True
+        self.log.info(f"cluster {self.shown}: {'connected' if up else 'unreachable'}{': ' + why if why else ''}")
+        self.on_state(up)
+
+    async def _listen(self) -> None:
+        """Subscribe to the room and to this broker's channel; resubscribe with back-off after a loss."""
+        backoff = 0.1
+        while True:
+            pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(f"{_PREFIX}room", f"{_PREFIX}node:{self.node}")
+                self._state(True)
+                backoff = 0.1
+                while True:
+                    msg = await pubsub.get_message(timeout=1.0)
+                    if msg is not None:
+                        self._message(msg["channel"], msg["data"])
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self._state(False, type(exc).__name__ if not str(exc) else str(exc))
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 5.0)
+
+    def _message(self, channel: bytes, data: bytes) -> None:
+        node, _, rest = data.decode("utf-8", "replace").partition(_SEP)
+        if node == self.node:
+            return  # our own line, already written to our users
+        if channel.endswith(b":room"):
+            self.on_room(rest)
+        else:
+            key, _, line = rest.partition(_SEP)
+            self.on_direct(key, line)
+
+    async def _keep_leases(self) -> None:
+        while True:
+            await asyncio.sleep(_RENEW)
+            if not self.up or not self.held:
+                continue
+            keys = list(self.held)
+            until = int((time.time() + NAME_LEASE) * 1000)
+            try:
+                lost = await self._renew(
+                    keys=[self._name(k) for k in keys],
+                    args=[self.node, int(NAME_LEASE * 1000), f"{_PREFIX}online", until, *keys],
+                )
+            except Exception as exc:
+                self._state(False, str(exc) or type(exc).__name__)
+                continue
+            for key in lost or ():
+                k = key.decode() if isinstance(key, bytes) else str(key)
+                self.log.info(f"cluster: the lease on {self.held.get(k, k)} lapsed and another broker took it")
+
+    async def _call(self, what: Callable[[], Awaitable[Any]], default: Any) -> Any:
+        if not self.up:
+            return default
+        try:
+            async with asyncio.timeout(2.0):
+                return await what()
+        except Exception as exc:
+            self._state(False, str(exc) or type(exc).__name__)
+            return default
+
+    # --- names -----------------------------------------------------------------------------------------------------
+    async def claim(self, key: str, display: str) -> bool | None:
+        """Hold ``key`` for this broker: True if held, False if another broker holds it, None if Redis is down."""
+
+        async def run() -> bool:
+            name = self._name(key)
+            ok = await self.redis.set(name, self.node, nx=True, px=int(NAME_LEASE * 1000))
+            if not ok:
+                holder = await self.redis.get(name)
+                if holder is None or holder.decode() != self.node:
+                    return False
+            until = int((time.time() + NAME_LEASE) * 1000)
+            await self.redis.zadd(f"{_PREFIX}online", {key: until})
+            await self.redis.hset(f"{_PREFIX}display", key, display)
+            return True
+
+        got = await self._call(run, None)
+        if got:
+            self.held[key] = display
+        return bool(got) if got is not None else None
+
+    async def release(self, key: str) -> None:
+        self.held.pop(key, None)
+        await self._call(lambda: self._release(keys=[self._name(key), f"{_PREFIX}online"], args=[self.node, key]), 0)
+
+    async def who(self) -> list[str] | None:
+        """Every name held in the cluster (None: Redis is down)."""
+
+        async def run() -> list[str]:
+            keys = await self.redis.zrangebyscore(f"{_PREFIX}online", int(time.time() * 1000), "+inf")
+            if not keys:
+                return []
+            shown = await self.redis.hmget(f"{_PREFIX}display", keys)
+            return [(s or k).decode() for k, s in zip(keys, shown, strict=True)]
+
+        result: list[str] | None = await self._call(run, None)
+        return result
+
+    # --- lines -----------------------------------------------------------------------------------------------------
+    def publish_room(self, line: str) -> None:
+        """Queue a room line for the other brokers; one task publishes the queue in order (a pipeline per batch),
+        so the lines of one broker, and so of each of its users, arrive in the order they were said."""
+        if self.up:
+            self._outbox.put_nowait(self.node + _SEP + line)
+
+    async def _publish(self) -> None:
+        channel = f"{_PREFIX}room"
+        while True:
+            batch = [await self._outbox.get()]
+            while not self._outbox.empty() and len(batch) < 1000:
+                batch.append(self._outbox.get_nowait())
+            if not self.up:
+                continue  # (Redis lost meanwhile: these live lines reach this broker's users only)
+            try:
+                async with asyncio.timeout(2.0), self.redis.pipeline(transaction=False) as pipe:
+                    for payload in batch:
+                        pipe.publish(channel, payload)
+                    await pipe.execute()
+            except Exception as exc:
+                self._state(False, str(exc) or type(exc).__name__)
+
+    def later(self, step: Awaitable[Any]) -> None:
+        """Run ``step`` in the background, keeping a reference until it is done."""
+        task = asyncio.ensure_future(step)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def send_to(self, key: str, line: str) -> bool | None:
+        """Publish a direct line to the broker holding ``key``: True if one took it, False if nobody holds the
+        name, None if Redis is down."""
+
+        async def run() -> bool:
+            holder = await self.redis.get(self._name(key))
+            if holder is None:
+                return False
+            payload = self.node + _SEP + key + _SEP + line
+            return bool(await self.redis.publish(f"{_PREFIX}node:{holder.decode()}", payload))
+
+        result: bool | None = await self._call(run, None)
+        return result

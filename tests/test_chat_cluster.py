@@ -1,0 +1,225 @@
+"""``sockcat chat --cluster`` (docs/chat.md#clusters): brokers sharing a real ``redis-server`` are one chat.
+Users on different brokers see each other's lines, /msg each other and /who lists everyone; a name is held by one
+connection in the whole cluster, also when two brokers are asked for it at once; a killed broker's names are free
+once their leases end; a broker that loses Redis keeps serving its own users, says so, and rejoins."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import TIMEOUT, Proc, free_port, require, run_sockcat, sockcat, wait_port, wait_until
+
+from sockcat import Address
+from sockcat.engines.chat.cluster import NAME_LEASE
+
+pytestmark = pytest.mark.timeout(90)
+
+
+class Redis:
+    def __init__(self, tmp: Path, procs: list[Proc]) -> None:
+        self.tmp, self.procs = tmp, procs
+        self.port = free_port()
+        self.unix = tmp / "redis.sock"
+        self.proc: Proc | None = None
+
+    def start(self) -> None:
+        argv = [
+            require("redis-server"),
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "yes",
+            "--dir",
+            str(self.tmp),
+            "--unixsocket",
+            str(self.unix),
+        ]
+        self.proc = Proc(argv, stdout=subprocess.DEVNULL)
+        self.procs.append(self.proc)
+        wait_port(self.port)
+
+    def stop(self) -> None:
+        assert self.proc is not None
+        self.proc.p.send_signal(signal.SIGTERM)
+        self.proc.wait()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+
+@pytest.fixture
+def redis(tmp_path: Path, procs: list[Proc]) -> Iterator[Redis]:
+    r = Redis(tmp_path, procs)
+    r.start()
+    yield r
+
+
+class User:
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
+        self.file = self.sock.makefile("rwb", buffering=0)
+        assert "your name?" in self.line()
+
+    def send(self, text: str) -> None:
+        self.file.write(text.encode() + b"\n")
+
+    def line(self) -> str:
+        data = self.file.readline()
+        assert data, "the broker closed the connection"
+        return data.decode().rstrip("\n")
+
+    def until(self, prefix: str) -> str:
+        while not (line := self.line()).startswith(prefix):
+            pass
+        return line
+
+    def close(self) -> None:
+        self.file.close()
+        self.sock.close()
+
+
+def broker(procs: list[Proc], url: str) -> tuple[Proc, int]:
+    p = Proc(sockcat("-v", "chat", "--db", ":memory:", "--cluster", url, "tcp://127.0.0.1:0"))
+    procs.append(p)
+    port = Address.parse(p.read_listening()).port
+    p.wait_stderr(": connected")
+    return p, port
+
+
+def join(port: int, name: str) -> User:
+    u = User(port)
+    u.send(name)
+    hello = u.line()
+    assert hello.startswith(f"* hello {name};"), hello
+    return u
+
+
+def test_two_brokers_are_one_chat(redis: Redis, procs: list[Proc]) -> None:
+    _a, pa = broker(procs, redis.url)
+    _b, pb = broker(procs, f"redis+unix:{redis.unix}")  # the same Redis over its Unix socket
+    wang = join(pa, "小王")
+    zhang = User(pb)
+    zhang.send("小张")
+    assert zhang.line() == "* hello 小张; 1 other online; /help lists the commands"  # counted cluster-wide
+    assert wang.line() == "* 小张 joined"
+    wang.send("你好")
+    assert zhang.line() == "<小王> 你好"
+    zhang.send("/msg 小王 私聊")
+    assert wang.line() == "*小张* 私聊"
+    for u in (wang, zhang):
+        u.send("/who")
+        assert u.line() == "* online (2): 小张, 小王"
+    lines = [f"line {i}" for i in range(200)]
+    for text in lines:
+        wang.send(text)
+    assert [zhang.line() for _ in lines] == [f"<小王> {t}" for t in lines]  # every one, once, in order
+    wang.close()
+    assert zhang.line() == "* 小王 left"
+
+
+def test_a_name_is_one_connections_in_the_whole_cluster(redis: Redis, procs: list[Proc]) -> None:
+    _a, pa = broker(procs, redis.url)
+    _b, pb = broker(procs, redis.url)
+    for i in range(10):
+        name = f"racer{i}"
+        users = [User(pa), User(pb)]
+        start = threading.Barrier(2)
+        answers: list[str] = ["", ""]
+
+        def claim(
+            k: int,
+            name: str = name,
+            users: list[User] = users,
+            answers: list[str] = answers,
+            start: threading.Barrier = start,
+        ) -> None:
+            start.wait()
+            users[k].send(name)
+            answers[k] = users[k].line()
+
+        threads = [threading.Thread(target=claim, args=(k,)) for k in (0, 1)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(TIMEOUT)
+        won = [a for a in answers if a.startswith(f"* hello {name};")]
+        lost = [a for a in answers if a == f"! {name} is taken; your name?"]
+        assert len(won) == 1 and len(lost) == 1, answers
+        for u in users:
+            u.close()
+
+
+def test_a_killed_brokers_names_are_free_after_the_lease(redis: Redis, procs: list[Proc]) -> None:
+    a, pa = broker(procs, redis.url)
+    _b, pb = broker(procs, redis.url)
+    alice = join(pa, "alice")  # (kept: a dropped User would close its connection)
+    other = User(pb)
+    other.send("alice")
+    assert other.line() == "! alice is taken; your name?", a.stderr_all(0.5)
+    a.p.kill()  # SIGKILL: no chance to release anything
+
+    def free() -> bool:
+        other.send("alice")
+        return other.line().startswith("* hello alice;")
+
+    wait_until(free, "alice free on the other broker", timeout=NAME_LEASE + 5, interval=0.5)
+    alice.close()
+
+
+def test_losing_redis_keeps_local_users_served_and_rejoins(redis: Redis, procs: list[Proc]) -> None:
+    _a, pa = broker(procs, redis.url)
+    b, pb = broker(procs, redis.url)
+    one, two = join(pa, "one"), join(pa, "two")
+    far = join(pb, "far")
+    one.until("* two joined")
+    two.until("* far joined")
+    redis.stop()
+    assert one.until("* the cluster is unreachable").startswith("* the cluster is unreachable")
+    two.until("* the cluster is unreachable")
+    one.send("still here")
+    assert two.line() == "<one> still here"  # local lines go on
+    redis.start()
+    one.until("* the cluster is reachable again")
+    b.wait_stderr(": connected", count=2)
+
+    def heard() -> bool:
+        one.send("across again")
+        try:
+            far.sock.settimeout(0.5)
+            return far.until("<one> across again") == "<one> across again"
+        except (TimeoutError, OSError):
+            return False
+        finally:
+            far.sock.settimeout(TIMEOUT)
+
+    wait_until(heard, "a line across brokers once Redis is back", timeout=15, interval=0.2)
+
+
+@pytest.mark.parametrize(
+    "url", ["http://127.0.0.1:6379/0", "redis://", "redis://h:99999/0", "redis://h:1/db", "redis+unix:"]
+)
+def test_a_bad_cluster_url_is_a_usage_error(url: str) -> None:
+    r = run_sockcat("chat", "--db", ":memory:", "--cluster", url, "tcp://127.0.0.1:0")
+    assert r.returncode == 2
+    assert r.stderr.decode().startswith("sockcat: error: bad --cluster URL"), r.stderr
+
+
+def test_the_password_never_shows_in_logs(redis: Redis, procs: list[Proc]) -> None:
+    p = Proc(
+        sockcat("-v", "chat", "--db", ":memory:", "--cluster", "redis://u:s3cret@127.0.0.1:1/0", "tcp://127.0.0.1:0")
+    )
+    procs.append(p)
+    p.read_listening()
+    line = p.wait_stderr("cluster redis://")[0]
+    assert "s3cret" not in line and "u:***@127.0.0.1:1" in line, line
