@@ -223,3 +223,30 @@ def test_the_password_never_shows_in_logs(redis: Redis, procs: list[Proc]) -> No
     p.read_listening()
     line = p.wait_stderr("cluster redis://")[0]
     assert "s3cret" not in line and "u:***@127.0.0.1:1" in line, line
+
+
+def test_offline_mail_is_kept_in_redis_and_delivered_once_on_any_broker(redis: Redis, procs: list[Proc]) -> None:
+    _a, pa = broker(procs, redis.url)
+    _b, pb = broker(procs, redis.url)
+    zhang = join(pb, "小张")
+    for i in range(3):
+        zhang.send(f"/msg 小王 留言 {i}")
+        assert zhang.line() == "* 小王 is offline; message stored"
+    redis.stop()  # with AOF on: what Redis acknowledged survives its restart
+    redis.start()
+    zhang.until("* the cluster is reachable again")
+    _a.wait_stderr(": connected", count=2)
+    wang = join(pa, "小王")  # on the other broker
+    assert [wang.line() for _ in range(3)] == [f"*小张* 留言 {i}" for i in range(3)]
+    wang.close()
+
+    def empty() -> bool:
+        again = User(pa)
+        again.send("小王")
+        hello = again.line()
+        again.send("/who")
+        rest = again.line()
+        again.close()
+        return hello.startswith("* hello 小王;") and rest.startswith("* online")  # no mail line in between
+
+    wait_until(empty, "the delivered mail gone from Redis", interval=0.3)

@@ -17,6 +17,7 @@ from typing import Any, cast
 
 from sockcat.core import chatproto as proto
 from sockcat.core.address import Address, show
+from sockcat.engines.chat import clustered
 from sockcat.engines.chat.broker import BEHIND, SLOW_CLIENT, Broker
 from sockcat.engines.chat.broker import Client as BrokerClient
 from sockcat.engines.chat.passwords import hash_password
@@ -277,7 +278,11 @@ class Client(asyncio.Protocol):
         """Stored messages whose lines the kernel has taken are delivered: deleted, and the next page sent."""
         t = self.transport
         if self.unacked and t is not None and t.get_write_buffer_size() == 0:
-            self.broker.store.delivered(self.unacked)
+            cluster = self.broker.cluster
+            if cluster is not None and self.name is not None:
+                cluster.later(cluster.mail_delivered(proto.name_key(self.name), len(self.unacked)))
+            else:
+                self.broker.store.delivered(self.unacked)
             self.unacked = []
             if self.more_mail:
                 self.deliver_mail()
@@ -356,28 +361,7 @@ class Client(asyncio.Protocol):
         self.wait_for(check())
 
     async def _claim(self, name: str) -> None:
-        """In a cluster: hold the name cluster-wide before taking it (a name is one connection's in every broker)."""
-        b = self.broker
-        assert b.cluster is not None
-        key = proto.name_key(name)
-        held = await b.cluster.claim(key, name)
-        if held is False:
-            self._refused(f"{name} is taken")
-            return
-        again = b.refuse_name(name, self)
-        if again is not None or self.lost or self.closing:  # (taken here meanwhile, or this client is gone)
-            if held and b.online.get(key) is None:
-                b.cluster.later(b.cluster.release(key))
-            if again is not None:
-                self._refused(again)
-            return
-        everyone = await b.cluster.who() if held else None
-        if self.lost or self.closing:
-            b.cluster.later(b.cluster.release(key))
-            return
-        self._took(name, len(everyone) if everyone else None)
-        if held is None:
-            self.send(proto.notice("the cluster is unreachable: your name is checked on this broker only for now"))
+        await clustered.claim(self, name)
 
     def _refused(self, why: str) -> None:
         if self.name is None:
@@ -415,6 +399,10 @@ class Client(asyncio.Protocol):
             self.more_mail = True
             return
         store = self.broker.store
+        cluster = self.broker.cluster
+        if cluster is not None:
+            cluster.later(clustered.mail_page(self, cluster, proto.name_key(self.name), store.quotas.page))
+            return
         page = store.page(proto.name_key(self.name))
         for _id, sender, text in page:
             self.send(proto.msg_line(sender, text))
@@ -443,8 +431,9 @@ class Client(asyncio.Protocol):
         cluster = self.broker.cluster
 
         async def keep() -> None:
-            if cluster is not None and await cluster.send_to(proto.name_key(name), proto.msg_line(sender, clean)):
-                return  # online on another broker: delivered there
+            if cluster is not None:
+                await clustered.keep(self, cluster, name, sender, clean)
+                return
             try:  # committed before the sender hears it is stored
                 await self.broker.store.store(proto.name_key(name), sender, proto.name_key(sender), self.origin, clean)
             except StoreFull as exc:

@@ -7,11 +7,14 @@ What goes through Redis (with ``redis``' asyncio client and its hiredis parser):
   ``/who``;
 - **the room**: a broker publishes each room line on ``sockcat:room`` (PUB/SUB); every other broker writes it to
   its own users;
-- **direct lines**: ``/msg`` to a name held on another broker is published on that broker's own channel.
+- **direct lines**: ``/msg`` to a name held on another broker is published on that broker's own channel;
+- **offline mail**: ``/msg`` to a name held nowhere is kept in a Redis list per name, under the single broker's
+  quotas (Lua scripts check and count atomically), and handed out by whichever broker the name joins next, a page
+  at a time, each page removed once the recipient's kernel has taken it.
 
 PUB/SUB delivers at most once, to brokers connected at that moment: a live line is lost if its broker loses
 Redis for that instant, which is the promise of a live chat line on one broker too (a client that is gone misses
-it). Stored mail, which must not be lost, stays in each broker's SQLite store in this version.
+it). Stored mail goes through Redis's commands, acknowledged before the sender hears "stored".
 
 When Redis cannot be reached, a broker keeps serving its own users: names are checked locally, lines reach only
 its own users, and users are told so; it reconnects with back-off (``-v`` logs each change).
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import secrets
 import time
 import urllib.parse
@@ -43,6 +47,31 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
   return 1
 end
 return 0
+"""
+# Keep a message for an offline name, within the quotas (KEYS: the mailbox, the sender and origin counts, the total;
+# ARGV: the message, sender key, origin, then the four quotas). 0: kept; 1-4: which quota said no.
+_STORE = """
+if redis.call('LLEN', KEYS[1]) >= tonumber(ARGV[4]) then return 1 end
+if tonumber(redis.call('HGET', KEYS[2], ARGV[2]) or '0') >= tonumber(ARGV[5]) then return 2 end
+if tonumber(redis.call('HGET', KEYS[3], ARGV[3]) or '0') >= tonumber(ARGV[6]) then return 3 end
+if tonumber(redis.call('GET', KEYS[4]) or '0') >= tonumber(ARGV[7]) then return 4 end
+redis.call('RPUSH', KEYS[1], ARGV[1])
+redis.call('HINCRBY', KEYS[2], ARGV[2], 1)
+redis.call('HINCRBY', KEYS[3], ARGV[3], 1)
+redis.call('INCR', KEYS[4])
+return 0
+"""
+# The first N messages of a mailbox reached their recipient: take them out, and out of the counts.
+_DELIVERED = """
+local gone = redis.call('LPOP', KEYS[1], ARGV[1])
+if not gone then return 0 end
+for _, raw in ipairs(gone) do
+  local m = cjson.decode(raw)
+  redis.call('HINCRBY', KEYS[2], m.k, -1)
+  redis.call('HINCRBY', KEYS[3], m.o, -1)
+  redis.call('DECR', KEYS[4])
+end
+return #gone
 """
 # Renew the leases this broker holds; names it lost (taken after a lapse) are returned.
 _RENEW_SCRIPT = """
@@ -120,6 +149,8 @@ class Cluster:
         self._background: set[asyncio.Future[Any]] = set()
         self._outbox: asyncio.Queue[str] = asyncio.Queue()
         self._release = self.redis.register_script(_RELEASE)
+        self._store = self.redis.register_script(_STORE)
+        self._delivered = self.redis.register_script(_DELIVERED)
         self._renew = self.redis.register_script(_RENEW_SCRIPT)
 
     @staticmethod
@@ -297,3 +328,38 @@ class Cluster:
 
         result: bool | None = await self._call(run, None)
         return result
+
+    # --- offline mail ----------------------------------------------------------------------------------------------
+    def _mail_keys(self, recipient: str) -> list[str]:
+        m = f"{_PREFIX}mail:"
+        return [m + recipient, m + "by-sender", m + "by-origin", m + "total"]
+
+    async def store_mail(
+        self, recipient: str, sender: str, sender_key: str, origin: str, text: str, quotas: Any
+    ) -> int | None:
+        """Keep a message for ``recipient`` in Redis: 0 once Redis has it (and, with ``appendfsync always``, its
+        disk), 1-4 if a quota says no (recipient, sender, origin, total), None if Redis is down."""
+        message = json.dumps({"s": sender, "t": text, "k": sender_key, "o": origin, "c": time.time()})
+        limits = [quotas.per_recipient, quotas.per_sender, quotas.per_origin, quotas.total]
+        result: int | None = await self._call(
+            lambda: self._store(keys=self._mail_keys(recipient), args=[message, sender_key, origin, *limits]), None
+        )
+        return None if result is None else int(result)
+
+    async def mail_page(self, recipient: str, size: int) -> list[tuple[str, str]] | None:
+        """The oldest ``size`` messages waiting for ``recipient``: (sender, text) pairs; None if Redis is down."""
+
+        async def run() -> list[tuple[str, str]]:
+            raw = await self.redis.lrange(self._mail_keys(recipient)[0], 0, size - 1)
+            page = []
+            for item in raw:
+                m = json.loads(item)
+                page.append((str(m["s"]), str(m["t"])))
+            return page
+
+        result: list[tuple[str, str]] | None = await self._call(run, None)
+        return result
+
+    async def mail_delivered(self, recipient: str, count: int) -> None:
+        """The first ``count`` messages of the page reached the recipient's socket: out of Redis."""
+        await self._call(lambda: self._delivered(keys=self._mail_keys(recipient), args=[count]), 0)
