@@ -250,3 +250,23 @@ def test_offline_mail_is_kept_in_redis_and_delivered_once_on_any_broker(redis: R
         return hello.startswith("* hello 小王;") and rest.startswith("* online")  # no mail line in between
 
     wait_until(empty, "the delivered mail gone from Redis", interval=0.3)
+
+
+def test_a_name_registered_on_one_broker_is_protected_on_all(redis: Redis, procs: list[Proc]) -> None:
+    _a, pa = broker(procs, redis.url)
+    _b, pb = broker(procs, redis.url)
+    alice = join(pa, "alice")
+    alice.send("/register correct horse battery")
+    assert alice.line() == "* alice is protected: next time, /nick alice PASSWORD"
+    alice.send("/quit")
+    alice.until("* bye")
+    alice.close()
+    other = User(pb)
+    other.send("alice")
+    assert other.line() == "! alice is protected: /nick alice PASSWORD; your name?"
+    other.send("aIice")  # a capital I: looks like alice
+    assert other.line() == "! aIice looks too much like a protected name; your name?"
+    other.send("/nick alice wrong guess")
+    assert other.line() == "! wrong password for alice; your name?"
+    other.send("/nick alice correct horse battery")
+    assert other.line().startswith("* hello alice;")

@@ -332,13 +332,13 @@ class Client(asyncio.Protocol):
         if why is not None:
             self._refused(why)
             return
+        if b.cluster is not None:
+            self.wait_for(clustered.take(self, name, password))
+            return
         key = proto.name_key(name)
         credentials = b.store.credentials(key)
         if credentials is None:
-            if b.cluster is None:
-                self._took(name)
-            else:
-                self.wait_for(self._claim(name))
+            self._took(name)
             return
         if password is None:
             self._refused(f"{name} is protected: /nick {name} PASSWORD")
@@ -353,15 +353,9 @@ class Client(asyncio.Protocol):
             if again is not None:
                 self._refused(again)
                 return
-            if b.cluster is None:
-                self._took(name)
-            else:
-                await self._claim(name)
+            self._took(name)
 
         self.wait_for(check())
-
-    async def _claim(self, name: str) -> None:
-        await clustered.claim(self, name)
 
     def _refused(self, why: str) -> None:
         if self.name is None:
@@ -458,6 +452,9 @@ class Client(asyncio.Protocol):
 
         async def register() -> None:
             salt, hashed = await hash_password(password)
+            if self.broker.cluster is not None:
+                await clustered.register(self, name, salt, hashed)
+                return
             await self.broker.store.register(proto.name_key(name), proto.skeleton(name), salt, hashed)
             self.send(proto.notice(f"{name} is protected: next time, /nick {name} PASSWORD"))
 

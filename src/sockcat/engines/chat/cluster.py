@@ -8,6 +8,8 @@ What goes through Redis (with ``redis``' asyncio client and its hiredis parser):
 - **the room**: a broker publishes each room line on ``sockcat:room`` (PUB/SUB); every other broker writes it to
   its own users;
 - **direct lines**: ``/msg`` to a name held on another broker is published on that broker's own channel;
+- **protected names**: ``/register`` keeps the name's scrypt hash in ``sockcat:users`` (and its look-alike skeleton
+  in ``sockcat:skeletons``), so a name registered on one broker is protected on all;
 - **offline mail**: ``/msg`` to a name held nowhere is kept in a Redis list per name, under the single broker's
   quotas (Lua scripts check and count atomically), and handed out by whichever broker the name joins next, a page
   at a time, each page removed once the recipient's kernel has taken it.
@@ -363,3 +365,44 @@ class Cluster:
     async def mail_delivered(self, recipient: str, count: int) -> None:
         """The first ``count`` messages of the page reached the recipient's socket: out of Redis."""
         await self._call(lambda: self._delivered(keys=self._mail_keys(recipient), args=[count]), 0)
+
+    # --- protected names -------------------------------------------------------------------------------------------
+    _DOWN = object()
+
+    async def credentials(self, key: str) -> tuple[bytes, bytes] | object | None:
+        """(salt, scrypt hash) of a name protected anywhere in the cluster, None if it is not, or ``Cluster._DOWN``
+        if Redis cannot say."""
+
+        async def run() -> tuple[bytes, bytes] | None:
+            raw = await self.redis.hget(f"{_PREFIX}users", key)
+            if raw is None:
+                return None
+            user = json.loads(raw)
+            return bytes.fromhex(user["salt"]), bytes.fromhex(user["hash"])
+
+        result: tuple[bytes, bytes] | object | None = await self._call(run, Cluster._DOWN)
+        return result
+
+    async def protected_like(self, skeleton: str) -> str | object | None:
+        """The key of a protected name that looks like ``skeleton`` (None: none; ``_DOWN``: Redis cannot say)."""
+
+        async def run() -> str | None:
+            raw = await self.redis.hget(f"{_PREFIX}skeletons", skeleton)
+            return raw.decode() if raw is not None else None
+
+        result: str | object | None = await self._call(run, Cluster._DOWN)
+        return result
+
+    async def register(self, key: str, skeleton: str, salt: bytes, hashed: bytes) -> bool:
+        """Protect ``key`` cluster-wide (False: Redis is down, nothing was kept)."""
+        user = json.dumps({"salt": salt.hex(), "hash": hashed.hex(), "skeleton": skeleton})
+
+        async def run() -> bool:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.hset(f"{_PREFIX}users", key, user)
+                pipe.hset(f"{_PREFIX}skeletons", skeleton, key)
+                await pipe.execute()
+            return True
+
+        result: bool = await self._call(run, False)
+        return result

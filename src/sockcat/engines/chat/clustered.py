@@ -88,3 +88,41 @@ async def mail_page(client: Client, cluster: Cluster, key: str, size: int) -> No
         client.send(proto.msg_line(sender, text))
     client.unacked += [0] * len(page)  # (a count: the first len(page) messages of the mailbox)
     client.more_mail = len(page) >= size
+
+
+async def take(client: Client, name: str, password: str | None) -> None:
+    """Join as ``name`` in a cluster: its protection and look-alikes checked in Redis (the broker's own store
+    when Redis cannot say), its password off the loop, then the name claimed cluster-wide."""
+    b = client.broker
+    cluster = b.cluster
+    assert cluster is not None
+    key = proto.name_key(name)
+    like = await cluster.protected_like(proto.skeleton(name))
+    if isinstance(like, str) and like != key:
+        client._refused(f"{name} looks too much like a protected name")
+        return
+    credentials = await cluster.credentials(key)
+    if credentials is cluster._DOWN:
+        credentials = b.store.credentials(key)
+    if credentials is None:
+        await claim(client, name)
+        return
+    if password is None:
+        client._refused(f"{name} is protected: /nick {name} PASSWORD")
+        return
+    assert isinstance(credentials, tuple)
+    if not await b.guard.check(password, credentials, key, client.origin):
+        client._refused(f"wrong password for {name}")
+        return
+    await claim(client, name)
+
+
+async def register(client: Client, name: str, salt: bytes, hashed: bytes) -> None:
+    b = client.broker
+    assert b.cluster is not None
+    key, look = proto.name_key(name), proto.skeleton(name)
+    if not await b.cluster.register(key, look, salt, hashed):
+        client.send(proto.error("not registered: the cluster is unreachable; try again later"))
+        return
+    await b.store.register(key, look, salt, hashed)  # (also here: the broker checks it when Redis cannot)
+    client.send(proto.notice(f"{name} is protected: next time, /nick {name} PASSWORD"))
