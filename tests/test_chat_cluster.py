@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import threading
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -270,3 +271,143 @@ def test_a_name_registered_on_one_broker_is_protected_on_all(redis: Redis, procs
     assert other.line() == "! wrong password for alice; your name?"
     other.send("/nick alice correct horse battery")
     assert other.line().startswith("* hello alice;")
+
+
+# --- several machines: network namespaces joined by veth pairs on a bridge ------------------------------------------
+
+
+class Net:
+    """Four "machines" (network namespaces) on one bridge: redis .1, broker A .2, broker B .3, clients .4."""
+
+    def __init__(self) -> None:
+        tag = uuid.uuid4().hex[:6]
+        self.subnet = f"10.{77 + int(tag[:2], 16) % 100}.{int(tag[2:4], 16)}"
+        self.bridge = f"scbr{tag}"
+        self.names = {role: f"sc-{role}-{tag}" for role in ("redis", "a", "b", "clients")}
+        self.created: list[str] = []
+
+    def ip(self, role: str) -> str:
+        return f"{self.subnet}.{list(self.names).index(role) + 1}"
+
+    def up(self) -> None:
+        run = lambda *cmd: subprocess.run(cmd, check=True, timeout=30, capture_output=True)  # noqa: E731
+        run("ip", "link", "add", self.bridge, "type", "bridge")
+        self.created.append(self.bridge)
+        run("ip", "link", "set", self.bridge, "up")
+        for i, (role, ns) in enumerate(self.names.items()):
+            run("ip", "netns", "add", ns)
+            self.created.append(ns)
+            host, peer = f"v{self.bridge[4:]}{i}h", f"v{self.bridge[4:]}{i}n"
+            run("ip", "link", "add", host, "type", "veth", "peer", "name", peer, "netns", ns)
+            run("ip", "link", "set", host, "master", self.bridge, "up")
+            run("ip", "netns", "exec", ns, "ip", "addr", "add", f"{self.ip(role)}/24", "dev", peer)
+            run("ip", "netns", "exec", ns, "ip", "link", "set", peer, "up")
+            run("ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up")
+
+    def down(self) -> None:
+        for name in reversed(self.created):
+            if name == self.bridge:
+                subprocess.run(["ip", "link", "del", name], check=False, capture_output=True)
+            else:
+                subprocess.run(["ip", "netns", "del", name], check=False, capture_output=True)
+
+    def inside(self, role: str, argv: list[str]) -> list[str]:
+        return ["ip", "netns", "exec", self.names[role], *argv]
+
+    def cut(self, role: str, other: str) -> None:
+        """Drop every packet between ``role`` and ``other`` (in ``role``'s namespace, both ways)."""
+        ns = self.names[role]
+        for cmd in (
+            ["nft", "add", "table", "inet", "cut"],
+            ["nft", "add", "chain", "inet", "cut", "in", "{ type filter hook input priority 0; }"],
+            ["nft", "add", "chain", "inet", "cut", "out", "{ type filter hook output priority 0; }"],
+            ["nft", "add", "rule", "inet", "cut", "in", "ip", "saddr", self.ip(other), "drop"],
+            ["nft", "add", "rule", "inet", "cut", "out", "ip", "daddr", self.ip(other), "drop"],
+        ):
+            subprocess.run(["ip", "netns", "exec", ns, *cmd], check=True, timeout=30, capture_output=True)
+
+    def heal(self, role: str) -> None:
+        subprocess.run(self.inside(role, ["nft", "delete", "table", "inet", "cut"]), check=True, timeout=30)
+
+
+class NcUser:
+    """A chat user on OpenBSD nc, run on the clients' machine."""
+
+    def __init__(self, net: Net, procs: list[Proc], host: str, port: int, name: str) -> None:
+        argv = net.inside("clients", [require("nc"), "-N", host, str(port)])
+        self.p = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        assert self.p.stdin is not None and self.p.stdout is not None
+        self.stdin, self.stdout = self.p.stdin, self.p.stdout
+        assert "your name?" in self.line()
+        self.send(name)
+        hello = self.line()
+        assert hello.startswith(f"* hello {name};"), hello
+
+    def send(self, text: str) -> None:
+        self.stdin.write(text.encode() + b"\n")
+        self.stdin.flush()
+
+    def line(self) -> str:
+        return self.stdout.readline().decode().rstrip("\n")
+
+    def until(self, prefix: str) -> str:
+        while not (line := self.line()).startswith(prefix):
+            assert line, f"nc ended before {prefix!r}"
+        return line
+
+    def close(self) -> None:
+        self.p.kill()
+        self.p.wait(TIMEOUT)
+
+
+def test_a_broker_cut_off_from_redis_on_another_machine_serves_locally_then_rejoins(
+    procs: list[Proc], tmp_path: Path
+) -> None:
+    for tool in ("ip", "nft"):
+        require(tool)
+    net = Net()
+    users: list[NcUser] = []
+    try:
+        net.up()
+        redis_argv = [require("redis-server"), "--port", "6379", "--bind", net.ip("redis"), "--save", "",
+                      "--appendonly", "no", "--dir", str(tmp_path), "--protected-mode", "no"]  # fmt: skip
+        r = Proc(net.inside("redis", redis_argv), stdout=subprocess.DEVNULL)
+        procs.append(r)
+        url = f"redis://{net.ip('redis')}:6379/0"
+        brokers = {}
+        for role in ("a", "b"):
+            argv = sockcat("-v", "chat", "--db", ":memory:", "--cluster", url, f"tcp://{net.ip(role)}:7777")
+            p = Proc(net.inside(role, argv))
+            procs.append(p)
+            p.read_listening()
+            p.wait_stderr(": connected")
+            brokers[role] = p
+        one = NcUser(net, procs, net.ip("a"), 7777, "one")
+        two = NcUser(net, procs, net.ip("a"), 7777, "two")
+        far = NcUser(net, procs, net.ip("b"), 7777, "far")
+        users += [one, two, far]
+        one.until("* two joined")
+        one.until("* far joined")
+        one.send("hello everyone")
+        assert far.until("<one>") == "<one> hello everyone"
+
+        net.cut("a", "redis")  # a partition: packets dropped, nothing reset
+        assert one.until("* the cluster is unreachable").startswith("* the cluster is unreachable")
+        two.until("* the cluster is unreachable")
+        one.send("only on this broker")
+        assert two.until("<one>") == "<one> only on this broker"  # local service goes on
+
+        net.heal("a")
+        one.until("* the cluster is reachable again")
+        brokers["a"].wait_stderr(": connected", count=2)
+
+        one.send("across again")
+        assert far.until("<one> across") == "<one> across again"  # (the line said during the cut never came)
+        far.send("/who")
+        assert far.until("* online") == "* online (3): far, one, two"
+    finally:
+        for u in users:
+            u.close()
+        for p in list(procs):
+            p.kill()
+        net.down()

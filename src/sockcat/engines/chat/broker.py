@@ -102,7 +102,9 @@ class Broker:
         proto.skeleton("")  # the confusables table (a few MB, 30 ms): loaded now (if not yet), not on the first join
         self._sweeper = asyncio.ensure_future(self._sweep())
         if self.opts.cluster is not None:
-            self.cluster = Cluster(self.opts.cluster, self.opts.log, self._from_room, self._direct, self._cluster_state)
+            self.cluster = Cluster(
+                self.opts.cluster, self.opts.log, self._from_room, self._direct, self._cluster_state, self._lost
+            )
             self.cluster.start()
 
     def stop(self) -> None:
@@ -119,6 +121,12 @@ class Broker:
             client.send(line)
         else:  # (gone between the sender's look-up and now: a live line to nobody, as on one broker)
             self.opts.log.info("cluster: a direct line for a name no longer here was dropped")
+
+    def _lost(self, key: str) -> None:
+        """Another broker took a name of ours while we were cut off (its lease had lapsed): its user here goes."""
+        client = self.online.get(key)
+        if client is not None:
+            client.quit(proto.error("another broker gave your name to someone while this one was cut off; bye"))
 
     def _cluster_state(self, up: bool) -> None:
         if up:

@@ -75,12 +75,14 @@ for _, raw in ipairs(gone) do
 end
 return #gone
 """
-# Renew the leases this broker holds; names it lost (taken after a lapse) are returned.
+# Renew the leases this broker holds, taking back those that lapsed while nobody else took them (a broker cut off
+# for a while); the names another broker took meanwhile are returned.
 _RENEW_SCRIPT = """
 local lost = {}
 for i, key in ipairs(KEYS) do
-  if redis.call('GET', key) == ARGV[1] then
-    redis.call('PEXPIRE', key, ARGV[2])
+  local holder = redis.call('GET', key)
+  if holder == ARGV[1] or not holder then
+    redis.call('SET', key, ARGV[1], 'PX', ARGV[2])
     redis.call('ZADD', ARGV[3], ARGV[4], ARGV[4 + i])
   else
     table.insert(lost, ARGV[4 + i])
@@ -135,6 +137,7 @@ class Cluster:
         on_room: Callable[[str], None],
         on_direct: Callable[[str, str], None],
         on_state: Callable[[bool], None],
+        on_lost: Callable[[str], None] = lambda key: None,
     ) -> None:
         import redis.asyncio as aredis
 
@@ -142,10 +145,15 @@ class Cluster:
         self.shown = shown_url(url)
         self.log = log
         self.node = secrets.token_hex(6)
-        self.on_room, self.on_direct, self.on_state = on_room, on_direct, on_state
-        self.redis: Any = aredis.from_url(self.url, socket_timeout=2.0, socket_connect_timeout=2.0)
+        self.on_room, self.on_direct, self.on_state, self.on_lost = on_room, on_direct, on_state, on_lost
+        # health checks: an idle connection is pinged every second, so one cut off silently (a partition drops
+        # packets, nothing resets) is found dead within ~3 s rather than when TCP gives up
+        self.redis: Any = aredis.from_url(
+            self.url, socket_timeout=2.0, socket_connect_timeout=2.0, health_check_interval=1
+        )
         self.up = False
         self._known = False  # (the first state, up or not, is logged too)
+        self._resubscribe = False
         self.held: dict[str, str] = {}  # name key -> display name, the names this broker's users hold
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Future[Any]] = set()
@@ -185,6 +193,8 @@ class Cluster:
         if up == self.up and self._known:
             return
         self.up, self._known = up, True
+        if not up:
+            self._resubscribe = True  # the subscription may be on a dead connection: a fresh one is needed
         self.log.info(f"cluster {self.shown}: {'connected' if up else 'unreachable'}{': ' + why if why else ''}")
         self.on_state(up)
 
@@ -194,10 +204,12 @@ class Cluster:
         while True:
             pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
             try:
-                await pubsub.subscribe(f"{_PREFIX}room", f"{_PREFIX}node:{self.node}")
+                async with asyncio.timeout(4.0):
+                    await pubsub.subscribe(f"{_PREFIX}room", f"{_PREFIX}node:{self.node}")
+                self._resubscribe = False
                 self._state(True)
                 backoff = 0.1
-                while True:
+                while not self._resubscribe:
                     msg = await pubsub.get_message(timeout=1.0)
                     if msg is not None:
                         self._message(msg["channel"], msg["data"])
@@ -224,7 +236,7 @@ class Cluster:
     async def _keep_leases(self) -> None:
         while True:
             await asyncio.sleep(_RENEW)
-            if not self.up or not self.held:
+            if not self.held:
                 continue
             keys = list(self.held)
             until = int((time.time() + NAME_LEASE) * 1000)
@@ -239,6 +251,8 @@ class Cluster:
             for key in lost or ():
                 k = key.decode() if isinstance(key, bytes) else str(key)
                 self.log.info(f"cluster: the lease on {self.held.get(k, k)} lapsed and another broker took it")
+                self.held.pop(k, None)
+                self.on_lost(k)
 
     async def _call(self, what: Callable[[], Awaitable[Any]], default: Any) -> Any:
         if not self.up:
