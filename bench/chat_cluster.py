@@ -1,0 +1,210 @@
+#!/usr/bin/env python3
+"""A chat cluster beside a single broker, in one run, interleaved: the same 1,000 clients on one
+``sockcat chat`` without ``--cluster``, and spread over 2 brokers sharing one ``redis-server`` (``--cluster``).
+
+* **flood**: ``--senders`` clients (spread over the brokers) write ``--lines`` lines of 64 B each as fast as the
+  brokers take them; every client must get every other sender's line (the run fails unless each count is exact),
+  and a sample of clients is checked for per-sender order. Deliveries per second, and the CPU of the brokers and of
+  Redis per 100k deliveries.
+* **latency**: one sender writes 50 lines a second for ``--seconds``; every delivery is timed: p50, p99, max.
+
+Run from the repository root with the venv's bin first on PATH: ``python bench/chat_cluster.py --runs 3``.
+The load client is one uvloop process (chat_flood.py's); brokers, Redis and the load client share the 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import functools
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from _common import cpu_seconds, free_port, wait_tcp
+from chat_flood import PAD, SAMPLE, Receiver, _until_done
+
+
+async def connect_split(ports: list[int], clients: int) -> list[Receiver]:
+    """``clients`` joined clients, dealt round-robin over the brokers' ports."""
+    loop = asyncio.get_running_loop()
+    out: list[Receiver] = []
+    for i in range(clients):
+        port = ports[i % len(ports)]
+        _t, r = await loop.create_connection(functools.partial(Receiver, i < SAMPLE), "127.0.0.1", port)
+        out.append(r)
+    for r in out:
+        await r.ready
+    for i, r in enumerate(out):
+        assert r.transport is not None
+        r.transport.write(f"c{i}\n".encode())
+    await asyncio.sleep(2.0)  # join notices settle, across brokers too (not counted)
+    for r in out:
+        r.lines, r.buf, r.seen, r.bad = 0, b"", {}, 0
+    return out
+
+
+async def flood(ports: list[int], clients: int, senders: int, lines: int) -> dict[str, Any]:
+    rs = await connect_split(ports, clients)
+    want = [(senders - (1 if i < senders else 0)) * lines for i in range(clients)]
+    t0 = time.perf_counter()
+    for s in range(senders):
+        t = rs[s].transport
+        assert t is not None
+        t.write(b"".join(b"m%d %d %.6f %s\n" % (s, k, time.monotonic(), PAD) for k in range(lines)))
+    secs = await _until_done(rs, want, t0)
+    got = sum(min(r.lines, w) for r, w in zip(rs, want, strict=True))
+    bad = sum(r.bad for r in rs[:SAMPLE])
+    for r in rs:
+        if r.transport is not None:
+            r.transport.close()
+    return {"seconds": secs, "deliveries": sum(want), "lost": sum(want) - got, "out_of_order": bad}
+
+
+async def latency(ports: list[int], clients: int, seconds: float) -> dict[str, Any]:
+    rs = await connect_split(ports, clients)
+    for r in rs[1:]:
+        r.latencies = []
+    sender = rs[0].transport
+    assert sender is not None
+    n = int(seconds * 50)
+    start = time.monotonic()
+    for k in range(n):
+        await asyncio.sleep(max(0.0, start + k / 50 - time.monotonic()))
+        sender.write(b"m0 %d %.6f %s\n" % (k, time.monotonic(), PAD))
+    await _until_done(rs[1:], [n] * (clients - 1), time.perf_counter())
+    lat = sorted(x for r in rs[1:] for x in (r.latencies or []))
+    for r in rs:
+        if r.transport is not None:
+            r.transport.close()
+    return {
+        "lost": n * (clients - 1) - len(lat),
+        "p50_ms": 1000 * lat[len(lat) // 2],
+        "p99_ms": 1000 * lat[int(len(lat) * 0.99)],
+        "max_ms": 1000 * lat[-1],
+    }
+
+
+def _loop(coro: Any) -> Any:
+    import uvloop
+
+    return uvloop.run(coro)
+
+
+def run(config: str, what: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    procs: list[subprocess.Popen[bytes]] = []
+    redis_proc = None
+    try:
+        cluster: list[str] = []
+        brokers = 1
+        if config == "cluster":
+            rport = free_port()
+            redis_proc = subprocess.Popen(
+                [
+                    "redis-server",
+                    "--port",
+                    str(rport),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--dir",
+                    str(tmp),
+                ],  # fmt: skip
+                stdout=subprocess.DEVNULL,
+            )
+            wait_tcp(rport, redis_proc)
+            cluster = ["--cluster", f"redis://127.0.0.1:{rport}/0"]
+            brokers = 2
+        ports = []
+        for _ in range(brokers):
+            port = free_port()
+            p = subprocess.Popen(
+                [
+                    "sockcat",
+                    "-q",
+                    "chat",
+                    f"tcp://127.0.0.1:{port}",
+                    "--db",
+                    ":memory:",
+                    "--line-rate",
+                    "0",
+                    "--max-conns",
+                    str(args.clients + 10),
+                    *cluster,
+                ],  # fmt: skip
+            )
+            procs.append(p)
+            wait_tcp(port, p)
+            ports.append(port)
+        time.sleep(0.5)
+        cpu0 = [cpu_seconds(p.pid) for p in procs]
+        rcpu0 = cpu_seconds(redis_proc.pid) if redis_proc is not None else 0.0
+        if what == "flood":
+            result = _loop(flood(ports, args.clients, args.senders, args.lines))
+        else:
+            result = _loop(latency(ports, args.clients, args.seconds))
+        result["broker_cpu"] = sum(cpu_seconds(p.pid) - c for p, c in zip(procs, cpu0, strict=True))
+        result["redis_cpu"] = cpu_seconds(redis_proc.pid) - rcpu0 if redis_proc is not None else 0.0
+        return result
+    finally:
+        for p in [*procs, *([redis_proc] if redis_proc is not None else [])]:
+            p.terminate()
+            try:
+                p.wait(5)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--clients", type=int, default=1000)
+    ap.add_argument("--senders", type=int, default=4)
+    ap.add_argument("--lines", type=int, default=1000)
+    ap.add_argument("--seconds", type=float, default=5.0)
+    ap.add_argument("--runs", type=int, default=3)
+    args = ap.parse_args()
+    for tool in ("sockcat", "redis-server"):
+        if shutil.which(tool) is None:
+            sys.exit(f"{tool} not found (the venv's bin first on PATH; scripts/test installs redis)")
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, 4 * args.clients + 100)), hard))
+    results: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    configs = ["single", "cluster"]
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(args.runs):
+            for what in ("flood", "latency"):
+                for config in configs if r % 2 == 0 else configs[::-1]:
+                    res = run(config, what, args, Path(tmp))
+                    results.setdefault((config, what), []).append(res)
+                    print(f"run {r + 1}/{args.runs} {what:7} {config:8} {res}", file=sys.stderr)
+
+    def med(config: str, what: str, key: str) -> float:
+        return float(statistics.median(x[key] for x in results[(config, what)]))
+
+    print(f"{args.clients} clients; flood: {args.senders} senders × {args.lines} lines; medians of {args.runs}\n")
+    print("| brokers | deliveries/s | × single | lost | broker CPU s/100k | Redis CPU s/100k | p50 ms | p99 ms |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    single = statistics.median(x["deliveries"] / x["seconds"] for x in results[("single", "flood")])
+    for config, label in (("single", "1, no --cluster"), ("cluster", "2 with --cluster, one Redis")):
+        rate = statistics.median(x["deliveries"] / x["seconds"] for x in results[(config, "flood")])
+        per = 100_000 / statistics.median(x["deliveries"] for x in results[(config, "flood")])
+        lost = max(x["lost"] for x in results[(config, "flood")])
+        cpu, rcpu = med(config, "flood", "broker_cpu") * per, med(config, "flood", "redis_cpu") * per
+        p50, p99 = med(config, "latency", "p50_ms"), med(config, "latency", "p99_ms")
+        print(
+            f"| {label} | {rate:,.0f} | {rate / single:.2f} | {lost} | {cpu:.3f} | {rcpu:.3f} | {p50:.2f} | {p99:.2f} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
