@@ -118,7 +118,7 @@ def run(config: str, what: str, args: argparse.Namespace, tmp: Path) -> dict[str
                     "no",
                     "--dir",
                     str(tmp),
-                ],  # fmt: skip
+                ],
                 stdout=subprocess.DEVNULL,
             )
             wait_tcp(rport, redis_proc)
@@ -140,7 +140,7 @@ def run(config: str, what: str, args: argparse.Namespace, tmp: Path) -> dict[str
                     "--max-conns",
                     str(args.clients + 10),
                     *cluster,
-                ],  # fmt: skip
+                ],
             )
             procs.append(p)
             wait_tcp(port, p)
