@@ -148,13 +148,14 @@ def run(config: str, what: str, args: argparse.Namespace, tmp: Path) -> dict[str
         time.sleep(0.5)
         cpu0 = [cpu_seconds(p.pid) for p in procs]
         rcpu0 = cpu_seconds(redis_proc.pid) if redis_proc is not None else 0.0
+        result: dict[str, Any]
         if what == "flood":
             result = _loop(flood(ports, args.clients, args.senders, args.lines))
         else:
             result = _loop(latency(ports, args.clients, args.seconds))
         result["broker_cpu"] = sum(cpu_seconds(p.pid) - c for p, c in zip(procs, cpu0, strict=True))
         result["redis_cpu"] = cpu_seconds(redis_proc.pid) - rcpu0 if redis_proc is not None else 0.0
-        return result
+        return dict(result)
     finally:
         for p in [*procs, *([redis_proc] if redis_proc is not None else [])]:
             p.terminate()
