@@ -125,6 +125,8 @@ class AioWS:
                 with contextlib.suppress(OSError):
                     self.sock.shutdown(socket.SHUT_RDWR)  # the reader wakes up, and reports the silence
                 return
+            if self.core.close_sent:
+                return  # (nothing more goes out after our Close)
             self._queue.append(self.core.encode_ping(b"sockcat"))
             with contextlib.suppress(OSError):
                 await self._push()

@@ -183,6 +183,8 @@ class WSChannel:
                 with contextlib.suppress(OSError):
                     self.sock.shutdown(socket.SHUT_RDWR)  # the reader wakes up, and reports the silence
                 return
+            if self.core.close_sent:
+                return  # (nothing more goes out after our Close; its answer, or the end, comes anyway)
             with contextlib.suppress(OSError, NetworkError):
                 self._owe(self.core.encode_ping(b"sockcat"))
 
