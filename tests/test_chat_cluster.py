@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import trustme
 from conftest import TIMEOUT, Proc, free_port, require, run_sockcat, sockcat, wait_port, wait_until
 
 from sockcat import Address
@@ -411,3 +412,31 @@ def test_a_broker_cut_off_from_redis_on_another_machine_serves_locally_then_rejo
         for p in list(procs):
             p.kill()
         net.down()
+
+
+def test_rediss_with_a_cluster_ca(procs: list[Proc], tmp_path: Path) -> None:
+    """Redis over TLS: trusted through --cluster-ca; without it, the broker's certificate check refuses Redis."""
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    (tmp_path / "ca.pem").write_bytes(ca.cert_pem.bytes())
+    cert.private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "server.pem"))
+    port = free_port()
+    pem, capem = str(tmp_path / "server.pem"), str(tmp_path / "ca.pem")
+    argv = [require("redis-server"), "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1", "--save", "",
+            "--tls-cert-file", pem, "--tls-key-file", pem, "--tls-ca-cert-file", capem, "--tls-auth-clients", "no",
+            "--dir", str(tmp_path)]  # fmt: skip
+    r = Proc(argv, stdout=subprocess.DEVNULL)
+    procs.append(r)
+    wait_port(port)
+    url = f"rediss://127.0.0.1:{port}/0"
+    good = Proc(sockcat("-v", "chat", "--db", ":memory:", "--cluster", url, "--cluster-ca", str(tmp_path / "ca.pem"),
+                        "tcp://127.0.0.1:0"))  # fmt: skip
+    procs.append(good)
+    good.read_listening()
+    good.wait_stderr(": connected")
+    bad = Proc(sockcat("-v", "chat", "--db", ":memory:", "--cluster", url, "tcp://127.0.0.1:0"))
+    procs.append(bad)
+    bad.read_listening()
+    assert "unreachable" in bad.wait_stderr(f"cluster {url}")[0]
+    r2 = run_sockcat("chat", "--db", ":memory:", "--cluster-ca", "x.pem", "tcp://127.0.0.1:0")
+    assert r2.returncode == 2 and b"needs a rediss://" in r2.stderr

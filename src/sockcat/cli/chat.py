@@ -42,6 +42,10 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
         metavar="URL",
         help="join the brokers sharing this Redis: redis://[USER:PASS@]HOST:PORT/DB, rediss://…, redis+unix:PATH",
     )
+    c = p.add_argument_group("cluster TLS options (rediss:// URLs)")
+    c.add_argument("--cluster-ca", metavar="PEM", help="trust these CAs for Redis (default: the system's)")
+    c.add_argument("--cluster-cert", metavar="PEM", help="client certificate for Redis")
+    c.add_argument("--cluster-key", metavar="PEM", help="its private key (default: in the --cluster-cert file)")
     p.add_argument("-i", "--idle-timeout", type=seconds, metavar="S", help="disconnect joined users idle for S seconds")
     access_options(p, max_conns=10_000, cap="connections at once")
     t = tls_listen_options(p)
@@ -80,6 +84,10 @@ def run(args: argparse.Namespace, log: Log) -> None:
 
         parse_url(args.cluster)  # a bad URL is a usage error before anything starts
         opts.cluster = args.cluster
+        opts.cluster_tls = {"ca_certs": args.cluster_ca, "certfile": args.cluster_cert, "keyfile": args.cluster_key}
+    tls_given = [o for o in ("cluster_ca", "cluster_cert", "cluster_key") if getattr(args, o)]
+    if tls_given and not (args.cluster or "").startswith("rediss:"):
+        raise UsageError(f"--{tls_given[0].replace('_', '-')} needs a rediss:// --cluster URL")
     if (args.origin or args.max_message) and not any(a.is_ws for a in addresses):
         raise UsageError("--origin/--max-message need a WebSocket address (ws://, wss:// or ws+unix:)")
     from sockcat.cli.common import check_origins

@@ -78,6 +78,7 @@ class ChatOptions:
     idle_timeout: float | None = None  # for joined users (-i); None: never
     ws: WsOptions = field(default_factory=WsOptions)  # WebSocket addresses: --origin, --max-message
     cluster: str | None = None  # --cluster URL: brokers sharing one Redis (cluster.py)
+    cluster_tls: dict[str, str] = field(default_factory=dict)  # rediss://: ca_certs, certfile, keyfile
     name_timeout: float = NAME_TIMEOUT
     quotas: Quotas = field(default_factory=Quotas)
 
@@ -103,7 +104,13 @@ class Broker:
         self._sweeper = asyncio.ensure_future(self._sweep())
         if self.opts.cluster is not None:
             self.cluster = Cluster(
-                self.opts.cluster, self.opts.log, self._from_room, self._direct, self._cluster_state, self._lost
+                self.opts.cluster,
+                self.opts.log,
+                self._from_room,
+                self._direct,
+                self._cluster_state,
+                self._lost,
+                self.opts.cluster_tls,
             )
             self.cluster.start()
 

@@ -138,6 +138,7 @@ class Cluster:
         on_direct: Callable[[str, str], None],
         on_state: Callable[[bool], None],
         on_lost: Callable[[str], None] = lambda key: None,
+        tls: dict[str, str] | None = None,
     ) -> None:
         import redis.asyncio as aredis
 
@@ -148,8 +149,11 @@ class Cluster:
         self.on_room, self.on_direct, self.on_state, self.on_lost = on_room, on_direct, on_state, on_lost
         # health checks: an idle connection is pinged every second, so one cut off silently (a partition drops
         # packets, nothing resets) is found dead within ~3 s rather than when TCP gives up
+        extra: dict[str, Any] = {}
+        if self.url.startswith("rediss:"):  # verified against the system's CAs, or --cluster-ca
+            extra = {f"ssl_{k}": v for k, v in (tls or {}).items() if v}
         self.redis: Any = aredis.from_url(
-            self.url, socket_timeout=2.0, socket_connect_timeout=2.0, health_check_interval=1
+            self.url, socket_timeout=2.0, socket_connect_timeout=2.0, health_check_interval=1, **extra
         )
         self.up = False
         self._known = False  # (the first state, up or not, is logged too)
