@@ -633,3 +633,11 @@ def test_property_parse_returns_address_or_raises_address_error(text: str) -> No
         assert "[" in text, f"IPv6 host accepted without brackets: {text!r}"
     check_invariants(addr)
     check_round_trip(addr)
+
+
+def test_an_ipv4_mapped_address_is_written_dotted() -> None:
+    for text in ("tcp://[::ffff:127.0.0.1]:80", "tcp://[::ffff:7f00:1]:80", "udp6://[0:0:0:0:0:ffff:7f00:1]:53"):
+        a = Address.parse(text)
+        assert a.host == "::ffff:127.0.0.1"
+        assert str(a).endswith("[::ffff:127.0.0.1]:" + str(a.port))
+        assert Address.parse(str(a)) == a

@@ -229,3 +229,19 @@ def test_parse_ports_round_trip(ports: set[int]) -> None:
 def test_nmap_and_nft_are_installed() -> None:
     for tool in ("nmap", "nft"):
         assert shutil.which(tool), f"{tool} missing: run the README's test command"
+
+
+def test_ports_take_service_names_and_only_ascii_digits() -> None:
+    from sockcat.engines.scan import parse_ports
+
+    assert parse_ports("ssh,http,8000-8002") == [22, 80, 8000, 8001, 8002]
+    for bad, why in (("٨٠", "is not a port"), ("nosuch", "unknown service name"), ("80-٩٠", "is not a port")):
+        r = run_sockcat("scan", "127.0.0.1", bad)
+        assert r.returncode == 2, r
+        assert why in r.stderr.decode() and r.stderr.count(b"\n") == 1, r.stderr
+
+
+def test_an_empty_host_is_a_usage_error() -> None:
+    r = run_sockcat("scan", "", "80")
+    assert r.returncode == 2
+    assert r.stderr == b"sockcat: error: scan needs a host (a name or an address), not an empty one\n"

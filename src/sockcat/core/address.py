@@ -231,6 +231,8 @@ def _parse_ip(scheme: str, rest: str, bad: _Bad) -> Address:
         except ValueError:
             raise bad(f"bad IPv6 address {host_text!r}") from None
         host, family = str(ip6), socket.AF_INET6
+        if ip6.ipv4_mapped is not None:  # written dotted, as people write it: ::ffff:127.0.0.1, not ::ffff:7f00:1
+            host = f"::ffff:{ip6.ipv4_mapped}"
     else:
         host_text, colon, port_text = rest.rpartition(":")
         if not colon:

@@ -33,8 +33,22 @@ _UNREACHABLE = {errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EACCES, errno.EPERM
 STATES = ("open", "closed", "filtered", "open|filtered")
 
 
-def parse_ports(text: str) -> list[int]:
-    """``22,80,8000-8100`` (any order, overlaps merged) or ``-`` for every port; sorted, without duplicates."""
+def _port(text: str, proto: str) -> int:
+    """One port: ASCII digits (``٨٠`` is not 80, as in addresses), or a service name from the services database."""
+    text = text.strip()
+    if text.isascii() and text.isdigit():
+        return int(text)
+    if text and text.isascii() and (text[0].isalpha()) and all(c.isalnum() or c in "-_.+" for c in text):
+        try:
+            return socket.getservbyname(text, proto)
+        except OSError:
+            raise ValueError(f"unknown service name {text!r}") from None
+    raise ValueError(f"{text!r} is not a port or a range A-B")
+
+
+def parse_ports(text: str, proto: str = "tcp") -> list[int]:
+    """``22,80,8000-8100`` or ``ssh,http`` (any order, overlaps merged) or ``-`` for every port; sorted, without
+    duplicates."""
     text = text.strip()
     if text == "-":
         return list(range(1, 65536))
@@ -43,11 +57,13 @@ def parse_ports(text: str) -> list[int]:
     ports: set[int] = set()
     for part in text.split(","):
         lo_text, dash, hi_text = part.strip().partition("-")
+        if dash and not (lo_text.strip().isdigit() and hi_text.strip().isdigit()):
+            lo_text, dash = part.strip(), ""  # a service name with a dash in it (``x11-ssh``, say)
         try:
-            lo = int(lo_text)
-            hi = int(hi_text) if dash else lo
-        except ValueError:
-            raise UsageError(f"bad ports {text!r}: {part.strip()!r} is not a port or a range A-B") from None
+            lo = _port(lo_text, proto)
+            hi = _port(hi_text, proto) if dash else lo
+        except ValueError as exc:
+            raise UsageError(f"bad ports {text!r}: {exc}") from None
         if not (1 <= lo <= 65535 and 1 <= hi <= 65535):
             raise UsageError(f"bad ports {text!r}: ports are 1-65535")
         if hi < lo:
@@ -279,7 +295,9 @@ async def scan_async(
     concurrency: int | None = None,
 ) -> ScanResult:
     """Scan ``ports`` (a list, or text like ``22,80,8000-8100``) on ``host``; every port gets a state."""
-    port_list = parse_ports(ports) if isinstance(ports, str) else sorted(set(ports))
+    if not host.strip():
+        raise UsageError("scan needs a host (a name or an address), not an empty one")
+    port_list = parse_ports(ports, "udp" if udp else "tcp") if isinstance(ports, str) else sorted(set(ports))
     if not port_list or not all(1 <= p <= 65535 for p in port_list):
         raise UsageError("scan needs ports in 1-65535")
     if timeout <= 0:
