@@ -102,5 +102,5 @@ def test_describe_ssl_error_is_clean_and_not_an_errno() -> None:
         with pytest.raises(ssl.SSLError) as info:
             ssl.create_default_context().wrap_socket(a, server_hostname="example.test")
     text = describe(info.value)
-    assert text == "wrong version number"
+    assert text == "wrong version number: the peer does not speak TLS"
     assert "_ssl.c" not in describe(ssl.SSLEOFError(8, "EOF occurred in violation of protocol (_ssl.c:2427)"))

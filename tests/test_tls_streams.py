@@ -277,7 +277,7 @@ def test_cli_connect_tls_stdin_eof_keeps_the_answer(tls_listener: sockcat.Listen
 
 def test_tls_reason_has_no_source_location_nor_library_prefix() -> None:
     exc = ssl.SSLError(1, "[SSL: WRONG_VERSION_NUMBER] wrong version number (_ssl.c:1006)")
-    assert tls_reason(exc) == "wrong version number"
+    assert tls_reason(exc) == "wrong version number: the peer does not speak TLS"
     assert tls_reason(ssl.SSLEOFError(8, "EOF occurred in violation of protocol (_ssl.c:2580)")) == (
         "EOF occurred in violation of protocol"
     )

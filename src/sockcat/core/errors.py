@@ -155,6 +155,9 @@ _SOURCE_LOCATION = re.compile(r"\s*\(_ssl\.c:\d+\)")
 _SSL_NOISE = re.compile(r"^\[SSL(?:: [A-Z0-9_]+)?\]\s*|\s*\(_ssl\.c:\d+\)")
 
 
+_NOT_TLS = frozenset({"unexpected message", "wrong version number", "record layer failure", "http request"})
+
+
 def tls_reason(exc: BaseException) -> str:
     """The one wording of a TLS error for people: ``wrong version number``, ``certificate verify failed: …``, never
     ``[SSL: …] … (_ssl.c:1006)``."""
@@ -163,10 +166,15 @@ def tls_reason(exc: BaseException) -> str:
         return f"certificate verify failed: {exc.verify_message}"
     reason = getattr(exc, "reason", None)
     if isinstance(reason, str) and reason:
-        return reason.lower().replace("_", " ")
+        said = reason.lower().replace("_", " ")
+        if said in _NOT_TLS:  # what OpenSSL says when the bytes that came back were not TLS at all
+            return f"{said}: the peer does not speak TLS"
+        return said
     strerror = getattr(exc, "strerror", None)
     text = _SSL_NOISE.sub("", strerror if isinstance(strerror, str) else str(exc)).strip()
     lines = text.splitlines()
+    if lines and lines[0] in _NOT_TLS:
+        return f"{lines[0]}: the peer does not speak TLS"
     return lines[0] if lines else type(exc).__name__
 
 
