@@ -131,21 +131,25 @@ def pin_option(t: Any) -> None:
     )
 
 
-def connection_options(p: argparse.ArgumentParser) -> None:
-    """What connect and listen share: timeouts, source, socket options, hex dump, TLS both ways."""
+def connection_options(p: argparse.ArgumentParser, *, connecting: bool = True) -> None:
+    """What connect, listen and relay share: timeouts, socket options, hex dump, TLS. A command that only listens
+    (``connecting=False``) gets no option of a connecting side (-w, -s, --insecure, --sni, --pin)."""
     g = p.add_argument_group("connection options")
-    g.add_argument("-w", "--connect-timeout", type=seconds, metavar="S", help="give up connecting after S seconds")
+    if connecting:
+        g.add_argument("-w", "--connect-timeout", type=seconds, metavar="S", help="give up connecting after S seconds")
     g.add_argument("-i", "--idle-timeout", type=seconds, metavar="S", help="close after S seconds without traffic")
-    g.add_argument("-s", "--source", metavar="ADDR", help="bind to ADDR before connecting")
+    if connecting:
+        g.add_argument("-s", "--source", metavar="ADDR", help="bind to ADDR before connecting")
     sockopt_option(g)
     g.add_argument("--hexdump", action="store_true", help="show traffic as a hex dump on stderr")
-    t = p.add_argument_group("TLS options (tls:// addresses)")
+    t = p.add_argument_group("TLS options (tls:// and wss:// addresses)")
     t.add_argument("--cert", metavar="PEM", help="certificate (a listener without one makes a throwaway one)")
     t.add_argument("--key", metavar="PEM", help="private key (default: in the --cert file)")
     t.add_argument("--ca", metavar="PEM", help="trust these CA certificates (listener: require client certs)")
-    t.add_argument("--insecure", action="store_true", help="do not verify the server's certificate")
-    t.add_argument("--sni", metavar="NAME", help="server name to send and verify (default: the address's host)")
-    pin_option(t)
+    if connecting:
+        t.add_argument("--insecure", action="store_true", help="do not verify the server's certificate")
+        t.add_argument("--sni", metavar="NAME", help="server name to send and verify (default: the address's host)")
+        pin_option(t)
 
 
 def proxy_option(p: argparse.ArgumentParser) -> None:

@@ -7,7 +7,6 @@ from typing import Any
 
 from sockcat.cli.common import access_options, address_of, check_tls_options, connection_options, ws_of, ws_options
 from sockcat.cli.connect import bridge_options
-from sockcat.core.errors import UsageError
 from sockcat.core.log import Log
 
 
@@ -24,7 +23,7 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     listen.add_argument("--exec", dest="exec_cmd", metavar="CMD", help="run CMD (no shell) for each connection")
     listen.add_argument("--sh-exec", metavar="CMD", help="run /bin/sh -c CMD for each connection")
     access_options(listen, default="10,000; 100 with --exec/--sh-exec")
-    connection_options(listen)
+    connection_options(listen, connecting=False)
     ws_options(listen, client=False)
     listen.set_defaults(func=run)
 
@@ -36,11 +35,6 @@ def run(args: argparse.Namespace, log: Log) -> None:
 
     addr = address_of(args.address)
     check_tls_options(args, addr)
-    for given, name in ((args.sni, "sni"), (args.pin, "pin"), (args.insecure, "insecure"), (args.connect_timeout, "w")):
-        if given:  # (options of a connecting side: never silently ignored)
-            raise UsageError(f"{'-' if len(name) == 1 else '--'}{name} is for connecting, not listening")
-    if args.source:
-        raise UsageError("--source is for connecting; give the address to listen on as ADDR")
     lopts = ListenOptions(
         keep_open=args.keep_open,
         exec_argv=exec_argv(args.exec_cmd, args.sh_exec),
