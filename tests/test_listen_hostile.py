@@ -662,8 +662,8 @@ def test_several_clients_at_once_into_a_regular_file_lose_nothing(procs: list[Pr
 
 def test_listen_help_lists_no_option_of_a_connecting_side() -> None:
     helptext = run_sockcat("listen", "--help").stdout.decode()
-    for option in ("--connect-timeout", "--source", "--insecure", "--sni", "--pin"):
-        assert option not in helptext, option
+    for option in ("--connect-timeout", "--source", "--insecure", "--sni", "--pin "):
+        assert option not in helptext, option  # ("--pin " : not --ping, a WebSocket option)
     for option in ("-w", "--insecure", "--sni"):
         r = run_sockcat("listen", option, "x", "tcp://127.0.0.1:0")
         assert r.returncode == 2, (option, r)
