@@ -525,3 +525,14 @@ def test_library_result_object_and_asyncio(procs: list[Proc], short_tmp: Path) -
     assert piped.requests > 0 and piped.histogram is not None and piped.histogram.count == piped.requests
     r2 = asyncio.run(bench_async(addr, connections=2, duration=0.3, warmup=0.05))
     assert isinstance(r2, sc.BenchResult) and r2.requests > 0 and r2.to_json()["mode"] == "rtt"
+
+
+def test_no_completed_round_trip_gives_null_latencies_not_zeros(procs: list[Proc]) -> None:
+    p = Proc(sockcat("serve", "discard", "tcp://127.0.0.1:0"))
+    procs.append(p)
+    addr = p.read_listening()
+    r = run_sockcat("bench", addr, "-d", "0.5", "--warmup", "0.1", "-c", "2", "--timeout", "0.2", "--json")
+    assert r.returncode == 1  # and one error line
+    out = json.loads(r.stdout)
+    assert out["requests"] == 0
+    assert set(out["latency_us"].values()) == {None}

@@ -421,7 +421,8 @@ def merge(
         cpu += part.cpu_seconds
         if part.seconds > 0:
             busiest = max(busiest, 100.0 * part.cpu_seconds / part.seconds)
-    latency = Latency.from_histogram(hist) if mode != "throughput" else None
+    # no completed round trip: no latency to report (null in --json, never a 0.0 that reads like a fast server)
+    latency = Latency.from_histogram(hist) if mode != "throughput" and requests > 0 else None
     return BenchResult(
         mode=mode,
         address=address,
