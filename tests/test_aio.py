@@ -477,3 +477,24 @@ def test_aio_serve_and_bench_in_one_loop(run: Runner) -> None:
                 await server
 
     run(main)
+
+
+def test_connect_and_listen_work_with_await_and_with_async_with() -> None:
+    async def main() -> bytes:
+        async with aio.listen("tcp://127.0.0.1:0") as server:  # no await needed
+            port = server.address.port
+
+            async def answer() -> None:
+                async with await server.accept() as conn:
+                    await conn.sendall(await conn.recv_line())
+
+            task = asyncio.ensure_future(answer())
+            async with aio.connect(f"tcp://127.0.0.1:{port}", timeout=5) as s:
+                await s.send_line("both ways")
+                line = await s.recv_line()
+            await task
+            s2 = await aio.connect_datagram("udp://127.0.0.1:9")  # and awaited as before
+            s2.close()
+            return line
+
+    assert asyncio.run(main()) == b"both ways\n"

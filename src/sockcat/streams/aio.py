@@ -35,6 +35,7 @@ from sockcat.net.sockets import (
     safe_name,
     to_address,
 )
+from sockcat.streams.aio_open import opening
 from sockcat.streams.aio_tls import AioTLS, handshake_async
 from sockcat.streams.aio_ws import AioWS
 from sockcat.streams.aio_ws import client_handshake as ws_client_handshake
@@ -279,6 +280,7 @@ async def _happy_eyeballs(
     return winner
 
 
+@opening
 async def connect(
     address: Address | str,
     *,
@@ -384,6 +386,7 @@ class Listener(_Resource):
         self._inner.close()
 
 
+@opening
 async def listen(address: Address | str, **kwargs: Any) -> Listener:
     """Listen on a stream address; takes the keyword arguments of :func:`sockcat.listen`."""
     addr = Address.parse(address)
@@ -459,11 +462,13 @@ def _wake(fut: asyncio.Future[None]) -> None:
         fut.set_result(None)
 
 
+@opening
 async def open_datagram(address: Address | str, **kwargs: Any) -> Datagram:
     """Bind a datagram socket; takes the keyword arguments of :func:`sockcat.open_datagram`."""
     return Datagram(sync_open_datagram(address, **kwargs))
 
 
+@opening
 async def connect_datagram(address: Address | str, **kwargs: Any) -> Datagram:
     addr = Address.parse(address)
     if addr.is_ip and addr.host and addr.family == socket.AF_UNSPEC:
