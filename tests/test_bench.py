@@ -358,7 +358,8 @@ def test_library_bench_returns_result(procs: list[Proc]) -> None:
     assert isinstance(result, sc.BenchResult)
     assert result.requests > 0 and result.latency is not None and result.histogram is not None
     assert result.histogram.count == result.requests
-    j = result.to_json()
+    j = result.to_dict()
+    assert json.loads(result.to_json()) == j
     assert j["latency_us"]["p50"] <= j["latency_us"]["max"]
     with pytest.raises(sc.NetworkError):
         sc.bench(f"tcp://127.0.0.1:{free_port()}", duration=0.3)
@@ -524,7 +525,7 @@ def test_library_result_object_and_asyncio(procs: list[Proc], short_tmp: Path) -
     piped = sc.bench(addr, connections=2, pipeline=8, duration=0.3, warmup=0.05)
     assert piped.requests > 0 and piped.histogram is not None and piped.histogram.count == piped.requests
     r2 = asyncio.run(bench_async(addr, connections=2, duration=0.3, warmup=0.05))
-    assert isinstance(r2, sc.BenchResult) and r2.requests > 0 and r2.to_json()["mode"] == "rtt"
+    assert isinstance(r2, sc.BenchResult) and r2.requests > 0 and r2.to_dict()["mode"] == "rtt"
 
 
 def test_no_completed_round_trip_gives_null_latencies_not_zeros(procs: list[Proc]) -> None:

@@ -124,7 +124,7 @@ def test_merge_of_worker_results_and_json_fields() -> None:
         [a, b], mode="rtt", address="tcp://127.0.0.1:7", size=64, workers=2, pipeline=1, warmup=0.5, reverse=False
     )
     assert isinstance(r, BenchResult)
-    j = r.to_json()
+    j = r.to_dict()
     assert json.loads(json.dumps(j)) == j
     for key in (
         "mode",
@@ -155,7 +155,7 @@ def test_throughput_result_has_no_latency() -> None:
     r = merge(
         [part], mode="throughput", address="tcp://h:9", size=1 << 17, workers=1, pipeline=1, warmup=0.5, reverse=True
     )
-    j = r.to_json()
+    j = r.to_dict()
     assert j["bytes_per_second"] == 10 << 17 and j["reverse"] is True
     assert j["latency_us"]["p50"] is None
 

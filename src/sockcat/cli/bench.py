@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from typing import TYPE_CHECKING, Any
@@ -108,7 +107,7 @@ def run(args: argparse.Namespace, log: Log) -> None:
         if show is not None:
             show.close()
     if args.json:
-        sys.stdout.write(json.dumps(result.to_json()) + "\n")
+        sys.stdout.write(result.to_json() + "\n")
         sys.stdout.flush()
     else:
         print_table(result)

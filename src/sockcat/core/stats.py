@@ -13,6 +13,7 @@ Values are integers (``bench`` records nanoseconds); results report microseconds
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -269,7 +270,7 @@ class Latency:
 
         return cls(us(p50), us(p90), us(p99), us(p999), us(h.max), us(h.min), us(h.mean))
 
-    def to_json(self) -> dict[str, float]:
+    def to_dict(self) -> dict[str, float]:
         return {
             "p50": self.p50,
             "p90": self.p90,
@@ -327,7 +328,8 @@ class WorkerResult:
 
 @dataclass(frozen=True)
 class BenchResult:
-    """The figures of one ``bench`` run; ``to_json()`` gives the object ``--json`` prints (docs/reference.md#output).
+    """The figures of one ``bench`` run; ``to_dict()`` gives the object ``--json`` prints (docs/reference.md#output),
+    ``to_json()`` that object as the JSON text.
 
     ``requests`` counts round trips (rtt), connections opened, answered and closed (connect), or
     ``size``-byte messages moved (throughput); ``rate`` is ``requests`` per second of the window.
@@ -361,9 +363,13 @@ class BenchResult:
     def client_saturated(self) -> bool:
         return self.client_cpu_percent >= 90.0
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> str:
+        """What ``bench --json`` prints: :meth:`to_dict` as one line of JSON."""
+        return json.dumps(self.to_dict())
+
+    def to_dict(self) -> dict[str, Any]:
         lat = (
-            self.latency.to_json()
+            self.latency.to_dict()
             if self.latency is not None
             else dict.fromkeys(("p50", "p90", "p99", "p999", "max", "min", "mean"))
         )
