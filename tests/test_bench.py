@@ -537,3 +537,13 @@ def test_no_completed_round_trip_gives_null_latencies_not_zeros(procs: list[Proc
     out = json.loads(r.stdout)
     assert out["requests"] == 0
     assert set(out["latency_us"].values()) == {None}
+
+
+def test_the_table_does_not_wrap_when_piped(procs: list[Proc]) -> None:
+    p = Proc(sockcat("serve", "echo", "tcp://127.0.0.1:0"))
+    procs.append(p)
+    addr = p.read_listening()
+    r = run_sockcat("bench", addr, "-d", "0.3", "--warmup", "0.1", "-c", "2")
+    assert r.returncode == 0, r.stderr
+    latency = [line for line in r.stdout.decode().splitlines() if line.strip().startswith("latency")]
+    assert len(latency) == 1 and "p99.9" in latency[0] and "max" in latency[0], r.stdout.decode()

@@ -200,4 +200,7 @@ def print_table(result: BenchResult, file: Any = None) -> None:
     if r.client_saturated:
         cpu += "  [yellow]saturated: the client may be the limit (try --workers)[/yellow]"
     table.add_row("client CPU", cpu)
-    Console(file=file or sys.stdout, highlight=False).print(table)
+    out = file or sys.stdout
+    # On a terminal, its width; piped or redirected, wide enough that no row wraps (rich's default there is 80).
+    width = None if out.isatty() else 160
+    Console(file=out, highlight=False, width=width).print(table)
