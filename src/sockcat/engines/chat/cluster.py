@@ -46,9 +46,19 @@ _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('DEL', KEYS[1])
   redis.call('ZREM', KEYS[2], ARGV[2])
+  redis.call('HDEL', KEYS[3], ARGV[2])
   return 1
 end
 return 0
+"""
+# Drop the names whose leases ended from the online list and the display names.
+_PRUNE = """
+local stale = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+for _, key in ipairs(stale) do
+  redis.call('ZREM', KEYS[1], key)
+  redis.call('HDEL', KEYS[2], key)
+end
+return #stale
 """
 # Keep a message for an offline name, within the quotas (KEYS: the mailbox, the sender and origin counts, the total;
 # ARGV: the message, sender key, origin, then the four quotas). 0: kept; 1-4: which quota said no.
@@ -164,6 +174,7 @@ class Cluster:
         self._outbox: asyncio.Queue[str] = asyncio.Queue()
         self._release = self.redis.register_script(_RELEASE)
         self._store = self.redis.register_script(_STORE)
+        self._prune = self.redis.register_script(_PRUNE)
         self._delivered = self.redis.register_script(_DELIVERED)
         self._renew = self.redis.register_script(_RENEW_SCRIPT)
 
@@ -189,7 +200,7 @@ class Cluster:
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(1.0):
                     for key in list(self.held):
-                        await self._release(keys=[self._name(key), f"{_PREFIX}online"], args=[self.node, key])
+                        await self._release(keys=self._release_keys(key), args=[self.node, key])
         with contextlib.suppress(Exception):
             await self.redis.aclose()
 
@@ -291,13 +302,20 @@ class Cluster:
 
     async def release(self, key: str) -> None:
         self.held.pop(key, None)
-        await self._call(lambda: self._release(keys=[self._name(key), f"{_PREFIX}online"], args=[self.node, key]), 0)
+        await self._call(lambda: self._release(keys=self._release_keys(key), args=[self.node, key]), 0)
+
+    def _release_keys(self, key: str) -> list[str]:
+        return [self._name(key), f"{_PREFIX}online", f"{_PREFIX}display"]
 
     async def who(self) -> list[str] | None:
         """Every name held in the cluster (None: Redis is down)."""
 
         async def run() -> list[str]:
-            keys = await self.redis.zrangebyscore(f"{_PREFIX}online", int(time.time() * 1000), "+inf")
+            now = int(time.time() * 1000)
+            # names of brokers that died: their leases ended, so they leave the list (atomically: a lease renewed
+            # meanwhile is not touched)
+            await self._prune(keys=[f"{_PREFIX}online", f"{_PREFIX}display"], args=[now])
+            keys = await self.redis.zrangebyscore(f"{_PREFIX}online", now, "+inf")
             if not keys:
                 return []
             shown = await self.redis.hmget(f"{_PREFIX}display", keys)
