@@ -92,7 +92,7 @@ class User:
 
 
 def broker(procs: list[Proc], url: str) -> tuple[Proc, int]:
-    p = Proc(sockcat("-v", "chat", "--db", ":memory:", "--cluster", url, "tcp://127.0.0.1:0"))
+    p = Proc(sockcat("-v", "chat", "--db", ":memory:", "--line-rate", "0", "--cluster", url, "tcp://127.0.0.1:0"))
     procs.append(p)
     port = Address.parse(p.read_listening()).port
     p.wait_stderr(": connected")
@@ -126,6 +126,11 @@ def test_two_brokers_are_one_chat(redis: Redis, procs: list[Proc]) -> None:
     for text in lines:
         wang.send(text)
     assert [zhang.line() for _ in lines] == [f"<小王> {t}" for t in lines]  # every one, once, in order
+    for i in range(20):  # room lines and /msg lines of one sender keep their order too
+        wang.send(f"room {i}")
+        wang.send(f"/msg 小张 direct {i}")
+    got = [zhang.line() for _ in range(40)]
+    assert got == [x for i in range(20) for x in (f"<小王> room {i}", f"*小王* direct {i}")], got
     wang.close()
     assert zhang.line() == "* 小王 left"
 

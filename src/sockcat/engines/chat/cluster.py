@@ -171,7 +171,8 @@ class Cluster:
         self.held: dict[str, str] = {}  # name key -> display name, the names this broker's users hold
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Future[Any]] = set()
-        self._outbox: asyncio.Queue[str] = asyncio.Queue()
+        # (channel, payload, future for the count of receivers or None): one queue for room and direct lines
+        self._outbox: asyncio.Queue[tuple[str, str, asyncio.Future[int] | None]] = asyncio.Queue()
         self._release = self.redis.register_script(_RELEASE)
         self._store = self.redis.register_script(_STORE)
         self._prune = self.redis.register_script(_PRUNE)
@@ -329,23 +330,27 @@ class Cluster:
         """Queue a room line for the other brokers; one task publishes the queue in order (a pipeline per batch),
         so the lines of one broker, and so of each of its users, arrive in the order they were said."""
         if self.up:
-            self._outbox.put_nowait(self.node + _SEP + line)
+            self._outbox.put_nowait((f"{_PREFIX}room", self.node + _SEP + line, None))
 
     async def _publish(self) -> None:
-        channel = f"{_PREFIX}room"
+        """Publish the outbox in order: room lines and direct lines of one broker keep the order they were said
+        in (a /msg said after a line to the room arrives after it)."""
         while True:
             batch = [await self._outbox.get()]
             while not self._outbox.empty() and len(batch) < 1000:
                 batch.append(self._outbox.get_nowait())
-            if not self.up:
-                continue  # (Redis lost meanwhile: these live lines reach this broker's users only)
-            try:
-                async with asyncio.timeout(2.0), self.redis.pipeline(transaction=False) as pipe:
-                    for payload in batch:
-                        pipe.publish(channel, payload)
-                    await pipe.execute()
-            except Exception as exc:
-                self._state(False, str(exc) or type(exc).__name__)
+            counts: list[Any] = [None] * len(batch)
+            if self.up:
+                try:
+                    async with asyncio.timeout(2.0), self.redis.pipeline(transaction=False) as pipe:
+                        for channel, payload, _f in batch:
+                            pipe.publish(channel, payload)
+                        counts = await pipe.execute()
+                except Exception as exc:
+                    self._state(False, str(exc) or type(exc).__name__)
+            for (_c, _p, future), count in zip(batch, counts, strict=True):
+                if future is not None and not future.done():
+                    future.set_result(int(count) if count is not None else -1)
 
     def later(self, step: Awaitable[Any]) -> None:
         """Run ``step`` in the background, keeping a reference until it is done."""
@@ -362,7 +367,12 @@ class Cluster:
             if holder is None:
                 return False
             payload = self.node + _SEP + key + _SEP + line
-            return bool(await self.redis.publish(f"{_PREFIX}node:{holder.decode()}", payload))
+            took: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+            self._outbox.put_nowait((f"{_PREFIX}node:{holder.decode()}", payload, took))
+            count = await took
+            if count < 0:
+                raise ConnectionError("not published")
+            return count > 0
 
         result: bool | None = await self._call(run, None)
         return result
