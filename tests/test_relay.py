@@ -1069,7 +1069,7 @@ def test_client_vanishing_mid_transfer_resets_upstream(
     s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER0)
     s.close()  # the client vanishes with data in flight
     vanished.set()
-    wait_until(lambda: outcome, "the upstream sees the end of the connection", timeout=5)
+    wait_until(lambda: outcome, "the upstream sees the end of the connection")
     assert outcome == ["reset"]
     up.handler = echo
     with relay.connect() as s2:
@@ -1100,27 +1100,27 @@ def test_client_data_and_reset_arriving_together_reset_upstream(
     up = upstream(reader)
     relay = start_relay("tcp://127.0.0.1:0", up.url, *mode)
     s = relay.connect()
-    wait_until(lambda: up.accepted, "the upstream accepts the relay's connection", timeout=5)
+    wait_until(lambda: up.accepted, "the upstream accepts the relay's connection")
     client_end = tcp_inodes(local=relay.port, remote=s.getsockname()[1])
     upstream_end = tcp_inodes(remote=up.port)
     wait_until(
         lambda: {*client_end, *upstream_end} <= epoll_readers(relay.pid) and len(client_end + upstream_end) == 2,
         "the relay is watching both sockets",
-        timeout=5,
+        timeout=TIMEOUT,
     )
     # Freeze the relay so that the request and the RST both wait in its socket when it looks next.
     os.kill(relay.pid, signal.SIGSTOP)
     try:
-        wait_until(lambda: _state(relay.pid) == "T", "the relay stops", timeout=5)
+        wait_until(lambda: _state(relay.pid) == "T", "the relay stops")
         s.sendall(b"q" * 50_000)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER0)
         port = s.getsockname()[1]
         s.close()
         # the RST has reached the relay's socket (a reset socket leaves the kernel's table)
-        wait_until(lambda: not tcp_inodes(local=relay.port, remote=port), "the reset arrives", timeout=5)
+        wait_until(lambda: not tcp_inodes(local=relay.port, remote=port), "the reset arrives")
     finally:
         os.kill(relay.pid, signal.SIGCONT)
-    wait_until(lambda: outcome, "the upstream sees the end of the connection", timeout=3)
+    wait_until(lambda: outcome, "the upstream sees the end of the connection")
     assert outcome == ["reset"]
 
 
@@ -1554,7 +1554,7 @@ def test_workers_two_processes_one_listening_line(
     up = upstream(hasher)
     relay = start_relay("tcp://127.0.0.1:0", up.url, "--workers", "2")
     children_file = Path(f"/proc/{relay.pid}/task/{relay.pid}/children")
-    wait_until(lambda: children_file.read_text().split(), "the worker is forked", timeout=5)
+    wait_until(lambda: children_file.read_text().split(), "the worker is forked")
     relay.children = [int(p) for p in children_file.read_text().split()]
     assert len(relay.children) == 1, relay.children
     results: list[bool] = []
@@ -1598,7 +1598,7 @@ def test_workers_die_when_the_parent_is_killed(
     up = upstream(echo)
     relay = start_relay("tcp://127.0.0.1:0", up.url, "--workers", "3")
     children_file = Path(f"/proc/{relay.pid}/task/{relay.pid}/children")
-    wait_until(lambda: len(children_file.read_text().split()) >= 2, "both workers are forked", timeout=5)
+    wait_until(lambda: len(children_file.read_text().split()) >= 2, "both workers are forked")
     relay.children = [int(p) for p in children_file.read_text().split()]
     assert len(relay.children) == 2, relay.children
     with relay.connect() as s:

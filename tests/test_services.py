@@ -402,7 +402,7 @@ def test_workers_end_when_the_parent_is_killed(procs: list[Proc]) -> None:
     def children_of() -> list[int]:
         return [int(d) for d in os.listdir("/proc") if d.isdigit() and _ppid(int(d)) == p.p.pid]
 
-    wait_until(lambda: len(children_of()) >= 2, "both workers are forked", timeout=5)
+    wait_until(lambda: len(children_of()) >= 2, "both workers are forked")
     children = children_of()
     assert len(children) == 2
     p.p.kill()
@@ -414,7 +414,7 @@ def test_workers_end_when_the_parent_is_killed(procs: list[Proc]) -> None:
         except FileNotFoundError:
             return False
 
-    wait_until(lambda: not any(alive(c) for c in children), "the workers die with their parent", timeout=5)
+    wait_until(lambda: not any(alive(c) for c in children), "the workers die with their parent")
     assert not any(alive(c) for c in children)
 
 
