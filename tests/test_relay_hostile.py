@@ -65,12 +65,14 @@ def test_the_udp_relay_caps_sessions_per_source_network(procs: list[Proc], udp_e
     relay = Proc(sockcat("-v", "relay", "udp://127.0.0.1:0", f"udp://127.0.0.1:{udp_echo}"))
     procs.append(relay)
     port = int(relay.read_listening().rsplit(":", 1)[1])
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as warm:  # the relay's loop fully up: one session
-        warm.settimeout(TIMEOUT)
-        warm.sendto(b"warm", ("127.0.0.1", port))
-        assert warm.recv(10) == b"warm"
+    # The relay's loop fully up: one session. The socket stays open to the end: closed, its port could be given to
+    # one of the 1,500 sources, whose datagram would then go to this session, neither a new one nor refused.
+    warm = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    warm.settimeout(TIMEOUT)
+    warm.sendto(b"warm", ("127.0.0.1", port))
+    assert warm.recv(10) == b"warm"
     before = fds(relay.p.pid)  # (with that one session)
-    sources: list[socket.socket] = []
+    sources: list[socket.socket] = [warm]
 
     def handled() -> tuple[set[int], set[int]]:
         """Source ports the relay logged: a session for it, or a refusal (one line each, per datagram)."""
@@ -105,6 +107,7 @@ def test_the_udp_relay_caps_sessions_per_source_network(procs: list[Proc], udp_e
                 waiting = pending
         opened, refused = handled()
         assert len(opened) == 256 and len(refused) == 1500 - 255, (len(opened), len(refused))  # the warm one: 256th
+        assert len({s.getsockname()[1] for s in sources}) == 1501  # (every source on a port of its own)
         assert fds(relay.p.pid) <= before + 255
     finally:
         for s in sources:
