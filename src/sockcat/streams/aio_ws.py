@@ -126,7 +126,7 @@ class AioWS:
                     self.sock.shutdown(socket.SHUT_RDWR)  # the reader wakes up, and reports the silence
                 return
             if self.core.close_sent:
-                return  # (nothing more goes out after our Close)
+                continue  # nothing more goes out after our Close, but the silence is still watched
             self._queue.append(self.core.encode_ping(b"sockcat"))
             with contextlib.suppress(OSError):
                 await self._push()

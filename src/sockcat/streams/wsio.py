@@ -184,7 +184,7 @@ class WSChannel:
                     self.sock.shutdown(socket.SHUT_RDWR)  # the reader wakes up, and reports the silence
                 return
             if self.core.close_sent:
-                return  # (nothing more goes out after our Close; its answer, or the end, comes anyway)
+                continue  # nothing more goes out after our Close, but the silence is still watched
             with contextlib.suppress(OSError, NetworkError):
                 self._owe(self.core.encode_ping(b"sockcat"))
 
