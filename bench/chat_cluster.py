@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from _common import cpu_seconds, free_port, wait_tcp
-from chat_flood import PAD, SAMPLE, Receiver, _until_done
+from chat_flood import PAD, SAMPLE, Receiver, _until_done, timed_lines
 
 
 async def connect_split(ports: list[int], clients: int) -> list[Receiver]:
@@ -68,27 +68,8 @@ async def flood(ports: list[int], clients: int, senders: int, lines: int) -> dic
 
 
 async def latency(ports: list[int], clients: int, seconds: float) -> dict[str, Any]:
-    rs = await connect_split(ports, clients)
-    for r in rs[1:]:
-        r.latencies = []
-    sender = rs[0].transport
-    assert sender is not None
-    n = int(seconds * 50)
-    start = time.monotonic()
-    for k in range(n):
-        await asyncio.sleep(max(0.0, start + k / 50 - time.monotonic()))
-        sender.write(b"m0 %d %.6f %s\n" % (k, time.monotonic(), PAD))
-    await _until_done(rs[1:], [n] * (clients - 1), time.perf_counter())
-    lat = sorted(x for r in rs[1:] for x in (r.latencies or []))
-    for r in rs:
-        if r.transport is not None:
-            r.transport.close()
-    return {
-        "lost": n * (clients - 1) - len(lat),
-        "p50_ms": 1000 * lat[len(lat) // 2],
-        "p99_ms": 1000 * lat[int(len(lat) * 0.99)],
-        "max_ms": 1000 * lat[-1],
-    }
+    result: dict[str, Any] = await timed_lines(await connect_split(ports, clients), seconds)
+    return result
 
 
 async def failover(redis_url: str, clients: int) -> dict[str, Any]:

@@ -146,7 +146,12 @@ async def flood(port: int, clients: int, senders: int, lines: int, named: bool) 
 
 
 async def latency(port: int, clients: int, seconds: float, named: bool) -> dict[str, Any]:
-    rs = await connect_all(port, clients, named)
+    return await timed_lines(await connect_all(port, clients, named), seconds)
+
+
+async def timed_lines(rs: list[Receiver], seconds: float) -> dict[str, Any]:
+    """One sender (``rs[0]``) writes 50 lines a second for ``seconds``; every other client's deliveries are timed."""
+    clients = len(rs)
     for r in rs[1:]:
         r.latencies = []
     sender = rs[0].transport
