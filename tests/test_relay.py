@@ -1329,8 +1329,11 @@ def test_missing_unix_target_closes_client_promptly_and_is_logged(
     for _ in range(20):
         with relay.connect() as s:
             assert_closed_promptly(s)
-    wait_until(lambda: relay.fd_count() <= cold, f"the relay closes every descriptor of those (back to {cold})", 5)
-    assert relay.fd_count() <= cold
+    # Before each accept the relay makes the upstream socket of the next client; ``cold`` may have been read
+    # after a failed client's close and before that spare was remade, so one descriptor more is its normal
+    # state. A leak would be one per client (20 more).
+    settled = cold + SPARE_UPSTREAM
+    wait_until(lambda: relay.fd_count() <= settled, f"the relay closes every descriptor of those ({settled})", 5)
     assert relay.proc.p.poll() is None
 
 
@@ -1421,14 +1424,26 @@ def _fd_targets(pid: int) -> list[str]:
 
 
 POOL_FDS = 2 * 16 + 2  # the relay keeps up to 16 idle pipes, plus the loop's own pipe
+SPARE_UPSTREAM = 1  # the relay's upstream socket for its next client, made before accept
 
 
 def _fd_kinds(pid: int) -> dict[str, int]:
-    """The relay's descriptors by kind: ``pipe``, ``socket`` and ``other``."""
+    """The relay's descriptors by kind: ``pipe``, ``socket`` and ``other``; and ``tcp``: how many of its sockets
+    are TCP connections (any state but LISTEN: a leaked client or upstream, whatever the spare's timing)."""
     kinds = {"pipe": 0, "socket": 0, "other": 0}
+    inodes = set()
     for target in _fd_targets(pid):
         kind = target.split("->", 1)[1].split(":", 1)[0]
         kinds[kind if kind in kinds else "other"] += 1
+        if kind == "socket":
+            inodes.add(target.rsplit("[", 1)[1].rstrip("]"))
+    kinds["tcp"] = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            for line in f.readlines()[1:]:
+                fields = line.split()
+                if fields[3] != "0A" and fields[9] in inodes:  # 0A: LISTEN
+                    kinds["tcp"] += 1
     return kinds
 
 
@@ -1456,14 +1471,19 @@ def test_no_fd_leak_after_100_connections(
     relay = start_relay("tcp://127.0.0.1:0", up.url)
     cold = _fd_kinds(relay.pid)
     _round(relay, up, kinds, 30)  # warm-up: the pipe pool and the loop's pipe are made here
-    base = _settled_fds(relay, lambda now: now["socket"] <= cold["socket"])  # the warm-up's connections are closed
+    # The warm-up's connections closed (the relay may have one socket more or less than now: the upstream
+    # socket it makes before each accept for the next client, counted below as the one allowed extra).
+    base = _settled_fds(relay, lambda now: now["tcp"] == 0)
     assert base["pipe"] <= cold["pipe"] + POOL_FDS, (cold, base)
     _round(relay, up, kinds, 100)
 
     def settled(now: dict[str, int]) -> bool:
-        # every socket closed, nothing else new; pipes may only fill the bounded pool
+        # no connection left, no socket or anything else new; pipes may only fill the bounded pool
         return (
-            now["socket"] <= base["socket"] and now["other"] <= base["other"] and now["pipe"] <= cold["pipe"] + POOL_FDS
+            now["tcp"] == 0
+            and now["socket"] <= base["socket"] + SPARE_UPSTREAM
+            and now["other"] <= base["other"]
+            and now["pipe"] <= cold["pipe"] + POOL_FDS
         )
 
     after = _settled_fds(relay, settled)
