@@ -9,14 +9,16 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import select
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -208,6 +210,65 @@ def epoll_readers(pid: int) -> set[int]:
             if int(events, 16) & 0x1:  # EPOLLIN
                 found.add(int(ino, 16))
     return found
+
+
+# --- raw clients against a listener under test ------------------------------------------------------------
+
+
+def reset(s: socket.socket) -> None:
+    """Close with a RST (SO_LINGER 0): no TIME_WAIT left on this host's ephemeral ports."""
+    try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    except OSError:
+        pass
+    s.close()
+
+
+def ended(s: socket.socket, timeout: float = TIMEOUT) -> bool:
+    """Whether the listener closed ``s`` (EOF or a reset) within ``timeout`` seconds, before sending anything."""
+    s.settimeout(timeout)
+    try:
+        return s.recv(1) == b""
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+
+
+def closed_by_peer(socks: Sequence[socket.socket], want: int, timeout: float = TIMEOUT) -> set[int]:
+    """Indices of the sockets the listener closed (EOF or reset, nothing sent first): polls until ``want`` of them
+    are, or ``timeout``. A socket with data to read (chargen) is being served, not closed."""
+    poller = select.poll()
+    index = {s.fileno(): i for i, s in enumerate(socks)}
+    for fd in index:
+        poller.register(fd, select.POLLIN)
+    closed: set[int] = set()
+    deadline = time.monotonic() + timeout
+    while len(closed) < want and index and time.monotonic() < deadline:
+        for fd, _ in poller.poll(100):
+            poller.unregister(fd)
+            i = index.pop(fd)
+            try:
+                data = socks[i].recv(1, socket.MSG_PEEK)
+            except ConnectionResetError:
+                data = b""
+            if data == b"":
+                closed.add(i)
+    return closed
+
+
+def process_tcp_connections(pid: int) -> int:
+    """How many of process ``pid``'s sockets are TCP connections (any state but LISTEN): what a server leaks
+    when it forgets to close a client or an upstream, whatever its other sockets."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(int(target[8:-1]))
+    return sum(1 for r in _tcp_table() if r.inode in inodes and r.state != TCP_LISTEN)
 
 
 def fd_count(pid: int) -> int:

@@ -25,9 +25,12 @@ from conftest import (
     TIMEOUT,
     Proc,
     accept_queue,
+    closed_by_peer,
+    ended,
     established,
     fd_count,
     port_of,
+    reset,
     run_sockcat,
     sockcat,
     tcp_sockets,
@@ -117,48 +120,6 @@ def connect(port: int, host: str = "127.0.0.1", source: str | None = None) -> so
         s.bind((source, 0))
     s.connect((host, port))
     return s
-
-
-def reset(s: socket.socket) -> None:
-    """Close with a RST (SO_LINGER 0): no TIME_WAIT left on this host's ephemeral ports."""
-    import struct
-
-    try:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    except OSError:
-        pass
-    s.close()
-
-
-def ended(s: socket.socket, timeout: float = TIMEOUT) -> bool:
-    """Whether the peer closed ``s`` (EOF or a reset) within ``timeout`` seconds, before sending anything."""
-    s.settimeout(timeout)
-    try:
-        return s.recv(1) == b""
-    except ConnectionResetError:
-        return True
-    except TimeoutError:
-        return False
-
-
-def closed_by_peer(socks: Sequence[socket.socket], want: int, timeout: float = TIMEOUT) -> set[int]:
-    """Indices of the sockets the listener closed (EOF or reset): polls until ``want`` of them are, or ``timeout``."""
-    poller = select.poll()
-    index = {s.fileno(): i for i, s in enumerate(socks)}
-    for fd in index:
-        poller.register(fd, select.POLLIN)
-    closed: set[int] = set()
-    deadline = time.monotonic() + timeout
-    while len(closed) < want and time.monotonic() < deadline:
-        for fd, _ in poller.poll(100):
-            poller.unregister(fd)
-            try:
-                data = socks[index[fd]].recv(1, socket.MSG_PEEK)
-            except ConnectionResetError:
-                data = b""
-            if data == b"":
-                closed.add(index[fd])
-    return closed
 
 
 def held(socks: Sequence[socket.socket]) -> int:

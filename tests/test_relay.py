@@ -35,6 +35,7 @@ from conftest import (
     epoll_readers,
     free_port,
     peer_queues,
+    process_tcp_connections,
     queued_to_read,
     require,
     run_sockcat,
@@ -1429,21 +1430,12 @@ SPARE_UPSTREAM = 1  # the relay's upstream socket for its next client, made befo
 
 def _fd_kinds(pid: int) -> dict[str, int]:
     """The relay's descriptors by kind: ``pipe``, ``socket`` and ``other``; and ``tcp``: how many of its sockets
-    are TCP connections (any state but LISTEN: a leaked client or upstream, whatever the spare's timing)."""
+    are TCP connections (a leaked client or upstream, whatever the timing of the relay's spare socket)."""
     kinds = {"pipe": 0, "socket": 0, "other": 0}
-    inodes = set()
     for target in _fd_targets(pid):
         kind = target.split("->", 1)[1].split(":", 1)[0]
         kinds[kind if kind in kinds else "other"] += 1
-        if kind == "socket":
-            inodes.add(target.rsplit("[", 1)[1].rstrip("]"))
-    kinds["tcp"] = 0
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with open(table) as f:
-            for line in f.readlines()[1:]:
-                fields = line.split()
-                if fields[3] != "0A" and fields[9] in inodes:  # 0A: LISTEN
-                    kinds["tcp"] += 1
+    kinds["tcp"] = process_tcp_connections(pid)
     return kinds
 
 

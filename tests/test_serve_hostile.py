@@ -14,15 +14,25 @@ import select
 import signal
 import socket
 import ssl
-import struct
 import subprocess
 import threading
 import time
-from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
-from conftest import TIMEOUT, Proc, accept_queue, established, fd_count, port_of, sockcat, wait_until
+from conftest import (
+    TIMEOUT,
+    Proc,
+    accept_queue,
+    closed_by_peer,
+    ended,
+    established,
+    fd_count,
+    port_of,
+    reset,
+    sockcat,
+    wait_until,
+)
 
 MB = 1 << 20
 MEMORY_GROWTH = 32 * MB  # what an attack may add to the server's resident memory
@@ -77,51 +87,9 @@ def connect(addr: str, rcvbuf: int | None = None) -> socket.socket:
     return s
 
 
-def reset(s: socket.socket) -> None:
-    """Close with a RST (SO_LINGER 0): no TIME_WAIT left on this host's ephemeral ports."""
-    try:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    except OSError:
-        pass
-    s.close()
-
-
-def ended(s: socket.socket, timeout: float = TIMEOUT) -> bool:
-    """Whether the server closed ``s`` (EOF or a reset) within ``timeout`` seconds, before sending anything."""
-    s.settimeout(timeout)
-    try:
-        return s.recv(1) == b""
-    except ConnectionResetError:
-        return True
-    except TimeoutError:
-        return False
-
-
 def refused_at_once(addr: str) -> bool:
     with connect(addr) as s:
         return ended(s, 5.0)
-
-
-def closed_by_peer(socks: Sequence[socket.socket], want: int, timeout: float = TIMEOUT) -> set[int]:
-    """Indices of the sockets the server closed (EOF or reset, nothing sent first): polls until ``want`` of them
-    are, or ``timeout``. A socket with data to read (chargen) is being served, not closed."""
-    poller = select.poll()
-    index = {s.fileno(): i for i, s in enumerate(socks)}
-    for fd in index:
-        poller.register(fd, select.POLLIN)
-    closed: set[int] = set()
-    deadline = time.monotonic() + timeout
-    while len(closed) < want and index and time.monotonic() < deadline:
-        for fd, _ in poller.poll(100):
-            poller.unregister(fd)
-            i = index.pop(fd)
-            try:
-                data = socks[i].recv(1, socket.MSG_PEEK)
-            except ConnectionResetError:
-                data = b""
-            if data == b"":
-                closed.add(i)
-    return closed
 
 
 def echo_round_trip(addr: str, data: bytes = b"honest\r\n", ctx: ssl.SSLContext | None = None) -> None:
