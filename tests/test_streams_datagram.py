@@ -1,5 +1,5 @@
-"""sockcat.streams.datagram (SPEC §4): open_datagram, connect_datagram and Datagram over udp and unixgram, on real
-sockets."""
+"""sockcat.streams.datagram (docs/reference.md#library-api): open_datagram, connect_datagram and Datagram over udp and
+unixgram, on real sockets."""
 
 from __future__ import annotations
 
@@ -99,3 +99,20 @@ def test_connect_datagram_unixgram_autobinds(short_tmp: Path) -> None:
         assert src.is_abstract, "an autobound client has an abstract name replies can reach"
         server.sendto(b"a", src)
         assert c.recv() == b"a"
+
+
+def test_unixgram_close_does_not_remove_a_replacement_file(short_tmp: Path) -> None:
+    """Closing removes the socket file it bound, but not one another process put there since."""
+    path = str(short_tmp / "dg.sock")
+    mine = sockcat.open_datagram(f"unixgram:{path}")
+    os.unlink(path)
+    other = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        other.bind(path)
+        mine.close()
+        assert os.path.exists(path), "close removed a socket file that another socket owns"
+    finally:
+        other.close()
+    with sockcat.open_datagram(f"unixgram:{path}") as again:  # the stale file is taken over...
+        assert again.address.path == path
+    assert not os.path.exists(path)  # ...and removed on close, being its own

@@ -259,6 +259,36 @@ def connect_socket(
     return sock
 
 
+class SocketFile:
+    """The file of a Unix socket this process bound, to remove when its socket closes: only while it is still
+    that file (by device and inode). Another process may have put its own socket there since (after removing
+    ours as stale): that one is not ours to remove."""
+
+    __slots__ = ("dev", "ino", "path")
+
+    def __init__(self, path: str, dev: int, ino: int) -> None:
+        self.path = path
+        self.dev = dev
+        self.ino = ino
+
+    @classmethod
+    def of(cls, address: Address) -> SocketFile | None:
+        """The file ``address`` (just bound) names; None for other kinds, abstract names and autobind."""
+        if not address.is_unix or address.is_abstract or not address.path:
+            return None
+        try:
+            st = os.stat(address.path)
+        except OSError:
+            return None
+        return cls(os.path.abspath(address.path), st.st_dev, st.st_ino)
+
+    def remove(self) -> None:
+        with contextlib.suppress(OSError):
+            st = os.stat(self.path)
+            if (st.st_dev, st.st_ino) == (self.dev, self.ino):
+                os.unlink(self.path)
+
+
 def unix_stale(path: str, kind: int, where: str) -> None:
     """Remove a socket file left by a dead listener; refuse if a live one answers there
     (docs/reference.md#addresses)."""

@@ -178,7 +178,7 @@ def serve_on_loop(addresses: Sequence[Address], settings: Settings, make: Callab
                 code = 1
                 try:
                     for b in bound:
-                        b.listener._owned_path = None
+                        b.listener.socket_file = None
                     die_with_parent(parent)
                     _run_loop(bound, settings, make, [])
                     code = 0

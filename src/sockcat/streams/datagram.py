@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import errno
-import os
 import socket
 from types import TracebackType
 from typing import Any, Self
@@ -14,6 +12,7 @@ from sockcat.core.errors import NetworkError, Timeout, UsageError, network_error
 from sockcat.core.framing import to_bytes
 from sockcat.net.sockets import (
     RECV_SIZE,
+    SocketFile,
     SockOpts,
     autobind_unix,
     bind_socket,
@@ -37,7 +36,7 @@ class Datagram:
         self.address = address
         self.peer = peer
         self.scheme = address.scheme
-        self._owned_path: str | None = None
+        self.socket_file: SocketFile | None = None  # removed on close
 
     def _target(self, addr: Address | str) -> Any:
         a = Address.parse(addr)
@@ -100,10 +99,9 @@ class Datagram:
 
     def close(self) -> None:
         self.socket.close()
-        if self._owned_path:
-            with contextlib.suppress(OSError):
-                os.unlink(self._owned_path)
-            self._owned_path = None
+        owned, self.socket_file = self.socket_file, None
+        if owned is not None:
+            owned.remove()
 
     def __enter__(self) -> Self:
         return self
@@ -134,8 +132,7 @@ def open_datagram(
     else:
         sock, bound = bind_socket(addr, sockopts=opts)
     dg = Datagram(sock, bound)
-    if addr.is_unix and not addr.is_abstract and addr.path:
-        dg._owned_path = addr.path
+    dg.socket_file = SocketFile.of(addr)
     sock.settimeout(timeout)
     if connect is not None:
         peer = Address.parse(connect)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import os
 import socket
 import ssl
 from collections.abc import Iterator
@@ -22,6 +21,7 @@ from sockcat.net.options import SockOpt
 from sockcat.net.proxy import Proxy
 from sockcat.net.sockets import (
     RECV_SIZE,
+    SocketFile,
     SockOpts,
     bind_socket,
     connect_socket,
@@ -96,11 +96,7 @@ class Listener:
         self.fingerprint = fingerprint
         self.ws = ws or WsOptions()
         self._opts = tuple(o for o in sockopts if o.name not in ("reuseaddr", "reuseport", "v6only"))
-        self._owned_path: tuple[str, int, int] | None = None
-        if address.is_unix and not address.is_abstract:
-            with contextlib.suppress(OSError):
-                st = os.stat(address.path)
-                self._owned_path = (os.path.abspath(address.path), st.st_dev, st.st_ino)
+        self.socket_file = SocketFile.of(address)  # removed on close (a forked worker sets it to None)
 
     def accept_socket(self) -> tuple[socket.socket, Any]:
         """Accept one connection: the raw socket (TCP/Unix, before any TLS) and the peer's sockaddr."""
@@ -158,13 +154,9 @@ class Listener:
     def close(self) -> None:
         """Close, and remove the Unix socket file if it is still the one this listener made."""
         self.socket.close()
-        if self._owned_path is not None:
-            path, dev, ino = self._owned_path
-            self._owned_path = None
-            with contextlib.suppress(OSError):
-                st = os.stat(path)
-                if (st.st_dev, st.st_ino) == (dev, ino):
-                    os.unlink(path)
+        owned, self.socket_file = self.socket_file, None
+        if owned is not None:
+            owned.remove()
 
     def __enter__(self) -> Self:
         return self
