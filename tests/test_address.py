@@ -1,4 +1,5 @@
-"""The address syntax of SPEC §1 and the ``Address`` object of §4, tested through the public names only."""
+"""The address syntax of docs/reference.md#addresses and the ``Address`` object of #library-api, tested through the
+public names only."""
 
 from __future__ import annotations
 
@@ -50,7 +51,7 @@ def _ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
 
 
 def _loose_ipv4(host: str) -> bool:
-    """``inet_aton`` spellings such as ``127.1`` — whether these count as literals the SPEC leaves open."""
+    """``inet_aton`` spellings such as ``127.1`` — whether these count as literals the reference leaves open."""
     try:
         socket.inet_aton(host)
     except (OSError, ValueError):
@@ -117,7 +118,7 @@ def fields(addr: Address) -> tuple[object, ...]:
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Examples straight from the SPEC and the contract
+# Examples straight from the reference
 
 
 @pytest.mark.parametrize(

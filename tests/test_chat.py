@@ -1,4 +1,4 @@
-"""sockcat chat (SPEC §3): a real broker process, real clients (Python sockets, OpenBSD nc, socat), and the
+"""sockcat chat (docs/chat.md): a real broker process, real clients (Python sockets, OpenBSD nc, socat), and the
 pure protocol on a fake wire."""
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """`sockcat connect` / `sockcat listen` over datagram kinds (udp, udp6, unixgram) on real loopback sockets.
 
-SPEC §2: each stdin read is one datagram; replies go to stdout; the client exits once no reply has come for
-the idle timeout after stdin EOF (default 1 s, `-i` overrides); the listener prints payloads and sends stdin
+docs/reference.md#connect: each stdin read is one datagram; replies go to stdout; the client exits once no reply has
+come for the idle timeout after stdin EOF (default 1 s, `-i` overrides); the listener prints payloads and sends stdin
 back to the last sender; a unixgram client autobinds so replies can reach it.
 """
 

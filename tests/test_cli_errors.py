@@ -1,7 +1,8 @@
 """Every bad input to `sockcat connect` / `sockcat listen`: its exit status and ONE stderr line, never a traceback.
 
-SPEC §2: 0 ok, 1 network/runtime failure, 2 usage error; errors are `sockcat: error: WHAT` naming the
-address (host and port, or the socket path). SPEC §1: malformed addresses quote the whole address.
+docs/reference.md#exit-statuses: 0 ok, 1 network/runtime failure, 2 usage error; errors are `sockcat: error: WHAT`
+naming the address (host and port, or the socket path). docs/reference.md#addresses: malformed addresses quote the
+whole address.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """`sockcat listen --exec/--sh-exec` (inetd style) and TLS for `connect`/`listen`, on real loopback sockets.
 
-SPEC §2: each connection gets its own process with the socket as stdin/stdout and SOCKCAT_PEER/SOCKCAT_LOCAL in
-§1 syntax; a TLS listener without --cert prints `certificate sha256 …` (as `openssl x509 -fingerprint -sha256`);
-`connect tls://` verifies by default, `--insecure` skips, `--ca` trusts a CA. Peers: socat, ncat, openssl.
+docs/reference.md#listen: each connection gets its own process with the socket as stdin/stdout and
+SOCKCAT_PEER/SOCKCAT_LOCAL as addresses; a TLS listener without --cert prints `certificate sha256 …` (as `openssl
+x509 -fingerprint -sha256`); `connect tls://` verifies by default, `--insecure` skips, `--ca` trusts a CA. Peers:
+socat, ncat, openssl.
 """
 
 from __future__ import annotations
@@ -182,7 +183,7 @@ def test_exec_env_over_ipv6_and_unix(procs: list[Proc], short_tmp: Path) -> None
 
 
 def test_exec_unnamed_unix_peer_gets_an_empty_sockcat_peer(procs: list[Proc], short_tmp: Path) -> None:
-    """A client that never bound has no address in §1 syntax: SOCKCAT_PEER is set, and empty (never `unix:`)."""
+    """A client that never bound has no address to print: SOCKCAT_PEER is set, and empty (never `unix:`)."""
     path = short_tmp / "anon.sock"
     server, _ = start_listen(
         procs, "--sh-exec", 'printf "%s|%s|%s" "${SOCKCAT_PEER-unset}" "$SOCKCAT_LOCAL" x', f"unix:{path}"

@@ -1,7 +1,7 @@
 """`sockcat connect` / `sockcat listen` over every stream kind, on real loopback sockets with real peers.
 
-Covers SPEC §1 (stream addresses, Unix socket files) and §2 (connect/listen, half-close, -k, signals,
--v/--hexdump/--trace, -s, --sockopt). Peers: sockcat itself, socat, OpenBSD nc, ncat and plain sockets.
+Covers docs/reference.md#addresses (stream addresses, Unix socket files) and #commands (connect/listen, half-close,
+-k, signals, -v/--hexdump/--trace, -s, --sockopt). Peers: sockcat itself, socat, OpenBSD nc, ncat and plain sockets.
 """
 
 from __future__ import annotations
@@ -533,7 +533,7 @@ def test_verbose_logs_addresses_and_byte_counts(procs: list[Proc]) -> None:
 
 
 def test_verbose_names_an_unnamed_unix_peer_in_words(procs: list[Proc], short_tmp: Path) -> None:
-    """A Unix client that never bound has no §1 address: -v says so (with its pid), never a bare `unix:`."""
+    """A Unix client that never bound has no address to print: -v says so (with its pid), never a bare `unix:`."""
     path = short_tmp / "v.sock"
     server, bound = start_listen(procs, "-v", f"unix:{path}", data=b"hi")
     with socket.socket(socket.AF_UNIX) as c:

@@ -1,7 +1,7 @@
 """``sockcat relay LISTEN TARGET`` end to end: real loopback sockets, real peers (iperf3, curl, redis, socat, nc).
 
 Every relay is a real ``sockcat relay`` process; upstream servers are either real programs or small Python
-servers in threads (so a test can see what arrived and how a connection ended). SPEC §1 (addresses), §2 (relay).
+servers in threads (so a test can see what arrived and how a connection ended). docs/reference.md#addresses and #relay.
 """
 
 from __future__ import annotations
@@ -1685,7 +1685,7 @@ def test_unix_path_held_by_live_listener_exit_1(short_tmp: Path) -> None:
 def test_unnamed_unix_client_is_logged_in_words(
     start_relay: Callable[..., Relay], upstream: Callable[..., Upstream], short_tmp: Path
 ) -> None:
-    """A Unix client that never bound has no §1 address: -v names it in words, never as 'None' or 'unix:'."""
+    """A Unix client that never bound has no address to print: -v names it in words, never as 'None' or 'unix:'."""
     up = upstream(hasher)
     relay = start_relay(f"unix:{short_tmp / 'r.sock'}", up.url, verbose=True)
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:

@@ -1,5 +1,5 @@
-"""sockcat.streams.sync (SPEC §4): connect, listen, Stream and Listener on real loopback and Unix sockets, no
-mocks."""
+"""sockcat.streams.sync (docs/reference.md#library-api): connect, listen, Stream and Listener on real loopback and Unix
+sockets, no mocks."""
 
 from __future__ import annotations
 
