@@ -20,6 +20,7 @@ from sockcat.core.websocket import (
     MAX_SEND,
     ClientHandshake,
     HandshakeReader,
+    Keepalive,
     WsCore,
     WsError,
     WsOptions,
@@ -287,3 +288,24 @@ def test_the_fast_path_and_websockets_parser_agree(frames: list[tuple[int, bytes
     websockets parser. Both must give the same bytes and the same error, for valid and invalid frame sequences."""
     wire = b"".join(masked(op, data, fin=fin) for op, data, fin in frames)
     assert _outcome(wire, cut) == _outcome(wire, 1)
+
+
+def test_keepalive_pings_each_period_stops_after_our_close_and_ends_a_silent_peer() -> None:
+    client, server = opened()
+    ka = Keepalive(every=5.0, heard=100.0)
+    ping = ka.tick(client, 104.0)
+    assert ping
+    server.feed(ping)
+    assert server.read(10) is None  # a ping is no data...
+    pong = bytes(server.take_out())
+    assert pong  # ...but is answered
+    client.feed(pong)
+    assert client.pongs == 1
+    ka.heard = 105.0
+    client.encode_close()
+    assert ka.tick(client, 109.0) == b""  # after our Close no ping goes out...
+    assert ka.tick(client, 115.0) == b""  # (heard 10 s ago: two periods, not more)
+    assert ka.silent == 0
+    assert ka.tick(client, 115.1) is None  # ...but a peer silent for over two periods ends the connection
+    assert ka.silent == 10.0
+    assert ka.silence() == "nothing heard for 10 s (--ping)"

@@ -314,6 +314,29 @@ class WsCore:
 # --- the opening handshake ---------------------------------------------------------------------------
 
 
+@dataclass
+class Keepalive:
+    """``--ping``'s rule, for the sync and the asyncio channel alike (each brings its own clock and timer): every
+    ``every`` seconds a ping goes out, none after this side's Close; a peer heard from in neither of the last two
+    periods has gone silent, and the connection ends as an error."""
+
+    every: float
+    heard: float  # when the peer was last heard from (its bytes arrived)
+    silent: float = 0.0  # set once the peer has gone silent: for how long
+
+    def tick(self, core: WsCore, now: float) -> bytes | None:
+        """Called each period: the ping frame to send (``b""``: none is due), or None: the peer went silent."""
+        if now - self.heard > 2 * self.every:
+            self.silent = 2 * self.every
+            return None
+        if core.close_sent:
+            return b""  # nothing more goes out after our Close, but the silence is still watched
+        return core.encode_ping(b"sockcat")
+
+    def silence(self) -> str:
+        return f"nothing heard for {self.silent:g} s (--ping)"
+
+
 class HandshakeReader:
     """Reads an HTTP request (server side) or response (client side) head from the wire, bounded."""
 

@@ -18,7 +18,16 @@ from websockets.http11 import Request
 from sockcat.core.address import Address
 from sockcat.core.errors import NetworkError, Timeout
 from sockcat.core.untrusted import escape
-from sockcat.core.websocket import ClientHandshake, HandshakeReader, ServerAnswer, WsCore, WsError, WsOptions, answer
+from sockcat.core.websocket import (
+    ClientHandshake,
+    HandshakeReader,
+    Keepalive,
+    ServerAnswer,
+    WsCore,
+    WsError,
+    WsOptions,
+    answer,
+)
 from sockcat.streams.aio_tls import AioTLS
 from sockcat.streams.tlsio import drain_socket
 from sockcat.streams.wsio import RECV_SIZE, WS_HANDSHAKE_TIMEOUT, handshake_errors
@@ -34,9 +43,8 @@ class AioWS:
         self.loop = asyncio.get_running_loop()
         self._queue: list[bytes] = []
         self._pusher: asyncio.Future[None] | None = None
-        self._heard = time.monotonic()
-        self.silent = 0.0  # set by the keepalive when the peer stopped answering
-        self._pinger = self.loop.create_task(self._keepalive(ping)) if ping else None
+        self.keepalive = Keepalive(ping, time.monotonic()) if ping else None
+        self._pinger = self.loop.create_task(self._keepalive(self.keepalive)) if self.keepalive else None
 
     async def _raw_recv(self) -> bytes:
         if self.tls is not None:
@@ -80,9 +88,10 @@ class AioWS:
                     await self._end_transport()
                 return data
             raw = await self._raw_recv()
-            if self.silent:
-                raise Timeout(errno.ETIMEDOUT, f"nothing heard for {self.silent:g} s (--ping)")
-            self._heard = time.monotonic()
+            if self.keepalive is not None:
+                if self.keepalive.silent:
+                    raise Timeout(errno.ETIMEDOUT, self.keepalive.silence())
+                self.keepalive.heard = time.monotonic()
             try:
                 self.core.feed(raw)
             except WsError as exc:
@@ -117,19 +126,18 @@ class AioWS:
                 await self.tls.close_notify()
             self.sock.shutdown(socket.SHUT_WR)
 
-    async def _keepalive(self, every: float) -> None:
+    async def _keepalive(self, keepalive: Keepalive) -> None:
         while True:
-            await asyncio.sleep(every)
-            if time.monotonic() - self._heard > 2 * every:
-                self.silent = 2 * every
+            await asyncio.sleep(keepalive.every)
+            ping = keepalive.tick(self.core, time.monotonic())
+            if ping is None:
                 with contextlib.suppress(OSError):
                     self.sock.shutdown(socket.SHUT_RDWR)  # the reader wakes up, and reports the silence
                 return
-            if self.core.close_sent:
-                continue  # nothing more goes out after our Close, but the silence is still watched
-            self._queue.append(self.core.encode_ping(b"sockcat"))
-            with contextlib.suppress(OSError):
-                await self._push()
+            if ping:
+                self._queue.append(ping)
+                with contextlib.suppress(OSError):
+                    await self._push()
 
     def close(self) -> None:
         if self._pinger is not None:

@@ -21,7 +21,16 @@ from websockets.http11 import Request
 from sockcat.core.address import Address
 from sockcat.core.errors import NetworkError, Timeout, network_error
 from sockcat.core.untrusted import escape
-from sockcat.core.websocket import ClientHandshake, HandshakeReader, ServerAnswer, WsCore, WsError, WsOptions, answer
+from sockcat.core.websocket import (
+    ClientHandshake,
+    HandshakeReader,
+    Keepalive,
+    ServerAnswer,
+    WsCore,
+    WsError,
+    WsOptions,
+    answer,
+)
 from sockcat.net import trace as _trace
 from sockcat.streams.tlsio import TLS_HANDSHAKE_TIMEOUT, TLSChannel, drain_socket
 
@@ -73,11 +82,10 @@ class WSChannel:
         self._send = threading.Lock()  # whoever holds it puts queued control frames on the wire
         self._queued = bytearray()  # pongs the reader owes, sent by whoever holds _send next
         self._queue_lock = threading.Lock()
-        self._heard = time.monotonic()
         self._ended = threading.Event()
-        self.silent = 0.0  # set by the keepalive when the peer stopped answering
+        self.keepalive = Keepalive(ping, time.monotonic()) if ping else None
         if ping:
-            threading.Thread(target=self._keepalive, args=(ping,), name="sockcat ws ping", daemon=True).start()
+            threading.Thread(target=self._keepalive, name="sockcat ws ping", daemon=True).start()
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -99,9 +107,10 @@ class WSChannel:
                         self._peer_ended()
                     return data
                 raw = self._wire.recv(RECV_SIZE)
-                if self.silent:
-                    raise Timeout(errno.ETIMEDOUT, f"nothing heard for {self.silent:g} s (--ping)")
-                self._heard = time.monotonic()
+                if self.keepalive is not None:
+                    if self.keepalive.silent:
+                        raise Timeout(errno.ETIMEDOUT, self.keepalive.silence())
+                    self.keepalive.heard = time.monotonic()
                 try:
                     self.core.feed(raw)
                 except WsError as exc:
@@ -176,17 +185,17 @@ class WSChannel:
                 with contextlib.suppress(OSError):
                     self._wire.shutdown_write()
 
-    def _keepalive(self, every: float) -> None:
-        while not self._ended.wait(every):
-            if time.monotonic() - self._heard > 2 * every:
-                self.silent = 2 * every
+    def _keepalive(self) -> None:
+        assert self.keepalive is not None
+        while not self._ended.wait(self.keepalive.every):
+            ping = self.keepalive.tick(self.core, time.monotonic())
+            if ping is None:
                 with contextlib.suppress(OSError):
                     self.sock.shutdown(socket.SHUT_RDWR)  # the reader wakes up, and reports the silence
                 return
-            if self.core.close_sent:
-                continue  # nothing more goes out after our Close, but the silence is still watched
-            with contextlib.suppress(OSError, NetworkError):
-                self._owe(self.core.encode_ping(b"sockcat"))
+            if ping:
+                with contextlib.suppress(OSError, NetworkError):
+                    self._owe(ping)
 
     def close(self) -> None:
         """End the connection. If our Close went out and the peer's has not come, wait for it a moment
