@@ -561,6 +561,29 @@ def test_ping_ends_a_connection_to_a_peer_that_went_silent() -> None:
     assert b"nothing heard for 0.6 s (--ping)" in err and err.count(b"\n") == 1, err
 
 
+def test_serve_ping_ends_a_client_that_went_silent_and_serves_on(procs: list[Proc]) -> None:
+    """A client that upgrades and then answers no ping: ``serve --ping 0.3`` ends it after 0.6 s of silence, with
+    one line saying why, and goes on serving a client that does answer."""
+    p, addr = start(procs, "serve", "echo", "-v", "--ping", "0.3", "ws://127.0.0.1:0/")
+    port = port_of(addr)
+    with _raw_upgrade(port) as mute:
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += mute.recv(4096)
+        assert head.startswith(b"HTTP/1.1 101"), head
+        frames = head.partition(b"\r\n\r\n")[2]
+        try:
+            while chunk := mute.recv(4096):  # pings, unanswered, until the server ends the connection
+                frames += chunk
+        except ConnectionResetError:
+            pass
+    assert frames.startswith(b"\x89\x07sockcat"), frames  # unmasked ping frames from the server
+    p.wait_stderr("nothing heard for 0.6 s (--ping): closing")
+    with ws_connect(f"ws://127.0.0.1:{port}/", open_timeout=TIMEOUT) as client:
+        client.send(b"still here")
+        assert client.recv(timeout=TIMEOUT) == b"still here"
+
+
 def test_subprotocol_headers_and_message_bound(procs: list[Proc]) -> None:
     script = 'echo "auth=$HTTP_AUTHORIZATION proto=$HTTP_SEC_WEBSOCKET_PROTOCOL"'
     args = ("listen", "-k", "ws://127.0.0.1:0/", "--protocol", "chat.v2", "--sh-exec", script)

@@ -13,7 +13,7 @@ import asyncio
 from websockets.http11 import Request
 
 from sockcat.core.services import CHARGEN_CHUNK, daytime_line
-from sockcat.core.websocket import HandshakeReader, WsCore, WsError, WsOptions, answer
+from sockcat.core.websocket import HandshakeReader, Keepalive, WsCore, WsError, WsOptions, answer
 from sockcat.engines.services.common import WRITE_HIGH_WATER, _Shared
 from sockcat.engines.services.stream import _Conn
 
@@ -22,7 +22,7 @@ _READ = 1 << 20
 
 
 class WsService(_Conn, asyncio.Protocol):
-    __slots__ = ("core", "heard", "hs", "opts", "paused", "resource", "service", "timer")
+    __slots__ = ("core", "hs", "keepalive", "opts", "paused", "resource", "service", "timer")
 
     def __init__(self, shared: _Shared, service: str, resource: str, opts: WsOptions) -> None:
         super().__init__(shared)
@@ -33,7 +33,7 @@ class WsService(_Conn, asyncio.Protocol):
         self.core: WsCore | None = None
         self.timer: asyncio.TimerHandle | None = None
         self.paused = False
-        self.heard = 0.0
+        self.keepalive: Keepalive | None = None
 
     def start(self, transport: asyncio.Transport) -> None:
         self.timer = self.shared.loop.call_later(WS_HANDSHAKE_TIMEOUT, self._too_slow)
@@ -87,8 +87,8 @@ class WsService(_Conn, asyncio.Protocol):
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
-        self.heard = self.shared.loop.time()
         if self.opts.ping:
+            self.keepalive = Keepalive(self.opts.ping, self.shared.loop.time())
             self.timer = self.shared.loop.call_later(self.opts.ping, self._ping)
         if self.service == "daytime":
             t.write(self.core.encode(daytime_line()) + self.core.encode_close())
@@ -96,7 +96,8 @@ class WsService(_Conn, asyncio.Protocol):
             self._fill()
 
     def _serve(self, t: asyncio.Transport, core: WsCore) -> None:
-        self.heard = self.shared.loop.time()
+        if self.keepalive is not None:
+            self.keepalive.heard = self.shared.loop.time()
         while data := core.read(_READ):
             if self.service == "echo" and not core.close_sent:
                 out = core.encode(data)
@@ -120,16 +121,17 @@ class WsService(_Conn, asyncio.Protocol):
 
     # --- keepalive, chargen, backpressure ---------------------------------------------------------------------
     def _ping(self) -> None:
-        t, core, every = self.transport, self.core, self.opts.ping
-        if t is None or core is None or not every:
+        t, core, keepalive = self.transport, self.core, self.keepalive
+        if t is None or core is None or keepalive is None:
             return
-        if self.shared.loop.time() - self.heard > 2 * every:
-            self.shared.log.info(f"{self.peer or 'a client'}: no answer to pings for {2 * every:g} s: closing")
+        ping = keepalive.tick(core, self.shared.loop.time())
+        if ping is None:
+            self.shared.log.info(f"{self.peer or 'a client'}: {keepalive.silence()}: closing")
             t.abort()
             return
-        if not core.close_sent:
-            t.write(core.encode_ping(b"sockcat"))
-        self.timer = self.shared.loop.call_later(every, self._ping)
+        if ping:
+            t.write(ping)
+        self.timer = self.shared.loop.call_later(keepalive.every, self._ping)
 
     def _fill(self) -> None:
         t, core = self.transport, self.core
