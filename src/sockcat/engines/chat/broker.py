@@ -42,6 +42,10 @@ class Client(Protocol):
     def send(self, line: str) -> None: ...
 
     room_from: int
+    unacked: list[int]
+    transport: asyncio.Transport | None
+
+    def backlog(self) -> None: ...
 
     def send_bytes(self, data: bytes) -> None: ...
 
@@ -221,8 +225,24 @@ class Broker:
         self.room, self.room_skip = [], {}
         blob = b"".join(room)
         senders = set(skip.values())
-        for client in dirty.union(self.online.values()):
+        general = dirty.union(senders) if senders else dirty
+        for client in general:
             client.flush(room, blob, skip if client in senders else None)
+        # Everyone else online gets the room's lines as they are, shared: one write each, nothing else on the way
+        # (what Client.flush would do, without its checks that cannot apply here), and the write buffer looked at
+        # only when the kernel did not take it all. The last clients of a line wait for everyone before them.
+        for client in self.online.values():
+            if client in general:
+                continue
+            t = client.transport
+            if t is None:
+                continue
+            if client.room_from or client.unacked:
+                client.flush(room, blob)
+                continue
+            t.write(blob)
+            if t.get_write_buffer_size():
+                client.backlog()
 
     # --- backpressure --------------------------------------------------------------------------------------------
     def fell_behind(self, client: Client) -> None:

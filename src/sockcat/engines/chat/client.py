@@ -265,6 +265,14 @@ class Client(asyncio.Protocol):
             if not joined:
                 return
             t.write(joined)
+        self.backlog()
+
+    def backlog(self) -> None:
+        """After a write: a client this far behind is disconnected, or holds the broker back; one that took
+        everything has its stored messages delivered."""
+        t = self.transport
+        if t is None:
+            return
         size = t.get_write_buffer_size()
         if size > SLOW_CLIENT:
             self.broker.opts.log.info(f"{self.peer}: not reading; disconnected")
