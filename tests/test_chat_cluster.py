@@ -5,6 +5,7 @@ once their leases end; a broker that loses Redis keeps serving its own users, sa
 
 from __future__ import annotations
 
+import json
 import signal
 import socket
 import subprocess
@@ -14,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis as redis_client
 import trustme
 from conftest import TIMEOUT, Proc, free_port, require, run_sockcat, sockcat, wait_port, wait_until
 
@@ -257,6 +259,36 @@ def test_offline_mail_is_kept_in_redis_and_delivered_once_on_any_broker(redis: R
         return hello.startswith("* hello 小王;") and rest.startswith("* online")  # no mail line in between
 
     wait_until(empty, "the delivered mail gone from Redis", interval=0.3)
+
+
+def test_old_mail_expires_in_redis_and_names_are_never_its_keys(redis: Redis, procs: list[Proc]) -> None:
+    """Mail kept longer than the expiry (30 days) is dropped, with its counts, by the next broker that reaches
+    Redis; the rest is delivered. A user named ``total`` (a name like the keys beside the mailboxes) has a
+    mailbox like anyone's."""
+    a, pa = broker(procs, redis.url)
+    zhang = join(pa, "小张")
+    for to, text in [("total", "for total"), ("小王", "old"), ("小王", "new")]:
+        zhang.send(f"/msg {to} {text}")
+        assert zhang.line() == f"* {to} is offline; message stored"
+    zhang.close()
+    a.p.send_signal(signal.SIGTERM)  # (its own expiry, a second after it started, must not be the one seen)
+    assert a.wait() == 0
+    r = redis_client.Redis(port=redis.port, decode_responses=True)
+    box = "sockcat:mail:box:小王"
+    oldest = json.loads(r.lindex(box, 0))
+    assert oldest["t"] == "old"
+    oldest["c"] -= 31 * 86400  # as if kept since a month ago
+    r.lset(box, 0, json.dumps(oldest))
+    b, pb = broker(procs, redis.url)  # expires on reaching Redis
+    b.wait_stderr("cluster: 1 stored messages older than 30 days dropped")
+    assert r.get("sockcat:mail:total") == "2"
+    wang = join(pb, "小王")
+    assert wang.line() == "*小张* new"
+    total = join(pb, "total")
+    assert total.line() == "*小张* for total"
+    wait_until(lambda: r.get("sockcat:mail:total") == "0", "the delivered mail out of the counts")
+    assert r.hget("sockcat:mail:by-sender", "小张") == "0"
+    assert r.llen(box) == 0 and r.llen("sockcat:mail:box:total") == 0
 
 
 def test_a_name_registered_on_one_broker_is_protected_on_all(redis: Redis, procs: list[Proc]) -> None:

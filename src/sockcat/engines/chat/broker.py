@@ -268,6 +268,7 @@ class Broker:
     async def _sweep(self) -> None:
         """Once a second: clients stuck behind, joined users idle past -i, expired mail (hourly)."""
         last_expiry = time.monotonic()
+        cluster_expiry = 0.0  # when Redis's mail is next expired: once reachable, then hourly
         while True:
             await asyncio.sleep(1.0)
             now = time.monotonic()
@@ -280,6 +281,10 @@ class Broker:
                 for client in list(self.online.values()):
                     if now - client.last_line > idle:
                         client.quit(proto.notice(f"idle for {idle:g} s; bye"))
+            cluster = self.cluster
+            if cluster is not None and cluster.up and now >= cluster_expiry:
+                cluster_expiry = now + 3600
+                cluster.later(cluster.expire_mail(self.store.quotas.expiry))
             if now - last_expiry > 3600:
                 last_expiry = now
                 with contextlib.suppress(Exception):
