@@ -230,16 +230,18 @@ class Cluster:
     async def stop(self) -> None:
         for t in self._tasks:
             t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(BaseException):
-                await t
+        if self._tasks:
+            # A task cancelled in the middle of a redis-py pipeline may take long to unwind, or never (seen: the
+            # publisher stopped in a pipeline's exit): the stop does not wait for it past a second.
+            await asyncio.wait(self._tasks, timeout=1.0)
         if self.up and self.held:
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(1.0):
                     for key in list(self.held):
                         await self._release(keys=self._release_keys(key), args=[self.node, key])
         with contextlib.suppress(Exception):
-            await self.redis.aclose()
+            async with asyncio.timeout(1.0):
+                await self.redis.aclose()
 
     def _state(self, up: bool, why: str = "") -> None:
         if up == self.up and self._known:
