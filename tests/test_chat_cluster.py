@@ -5,9 +5,11 @@ once their leases end; a broker that loses Redis keeps serving its own users, sa
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import socket
+import sqlite3
 import subprocess
 import threading
 import uuid
@@ -289,6 +291,34 @@ def test_old_mail_expires_in_redis_and_names_are_never_its_keys(redis: Redis, pr
     wait_until(lambda: r.get("sockcat:mail:total") == "0", "the delivered mail out of the counts")
     assert r.hget("sockcat:mail:by-sender", "小张") == "0"
     assert r.llen(box) == 0 and r.llen("sockcat:mail:box:total") == 0
+
+
+def test_mail_kept_before_cluster_is_handed_over_to_redis(redis: Redis, procs: list[Proc], tmp_path: Path) -> None:
+    """Mail a broker stored on its own (no ``--cluster``) is not stranded when it joins a cluster: it moves into
+    Redis, in order, and the recipient gets it on another broker, once."""
+    db = str(tmp_path / "own.sqlite3")
+    alone = Proc(sockcat("chat", "--db", db, "tcp://127.0.0.1:0"))
+    procs.append(alone)
+    zhang = join(Address.parse(alone.read_listening()).port, "小张")
+    for i in range(3):
+        zhang.send(f"/msg 小王 旧 {i}")
+        assert zhang.line() == "* 小王 is offline; message stored"
+    zhang.close()
+    alone.p.send_signal(signal.SIGTERM)
+    assert alone.wait() == 0
+    a = Proc(sockcat("-v", "chat", "--db", db, "--cluster", redis.url, "tcp://127.0.0.1:0"))
+    procs.append(a)
+    a.read_listening()
+    a.wait_stderr("cluster: 3 stored messages handed over to Redis")
+    with contextlib.closing(sqlite3.connect(db)) as own:
+        assert own.execute("SELECT COUNT(*) FROM mail").fetchone()[0] == 0  # moved, not copied
+    _b, pb = broker(procs, redis.url)
+    wang = join(pb, "小王")
+    assert [wang.line() for _ in range(3)] == [f"*小张* 旧 {i}" for i in range(3)]
+    wang.send("/who")
+    assert wang.line().startswith("* online"), "a message came twice"
+    r = redis_client.Redis(port=redis.port, decode_responses=True)
+    wait_until(lambda: r.get("sockcat:mail:total") == "0", "the delivered mail out of Redis")
 
 
 def test_a_name_registered_on_one_broker_is_protected_on_all(redis: Redis, procs: list[Proc]) -> None:

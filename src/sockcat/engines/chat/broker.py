@@ -139,6 +139,26 @@ class Broker:
         if client is not None:
             client.quit(proto.error("another broker gave your name to someone while this one was cut off; bye"))
 
+    async def _hand_over_mail(self, cluster: Cluster) -> None:
+        """Mail in this broker's own store (kept before it ran with ``--cluster``) moves into Redis, where the
+        broker its recipient joins hands it out: stored there, then deleted here (a broker killed in between hands
+        a message over twice, never loses one). What Redis's quotas refuse stays here, for the next try."""
+        moved_all = 0
+        while rows := self.store.oldest(500):
+            moved = await cluster.adopt_mail(rows, self.store.quotas)
+            if moved:
+                await self.store.remove(moved)
+                moved_all += len(moved)
+            if moved is None or len(moved) < len(rows):
+                if moved is not None:
+                    self.opts.log.info(
+                        f"cluster: {len(rows) - len(moved)} stored messages stay in this broker's own store: "
+                        "Redis's quotas refused them"
+                    )
+                break
+        if moved_all:
+            self.opts.log.info(f"cluster: {moved_all} stored messages handed over to Redis")
+
     def _cluster_state(self, up: bool) -> None:
         if up:
             text = "the cluster is reachable again: lines reach users on every broker"
@@ -285,6 +305,7 @@ class Broker:
             if cluster is not None and cluster.up and now >= cluster_expiry:
                 cluster_expiry = now + 3600
                 cluster.later(cluster.expire_mail(self.store.quotas.expiry))
+                cluster.later(self._hand_over_mail(cluster))
             if now - last_expiry > 3600:
                 last_expiry = now
                 with contextlib.suppress(Exception):

@@ -455,6 +455,23 @@ class Cluster:
         if page:
             await self._call(lambda: self._delivered(keys=self._mail_keys(recipient), args=page), 0)
 
+    async def adopt_mail(self, rows: list[tuple[int, str, str, str, str, str, float]], quotas: Any) -> list[int] | None:
+        """Keep messages of a broker's own store in Redis (``ChatStore.oldest``'s rows), with the time they were
+        first stored: the ids Redis took (a quota may refuse some), None if Redis is down."""
+        limits = [quotas.per_recipient, quotas.per_sender, quotas.per_origin, quotas.total]
+
+        async def run() -> list[int]:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for _id, recipient, sender, sender_key, origin, text, created in rows:
+                    message = json.dumps({"s": sender, "t": text, "k": sender_key, "o": origin, "c": created})
+                    keys = [*self._mail_keys(recipient), _MAILBOXES]
+                    await self._store(keys=keys, args=[message, sender_key, origin, *limits, recipient], client=pipe)
+                results = await pipe.execute()
+            return [row[0] for row, result in zip(rows, results, strict=True) if int(result) == 0]
+
+        result: list[int] | None = await self._call(run, None)
+        return result
+
     async def expire_mail(self, age: float) -> int | None:
         """Drop the messages kept for longer than ``age`` seconds, in every mailbox: how many (None: Redis is down)."""
         result = await self._call(

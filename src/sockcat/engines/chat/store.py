@@ -251,6 +251,19 @@ class ChatStore:
         )
         return [r for r in rows if r[0] not in self._gone][: self.quotas.page]
 
+    def oldest(self, limit: int) -> list[tuple[int, str, str, str, str, str, float]]:
+        """Up to ``limit`` waiting messages, oldest first, whoever they are for: (id, recipient, sender,
+        sender_key, origin, text, created)."""
+        rows = self._query(
+            "SELECT id, recipient, sender, sender_key, origin, text, created FROM mail ORDER BY id LIMIT ?",
+            (limit + len(self._gone),),
+        )
+        return [r for r in rows if r[0] not in self._gone][:limit]
+
+    async def remove(self, ids: list[int]) -> None:
+        """Delete these messages (handed over elsewhere), committed on return."""
+        await self.write(lambda db: db.executemany("DELETE FROM mail WHERE id = ?", [(i,) for i in ids]))
+
     def delivered(self, ids: list[int]) -> None:
         """These messages reached their recipient's socket: delete them (committed in the next batch)."""
         self._gone.update(ids)
