@@ -6,10 +6,12 @@ once their leases end; a broker that loses Redis keeps serving its own users, sa
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import signal
 import socket
 import sqlite3
+import ssl
 import subprocess
 import threading
 import uuid
@@ -507,3 +509,20 @@ def test_rediss_with_a_cluster_ca(procs: list[Proc], tmp_path: Path) -> None:
     assert "unreachable" in bad.wait_stderr(f"cluster {url}")[0]
     r2 = run_sockcat("chat", "--db", ":memory:", "--cluster-ca", "x.pem", "tcp://127.0.0.1:0")
     assert r2.returncode == 2 and b"needs a rediss://" in r2.stderr
+
+    # --pin: exactly Redis's certificate, with no CA (the name is not checked either: 127.0.0.2 is not in it)
+    der = ssl.PEM_cert_to_DER_cert(cert.cert_chain_pems[0].bytes().decode())
+    fingerprint = ":".join(f"{b:02X}" for b in hashlib.sha256(der).digest())
+    pinned = Proc(sockcat("-v", "chat", "--db", ":memory:", "--cluster", url.replace("127.0.0.1", "localhost"),
+                          "--pin", fingerprint.lower(), "tcp://127.0.0.1:0"))  # fmt: skip
+    procs.append(pinned)
+    pinned.read_listening()
+    pinned.wait_stderr(": connected")
+    wrong = Proc(sockcat("-v", "chat", "--db", ":memory:", "--cluster", url, "--pin", "00" * 32, "tcp://127.0.0.1:0"))
+    procs.append(wrong)
+    wrong.read_listening()
+    line = wrong.wait_stderr(f"cluster {url}")[0]
+    assert "unreachable" in line and f"the certificate is not the pinned one (its sha256 is {fingerprint})" in line
+    for bad, why in [(["--pin", "xyz"], b"bad --pin"), (["--pin", fingerprint, "--cluster-ca", capem], b"give one")]:
+        r3 = run_sockcat("chat", "--db", ":memory:", "--cluster", url, *bad, "tcp://127.0.0.1:0")
+        assert r3.returncode == 2 and why in r3.stderr and r3.stderr.count(b"\n") == 1, r3.stderr

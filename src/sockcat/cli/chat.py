@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from sockcat.cli.common import access_options, seconds, size, timeout_or_none, tls_listen_options
+from sockcat.cli.common import access_options, pin_option, seconds, size, timeout_or_none, tls_listen_options
 from sockcat.core.log import Log
 
 
@@ -46,6 +46,7 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     c.add_argument("--cluster-ca", metavar="PEM", help="trust these CAs for Redis (default: the system's)")
     c.add_argument("--cluster-cert", metavar="PEM", help="client certificate for Redis")
     c.add_argument("--cluster-key", metavar="PEM", help="its private key (default: in the --cluster-cert file)")
+    pin_option(c)
     p.add_argument("-i", "--idle-timeout", type=seconds, metavar="S", help="disconnect joined users idle for S seconds")
     access_options(p, max_conns=10_000, cap="connections at once")
     t = tls_listen_options(p)
@@ -84,10 +85,21 @@ def run(args: argparse.Namespace, log: Log) -> None:
 
         parse_url(args.cluster)  # a bad URL is a usage error before anything starts
         opts.cluster = args.cluster
-        opts.cluster_tls = {"ca_certs": args.cluster_ca, "certfile": args.cluster_cert, "keyfile": args.cluster_key}
-    tls_given = [o for o in ("cluster_ca", "cluster_cert", "cluster_key") if getattr(args, o)]
+        opts.cluster_tls = {
+            "ca_certs": args.cluster_ca,
+            "certfile": args.cluster_cert,
+            "keyfile": args.cluster_key,
+            "pin": args.pin,
+        }
+    tls_given = [o for o in ("cluster_ca", "cluster_cert", "cluster_key", "pin") if getattr(args, o)]
     if tls_given and not (args.cluster or "").startswith("rediss:"):
         raise UsageError(f"--{tls_given[0].replace('_', '-')} needs a rediss:// --cluster URL")
+    if args.pin:
+        from sockcat.net.pin import parse_pin
+
+        parse_pin(args.pin)  # a bad fingerprint is a usage error before anything starts
+        if args.cluster_ca:
+            raise UsageError("--pin and --cluster-ca: a pinned certificate is trusted without a CA; give one of them")
     if (args.origin or args.max_message) and not any(a.is_ws for a in addresses):
         raise UsageError("--origin/--max-message need a WebSocket address (ws://, wss:// or ws+unix:)")
     from sockcat.cli.common import check_origins

@@ -45,7 +45,15 @@ def check_pin(ctx: ssl.SSLContext, der: bytes | None, where: str) -> None:
     pin = pinned(ctx)
     if pin is None:
         return
+    wrong = pin_mismatch(pin, der)
+    if wrong is not None:
+        raise NetworkError(errno.EPROTO, f"{where}: {wrong}")
+
+
+def pin_mismatch(pin: bytes, der: bytes | None) -> str | None:
+    """Why the DER certificate ``der`` is not the one ``pin`` names (None: it is)."""
     got = hashlib.sha256(der).digest() if der else b""
-    if not hmac.compare_digest(got, pin):
-        shown = ":".join(f"{b:02X}" for b in got) if got else "none"
-        raise NetworkError(errno.EPROTO, f"{where}: the certificate is not the pinned one (its sha256 is {shown})")
+    if hmac.compare_digest(got, pin):
+        return None
+    shown = ":".join(f"{b:02X}" for b in got) if got else "none"
+    return f"the certificate is not the pinned one (its sha256 is {shown})"

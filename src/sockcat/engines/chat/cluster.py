@@ -35,6 +35,7 @@ from typing import Any
 
 from sockcat.core.errors import UsageError
 from sockcat.core.log import Log
+from sockcat.net.pin import parse_pin, pin_mismatch
 
 NAME_LEASE = 5.0  # seconds a name stays held after its broker stopped renewing it
 _RENEW = NAME_LEASE / 3
@@ -170,6 +171,25 @@ def shown_url(url: str) -> str:
     return urllib.parse.urlunsplit((parts.scheme, user + host, parts.path, parts.query, parts.fragment))
 
 
+def _pinned_connection(pin: bytes) -> type:
+    """redis-py's TLS connection class, checking after each handshake that Redis's certificate is the pinned one
+    (``--pin``: no chain or host name is verified, as for sockcat's own TLS clients)."""
+    from redis.asyncio.connection import SSLConnection
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    class Pinned(SSLConnection):
+        async def _connect(self) -> None:
+            await super()._connect()  # type: ignore[no-untyped-call]  # (redis-py leaves it untyped)
+            ssl_object = self._writer.get_extra_info("ssl_object") if self._writer is not None else None
+            der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+            wrong = pin_mismatch(pin, der)
+            if wrong is not None:
+                await self.disconnect()
+                raise RedisConnectionError(wrong)
+
+    return Pinned
+
+
 class Cluster:
     """One broker's link to the others. ``on_room(line)`` and ``on_direct(key, line)`` are called for lines
     published by other brokers; ``on_state(up)`` when Redis is reached or lost."""
@@ -194,8 +214,14 @@ class Cluster:
         # health checks: an idle connection is pinged every second, so one cut off silently (a partition drops
         # packets, nothing resets) is found dead within ~3 s rather than when TCP gives up
         extra: dict[str, Any] = {}
-        if self.url.startswith("rediss:"):  # verified against the system's CAs, or --cluster-ca
-            extra = {f"ssl_{k}": v for k, v in (tls or {}).items() if v}
+        if self.url.startswith("rediss:"):  # verified against the system's CAs, or --cluster-ca, or --pin
+            given = dict(tls or {})
+            pin = given.pop("pin", None)
+            extra = {f"ssl_{k}": v for k, v in given.items() if v}
+            if pin:
+                extra.update(
+                    ssl_cert_reqs="none", ssl_check_hostname=False, connection_class=_pinned_connection(parse_pin(pin))
+                )
         self.redis: Any = aredis.from_url(
             self.url, socket_timeout=2.0, socket_connect_timeout=2.0, health_check_interval=1, **extra
         )
