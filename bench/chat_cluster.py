@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from _common import cpu_seconds, free_port, wait_tcp
-from chat_flood import PAD, SAMPLE, Receiver, _until_done, timed_lines
+from chat_flood import PAD, SAMPLE, Receiver, _until_done, rss, timed_lines
 
 
 async def connect_split(ports: list[int], clients: int) -> list[Receiver]:
@@ -98,6 +98,74 @@ async def failover(redis_url: str, clients: int) -> dict[str, Any]:
         for _r, w in [*names_back, (probe_r, probe_w)]:
             w.close()
         return {"all_rejoined_s": joined, "all_heard_s": heard}
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+
+
+async def scale(redis_url: str, clients: int, brokers: int, lines: int) -> dict[str, Any]:
+    """``clients`` users joining ``brokers`` brokers on one Redis (dealt round-robin): seconds until all are
+    joined, until the join notices (each join is announced to everyone) have all arrived, each broker's memory per
+    client it holds; then one sender per broker writes ``lines`` lines and every client must get every other
+    sender's lines, exactly."""
+    loop = asyncio.get_running_loop()
+    ports, procs = [free_port() for _ in range(brokers)], []
+    try:
+        for port in ports:
+            argv = ["sockcat", "-q", "chat", f"tcp://127.0.0.1:{port}", "--db", ":memory:", "--line-rate", "0"]
+            p = subprocess.Popen([*argv, "--max-conns", str(clients + 10), "--cluster", redis_url])
+            procs.append(p)
+            wait_tcp(port, p)
+        await asyncio.sleep(1.0)  # every broker subscribed
+        before = [rss(p.pid) for p in procs]
+        t0 = time.perf_counter()
+        rs: list[Receiver] = []
+        for i in range(clients):
+            _t, r = await loop.create_connection(functools.partial(Receiver, False), "127.0.0.1", ports[i % brokers])
+            rs.append(r)
+        for r in rs:
+            await r.ready
+        for i, r in enumerate(rs):
+            assert r.transport is not None
+            r.transport.write(f"c{i}\n".encode())
+        while any(r.lines == 0 for r in rs):  # each one's "* hello" line
+            await asyncio.sleep(0.01)
+        joined = time.perf_counter() - t0
+        total, quiet_since = -1, time.perf_counter()
+        while time.perf_counter() - quiet_since < 1.0:  # the join notices: until nothing has come for a second
+            now_total = sum(r.lines for r in rs)
+            if now_total != total:
+                total, quiet_since = now_total, time.perf_counter()
+            await asyncio.sleep(0.05)
+        settled = quiet_since - t0
+        notices = total - clients  # (without the hello lines)
+        held = [len(range(b, clients, brokers)) for b in range(brokers)]
+        per_client = [(rss(p.pid) - b0) / n for p, b0, n in zip(procs, before, held, strict=True)]
+        for r in rs:
+            r.lines = 0
+        t1 = time.perf_counter()
+        for s in range(brokers):  # client s sits on broker s
+            t = rs[s].transport
+            assert t is not None
+            t.write(b"".join(b"m%d %d %.6f %s\n" % (s, k, time.monotonic(), PAD) for k in range(lines)))
+        want = [(brokers - (1 if i < brokers else 0)) * lines for i in range(clients)]
+        secs = await _until_done(rs, want, t1)
+        lost = sum(want) - sum(min(r.lines, w) for r, w in zip(rs, want, strict=True))
+        extra = sum(max(0, r.lines - w) for r, w in zip(rs, want, strict=True))
+        for r in rs:
+            if r.transport is not None:
+                r.transport.close()
+        return {
+            "joined_s": joined,
+            "notices_settled_s": settled,
+            "join_notices": notices,
+            "bytes_per_client": per_client,
+            "deliveries": sum(want),
+            "deliver_s": secs,
+            "lost": lost,
+            "extra": extra,
+        }
     finally:
         for p in procs:
             p.kill()
@@ -209,6 +277,8 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--failover", type=int, default=200, metavar="N", help="users moved by the failover test (0: none)")
+    ap.add_argument("--scale", type=int, default=10_000, metavar="N", help="users of the scale test (0: none)")
+    ap.add_argument("--scale-brokers", type=int, default=3, metavar="B", help="brokers of the scale test")
     args = ap.parse_args()
     for tool in ("sockcat", "redis-server"):
         if shutil.which(tool) is None:
@@ -240,6 +310,21 @@ def main() -> None:
                 redis_proc.kill()
                 redis_proc.wait()
 
+        scales = []
+        for _ in range(args.runs if args.scale else 0):
+            port = free_port()
+            redis_proc = subprocess.Popen(
+                ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", tmp],
+                stdout=subprocess.DEVNULL,
+            )
+            wait_tcp(port, redis_proc)
+            try:
+                scales.append(_loop(scale(f"redis://127.0.0.1:{port}/0", args.scale, args.scale_brokers, 20)))
+                print(f"scale {scales[-1]}", file=sys.stderr)
+            finally:
+                redis_proc.kill()
+                redis_proc.wait()
+
     def med(config: str, what: str, key: str) -> float:
         return float(statistics.median(x[key] for x in results[(config, what)]))
 
@@ -255,6 +340,17 @@ def main() -> None:
         p50, p99 = med(config, "latency", "p50_ms"), med(config, "latency", "p99_ms")
         print(
             f"| {label} | {rate:,.0f} | {rate / single:.2f} | {lost} | {cpu:.3f} | {rcpu:.3f} | {p50:.2f} | {p99:.2f} |"
+        )
+    if scales:
+        joined = statistics.median(x["joined_s"] for x in scales)
+        settled = statistics.median(x["notices_settled_s"] for x in scales)
+        notices = statistics.median(x["join_notices"] for x in scales)
+        mem = statistics.median(b for x in scales for b in x["bytes_per_client"])
+        lost = max(x["lost"] + x["extra"] for x in scales)
+        print(
+            f"\nscale: {args.scale} users over {args.scale_brokers} brokers on one Redis: all joined in {joined:.2f} s;"
+            f" the {notices:,.0f} join notices all delivered at {settled:.2f} s; {mem:,.0f} B per client per broker;"
+            f" then {scales[0]['deliveries']:,} lines, {lost} lost or extra; medians of {len(scales)}"
         )
     if fails:
         back = statistics.median(f["all_rejoined_s"] for f in fails)
