@@ -41,6 +41,7 @@ NAME_LEASE = 5.0  # seconds a name stays held after its broker stopped renewing 
 _RENEW = NAME_LEASE / 3
 _PREFIX = "sockcat:"
 _SEP = "\x00"
+_ROOM = f"{_PREFIX}room"  # the channel of every broker's room lines: NODE, _SEP, then lines separated by \n
 
 # Release a name only if this broker still holds it (compare and delete, atomically).
 _RELEASE = """
@@ -285,7 +286,7 @@ class Cluster:
             pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
             try:
                 async with asyncio.timeout(4.0):
-                    await pubsub.subscribe(f"{_PREFIX}room", f"{_PREFIX}node:{self.node}")
+                    await pubsub.subscribe(_ROOM, f"{_PREFIX}node:{self.node}")
                 self._resubscribe = False
                 self._state(True)
                 backoff = 0.1
@@ -308,7 +309,8 @@ class Cluster:
         if node == self.node:
             return  # our own line, already written to our users
         if channel.endswith(b":room"):
-            self.on_room(rest)
+            for line in rest.split("\n"):
+                self.on_room(line)
         else:
             key, _, line = rest.partition(_SEP)
             self.on_direct(key, line)
@@ -394,7 +396,7 @@ class Cluster:
         """Queue a room line for the other brokers; one task publishes the queue in order (a pipeline per batch),
         so the lines of one broker, and so of each of its users, arrive in the order they were said."""
         if self.up:
-            self._outbox.put_nowait((f"{_PREFIX}room", self.node + _SEP + line, None))
+            self._outbox.put_nowait((_ROOM, line, None))
 
     async def _publish(self) -> None:
         """Publish the outbox in order: room lines and direct lines of one broker keep the order they were said
@@ -403,16 +405,27 @@ class Cluster:
             batch = [await self._outbox.get()]
             while not self._outbox.empty() and len(batch) < 1000:
                 batch.append(self._outbox.get_nowait())
-            counts: list[Any] = [None] * len(batch)
+            # Room lines in a row go as one message, one line each (a chat line has no newline): every other broker
+            # reads one message, not one per line. Direct lines go one by one (each one's count says if it arrived).
+            messages: list[tuple[str, str, asyncio.Future[int] | None]] = []
+            for channel, payload, future in batch:
+                if channel == _ROOM:
+                    if messages and messages[-1][0] == _ROOM:
+                        messages[-1] = (_ROOM, messages[-1][1] + "\n" + payload, None)
+                    else:
+                        messages.append((_ROOM, self.node + _SEP + payload, None))
+                else:
+                    messages.append((channel, payload, future))
+            counts: list[Any] = [None] * len(messages)
             if self.up:
                 try:
                     async with asyncio.timeout(2.0), self.redis.pipeline(transaction=False) as pipe:
-                        for channel, payload, _f in batch:
+                        for channel, payload, _f in messages:
                             pipe.publish(channel, payload)
                         counts = await pipe.execute()
                 except Exception as exc:
                     self._state(False, str(exc) or type(exc).__name__)
-            for (_c, _p, future), count in zip(batch, counts, strict=True):
+            for (_c, _p, future), count in zip(messages, counts, strict=True):
                 if future is not None and not future.done():
                     future.set_result(int(count) if count is not None else -1)
 
