@@ -7,6 +7,8 @@ Covers docs/reference.md#addresses (stream addresses, Unix socket files) and #co
 from __future__ import annotations
 
 import hashlib
+import io
+import json
 import os
 import re
 import signal
@@ -36,6 +38,8 @@ from conftest import (
     wait_port,
     wait_until,
 )
+
+import sockcat as sc
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -602,13 +606,82 @@ def test_trace_shows_socket_calls(procs: list[Proc]) -> None:
     client = run_sockcat("--trace", "connect", bound, input=b"xyz")
     assert client.returncode == 0
     err = client.stderr.decode().splitlines()
-    assert "socket(AF_INET, SOCK_STREAM)" in err
-    assert f"connect(('127.0.0.1', {port}))" in err
-    assert "shutdown(SHUT_WR)" in err
-    assert any(re.fullmatch(r"recv\(\d+\) -> 3 bytes", line) for line in err), err
-    assert "close()" in err
-    assert err.index("socket(AF_INET, SOCK_STREAM)") < err.index(f"connect(('127.0.0.1', {port}))")
+    assert all(re.match(r"\[fd \d+\] ", line) for line in err), err  # every line names its descriptor
+    fd = re.match(r"\[fd (\d+)\] socket\(AF_INET, SOCK_STREAM\)", err[0])
+    assert fd, err
+    on = f"[fd {fd.group(1)}]"
+    assert f"{on} connect(('127.0.0.1', {port}))" in err
+    assert f"{on} shutdown(SHUT_WR)" in err
+    assert f"{on} getpeername() -> ('127.0.0.1', {port})" in err
+    # stdin and stdout are pipes here: the bytes move with splice, shown as that, on their descriptors
+    assert any(re.fullmatch(rf"\[fd 0\] splice\(0 -> {fd.group(1)}, \d+\) -> 3 bytes", line) for line in err), err
+    assert any(re.fullmatch(rf"{re.escape(on)} splice\({fd.group(1)} -> 1, \d+\) -> 3 bytes", line) for line in err)
+    assert err[-1] == f"{on} close()"
+    assert err.index(f"{on} connect(('127.0.0.1', {port}))") < err.index(f"{on} shutdown(SHUT_WR)")
     assert finish(server)[:2] == (0, b"xyz")
+
+
+def test_trace_prints_a_send_before_the_answer_it_brings(procs: list[Proc]) -> None:
+    """A call that sends is printed as it starts: an echo's answer (read by another thread) never comes first."""
+    _p, bound = start_listen(procs, "-k", "tcp://127.0.0.1:0", "--sh-exec", "cat")
+    for _ in range(5):
+        client = run_sockcat("--trace", "connect", bound, input=b"ping\n")
+        assert client.returncode == 0 and client.stdout == b"ping\n", client.stderr
+        err = client.stderr.decode().splitlines()
+        sent = next(i for i, line in enumerate(err) if re.search(r"\] splice\(0 -> \d+, \d+\) -> 5 bytes", line))
+        got = next(i for i, line in enumerate(err) if re.search(r"\] splice\(\d+ -> 1, \d+\) -> 5 bytes", line))
+        assert sent < got, err
+
+
+def test_trace_json_is_one_object_per_call(procs: list[Proc]) -> None:
+    _server, bound = start_listen(procs, "tcp://127.0.0.1:0", data=b"abc")
+    client = run_sockcat("--trace-json", "connect", bound, input=b"")
+    assert client.returncode == 0, client.stderr
+    calls = [json.loads(line) for line in client.stderr.decode().splitlines()]
+    assert calls[0]["call"] == "socket" and calls[0]["args"] == "AF_INET, SOCK_STREAM"
+    assert all(isinstance(c["fd"], int) for c in calls)
+    assert {"call": "shutdown", "args": "SHUT_WR", "fd": calls[0]["fd"]} in calls
+    refused = run_sockcat("--trace-json", "connect", f"tcp://127.0.0.1:{free_port()}", input=b"")
+    assert refused.returncode == 1
+    lines = refused.stderr.decode().splitlines()
+    assert lines[-1].startswith("sockcat: error: ")  # the error line stays a line
+    outcomes = [json.loads(line) for line in lines[:-1] if line.startswith("{")]
+    assert any(o.get("call") == "connect" and o.get("error") == "ECONNREFUSED" for o in outcomes), outcomes
+
+
+def test_trace_udp_shows_the_datagram_sent() -> None:
+    port = free_port(socket.SOCK_DGRAM)
+    r = run_sockcat("--trace", "connect", "-i", "0.5", f"udp://127.0.0.1:{port}", input=b"ping\n")
+    err = r.stderr.decode().splitlines()
+    assert any(re.fullmatch(r"\[fd \d+\] send\(5 bytes\)", line) for line in err), err
+
+
+def test_trace_scan_shows_each_connect_ex() -> None:
+    closed = free_port()
+    r = run_sockcat("--trace", "scan", "127.0.0.1", str(closed))
+    assert r.returncode == 0, r.stderr
+    err = r.stderr.decode().splitlines()
+    assert any(re.fullmatch(rf"\[fd \d+\] connect_ex\(\('127.0.0.1', {closed}\)\)", line) for line in err), err
+    assert any(line.endswith("ECONNREFUSED") for line in err), err  # at once, or from SO_ERROR
+    assert "1 port scanned in" in r.stdout.decode()
+
+
+def test_library_trace_block(short_tmp: Path) -> None:
+    out = io.StringIO()
+    with sc.trace(file=out):
+        lst = sc.listen(f"unix:{short_tmp / 't.sock'}")
+        with sc.connect(lst.address) as c, lst.accept() as s:
+            c.sendall(b"hi")
+            assert s.recv_exactly(2) == b"hi"
+        lst.close()
+    lines = out.getvalue().splitlines()
+    assert lines[0].endswith("socket(AF_UNIX, SOCK_STREAM)")
+    assert any(line.endswith("] sendall(2 bytes)") for line in lines), lines
+    assert any(re.search(r"\] accept\(\) -> fd \d+ from ''$", line) for line in lines), lines
+    before = len(out.getvalue())
+    with sc.listen("tcp://127.0.0.1:0"):  # outside the block: nothing more
+        pass
+    assert len(out.getvalue()) == before
 
 
 class StderrPump:
@@ -654,9 +727,9 @@ def test_trace_listen_shows_bind_listen_accept(procs: list[Proc]) -> None:
         c.recv(10)
     rc, err = pump.finish()
     assert rc == 0
-    assert "bind(('127.0.0.1', 0))" in err
-    assert any(re.fullmatch(r"listen\(\d+\)", line) for line in err), err
-    assert f"accept() -> ('127.0.0.1', {cport})" in err
+    assert "[fd 3] bind(('127.0.0.1', 0))" in err
+    assert any(re.fullmatch(r"\[fd 3\] listen\(\d+\)", line) for line in err), err
+    assert any(re.fullmatch(rf"\[fd 3\] accept\(\) -> fd \d+ from \('127.0.0.1', {cport}\)", line) for line in err), err
 
 
 def test_trace_names_so_reuseaddr(procs: list[Proc]) -> None:
@@ -667,8 +740,7 @@ def test_trace_names_so_reuseaddr(procs: list[Proc]) -> None:
     p.p.send_signal(signal.SIGTERM)
     rc, err = pump.finish()
     assert rc == 0
-    assert any(line.startswith("setsockopt(SOL_SOCKET, ") for line in err), err
-    assert "setsockopt(SOL_SOCKET, SO_REUSEADDR, 1)" in err, err
+    assert "[fd 3] setsockopt(SOL_SOCKET, SO_REUSEADDR, 1)" in err, err
 
 
 # -- -s/--source, --sockopt ---------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from sockcat.engines.transfer import send_files as send_files
     from sockcat.net.proxy import Proxy as Proxy
     from sockcat.net.trace import set_trace as set_trace
+    from sockcat.net.trace import trace as trace
     from sockcat.streams import aio as aio
     from sockcat.streams.datagram import Datagram as Datagram
     from sockcat.streams.datagram import connect_datagram as connect_datagram
@@ -61,6 +62,7 @@ _LAZY = {
     "scan": "sockcat.engines.scan",
     "serve": "sockcat.engines.services",
     "set_trace": "sockcat.net.trace",
+    "trace": "sockcat.net.trace",
     "send_files": "sockcat.engines.transfer",
     "recv_files": "sockcat.engines.transfer",
 }
@@ -92,6 +94,7 @@ __all__ = [
     "send_files",
     "serve",
     "set_trace",
+    "trace",
 ]
 
 

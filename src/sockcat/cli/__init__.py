@@ -80,11 +80,12 @@ def run(argv: Sequence[str] | None = None) -> int:
         log.error(f"a COMMAND is required: {', '.join(_commands(parser))} (see '{PROG} --help')")
         return EXIT_USAGE
     old_term = signal.signal(signal.SIGTERM, _on_sigterm)
-    tracing = bool(getattr(args, "trace", False))
+    as_json = bool(getattr(args, "trace_json", False))
+    tracing = bool(getattr(args, "trace", False)) or as_json
     if tracing:
         from sockcat.net.trace import set_trace
 
-        set_trace(sys.stderr)
+        set_trace(sys.stderr, as_json=as_json)
     try:
         func(args, log)
         return EXIT_OK

@@ -76,6 +76,7 @@ def global_options(p: argparse.ArgumentParser, suppress: bool) -> None:
     )
     p.add_argument("-q", "--quiet", action="store_true", help="only errors and the 'listening on' line", **d)
     p.add_argument("--trace", action="store_true", help="print every socket operation as it happens", **d)
+    p.add_argument("--trace-json", action="store_true", help="--trace as one JSON object per call", **d)
 
 
 def sockopt_option(g: Any) -> None:

@@ -56,4 +56,5 @@ def print_table(result: ScanResult) -> None:
     if shown:
         console.print(table)
     counts = ", ".join(f"{n} {state}" for state, n in result.counts.items())
-    console.print(f"{len(result.results)} ports scanned in {result.seconds:.2f} s: {counts}")
+    scanned = len(result.results)
+    console.print(f"{scanned} {'port' if scanned == 1 else 'ports'} scanned in {result.seconds:.2f} s: {counts}")

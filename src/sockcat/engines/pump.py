@@ -230,12 +230,12 @@ def copy(
         if (
             _HAVE_SPLICE
             and hexdump is None
-            and not _trace.tracing()
             and src.splice_fd is not None
             and dst.splice_fd is not None
             and not (src.packet or dst.packet)
         ):
-            moved = _splice(src.splice_fd, dst.splice_fd, src.is_pipe, dst.is_pipe, counter)
+            splice = _trace.splice if _trace.tracing() else os.splice  # (traced: each call shown as what it is)
+            moved = _splice(src.splice_fd, dst.splice_fd, src.is_pipe, dst.is_pipe, counter, splice)
         if not moved:
             _buffered(src, dst, counter, hexdump, emit)
         if _was_reset(src):
@@ -290,7 +290,9 @@ def _buffered(
         counter.add(n)
 
 
-def _splice(src: int, dst: int, src_pipe: bool, dst_pipe: bool, counter: Counter) -> bool:
+def _splice(
+    src: int, dst: int, src_pipe: bool, dst_pipe: bool, counter: Counter, splice: Callable[[int, int, int], int]
+) -> bool:
     """Move bytes in the kernel; False (nothing moved) if splice refuses these descriptors.
 
     No SPLICE_F_MORE: it corks the socket and costs about a quarter of the throughput.
@@ -308,7 +310,7 @@ def _splice(src: int, dst: int, src_pipe: bool, dst_pipe: bool, counter: Counter
             if poller is not None:
                 poller.poll()
             try:
-                n = os.splice(src, dst, SPLICE_CHUNK)
+                n = splice(src, dst, SPLICE_CHUNK)
             except OSError as exc:
                 if first and exc.errno in _NO_SPLICE:
                     return False
@@ -323,7 +325,7 @@ def _splice(src: int, dst: int, src_pipe: bool, dst_pipe: bool, counter: Counter
         first = True
         while True:
             try:
-                n = os.splice(src, w, SPLICE_CHUNK)
+                n = splice(src, w, SPLICE_CHUNK)
             except OSError as exc:
                 if first and exc.errno in _NO_SPLICE:
                     return False
@@ -333,7 +335,7 @@ def _splice(src: int, dst: int, src_pipe: bool, dst_pipe: bool, counter: Counter
             pending = n
             while pending:
                 try:
-                    m = os.splice(r, dst, pending)
+                    m = splice(r, dst, pending)
                 except OSError as exc:
                     if first and exc.errno in _NO_SPLICE:
                         # The bytes are in our pipe already: hand them over by hand, then give up on splice.

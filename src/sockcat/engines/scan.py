@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sockcat.core.errors import NetworkError, UsageError, network_error
+from sockcat.net import trace as _trace
 
 DEFAULT_TIMEOUT = 1.0
 DEFAULT_CONCURRENCY = 512
@@ -209,7 +210,7 @@ class _TcpSweep:
             self.done.set_result(None)
 
     def _start(self, port: int) -> None:
-        sock = socket.socket(self.fam, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+        sock = _trace.socket_class()(self.fam, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)  # (--trace shows each)
         try:
             code = sock.connect_ex((self.ip, port))
             if code in (errno.EINPROGRESS, errno.EAGAIN, errno.EALREADY):
@@ -263,7 +264,7 @@ class _TcpSweep:
 
 async def _udp_probe(fam: int, ip: str, port: int, timeout: float) -> str:
     loop = asyncio.get_running_loop()
-    sock = socket.socket(fam, socket.SOCK_DGRAM)
+    sock = _trace.socket_class()(fam, socket.SOCK_DGRAM)
     try:
         sock.setblocking(False)
         sock.connect((ip, port))  # connected: an ICMP port unreachable comes back as ECONNREFUSED

@@ -119,7 +119,7 @@ def _finish(sock: socket.socket, addr: Address, proxy: Proxy, opts: tuple[SockOp
     except BaseException:
         sock.close()
         raise
-    _trace.emit(f"proxy {proxy}: CONNECT {addr.host}:{addr.port} -> ok")
+    _trace.emit(f"proxy {proxy}: CONNECT {addr.host}:{addr.port} -> ok", sock.fileno())
     return sock
 
 

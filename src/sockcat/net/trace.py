@@ -1,40 +1,125 @@
-"""``--trace``: every socket operation as it happens, one stderr line each.
+"""``--trace``: every socket operation as it happens, one stderr line each (docs/reference.md#trace).
 
 Tracing costs nothing when off: sockets are plain ``socket.socket`` objects then. When on, sockets are
-:class:`TracedSocket`, a subclass that prints each call in the socket API's own words, e.g.
-``socket(AF_INET6, SOCK_STREAM)``, ``bind(('::', 8080))``, ``recv(65536) -> 12 bytes``, ``close()``.
+:class:`TracedSocket`, a subclass that prints each call in the socket API's own words, after the descriptor it is
+made on: ``[fd 5] socket(AF_INET6, SOCK_STREAM)``, ``[fd 5] bind(('::', 8080))``, ``[fd 6] recv(65536) -> 12
+bytes``, ``[fd 6] close()``.
+
+Order: a call that sends something out (connect, send, sendall, sendto, sendfile, shutdown, close) is printed as
+it starts, and its result, when it is not the plain success, on a line of its own after it (``[fd 6] sendall ->
+EPIPE (Broken pipe)``); a call that waits for something (accept, recv…) is printed when it returns, with what it
+got. So whatever a peer did in answer to a call is printed after that call, whichever thread made it.
+
+``--trace-json`` prints the same calls as JSON objects, one per line: ``{"fd": 6, "call": "recv", "args":
+"65536", "result": "12 bytes"}`` (``error`` instead of ``result`` for a failure, named by its errno; ``note`` for a
+line that is no socket call, such as a TLS handshake's outcome).
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import json
+import os
 import socket
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TextIO
 
 _lock = threading.Lock()
 _out: TextIO | None = None
+_json = False
 
 
-def set_trace(stream: TextIO | None = sys.stderr) -> None:
-    """Turn tracing on (lines go to ``stream``) or off (``None``); affects sockets created afterwards."""
-    global _out
-    _out = stream
+def set_trace(stream: TextIO | None = sys.stderr, *, as_json: bool = False) -> None:
+    """Turn tracing on (lines go to ``stream``; JSON objects with ``as_json``) or off (``None``). Sockets sockcat
+    creates while it is on are traced, for as long as it stays on."""
+    global _out, _json
+    _out, _json = stream, as_json
+
+
+@contextlib.contextmanager
+def trace(file: TextIO | None = None, *, as_json: bool = False) -> Iterator[None]:
+    """``with sockcat.trace(): ...``: the socket calls made inside the block, on the sockets sockcat creates there,
+    to ``file`` (default stderr); what was set before comes back after."""
+    before = (_out, _json)
+    set_trace(file if file is not None else sys.stderr, as_json=as_json)
+    try:
+        yield
+    finally:
+        set_trace(before[0], as_json=before[1])
 
 
 def tracing() -> bool:
     return _out is not None
 
 
-def emit(line: str) -> None:
+def _write(text: str) -> None:
     out = _out
     if out is None:
         return
     with _lock:
-        out.write(line + "\n")
+        out.write(text + "\n")
         out.flush()
+
+
+def emit(line: str, fd: int | None = None) -> None:
+    """A line that is not a socket call (a proxy's answer, a TLS handshake's outcome), on ``fd`` if given."""
+    if _out is None:
+        return
+    if _json:
+        _write(json.dumps({"fd": fd, "note": line}, ensure_ascii=False))
+    else:
+        _write(f"[fd {fd}] {line}" if fd is not None else line)
+
+
+def record(fd: int, call: str, args: str, result: str | None = None, error: OSError | None = None) -> None:
+    """One socket call: ``[fd N] call(args)``, ``-> result`` or ``-> ERRNO (text)`` after it."""
+    if _out is None:
+        return
+    if _json:
+        obj: dict[str, Any] = {"fd": fd, "call": call, "args": args}
+        if result is not None:
+            obj["result"] = result
+        if error is not None:
+            obj["error"] = errno.errorcode.get(error.errno or 0, type(error).__name__)
+            obj["message"] = error.strerror or str(error)
+        _write(json.dumps(obj, ensure_ascii=False))
+        return
+    line = f"[fd {fd}] {call}({args})"
+    if error is not None:
+        line += f" -> {_err(error)}"
+    elif result is not None:
+        line += f" -> {result}"
+    _write(line)
+
+
+def outcome(fd: int, call: str, result: str | None = None, error: OSError | None = None) -> None:
+    """The result of an outward call printed as it started: ``[fd N] call -> result``."""
+    if _out is None:
+        return
+    if _json:
+        obj: dict[str, Any] = {"fd": fd, "call": call}
+        if result is not None:
+            obj["result"] = result
+        if error is not None:
+            obj["error"] = errno.errorcode.get(error.errno or 0, type(error).__name__)
+            obj["message"] = error.strerror or str(error)
+        _write(json.dumps(obj, ensure_ascii=False))
+        return
+    _write(f"[fd {fd}] {call} -> {_err(error) if error is not None else result}")
+
+
+def splice(src: int, dst: int, count: int) -> int:
+    """``os.splice``, traced: ``[fd SRC] splice(SRC -> DST, COUNT) -> N bytes``."""
+    try:
+        n = os.splice(src, dst, count)
+    except OSError as exc:
+        record(src, "splice", f"{src} -> {dst}, {count}", error=exc)
+        raise
+    record(src, "splice", f"{src} -> {dst}, {count}", f"{n} bytes")
+    return n
 
 
 def _names(prefix: str) -> dict[int, str]:
@@ -93,16 +178,6 @@ def _err(exc: OSError) -> str:
     return f"{code or type(exc).__name__} ({exc.strerror or exc})"
 
 
-def _call(line: str, fn: Callable[[], Any], show: Callable[[Any], str] | None = None) -> Any:
-    try:
-        result = fn()
-    except OSError as exc:
-        emit(f"{line} -> {_err(exc)}")
-        raise
-    emit(f"{line} -> {show(result)}" if show else line)
-    return result
-
-
 def _nbytes(n: int) -> str:
     return f"{n} bytes"
 
@@ -121,21 +196,50 @@ class TracedSocket(socket.socket):
     ) -> None:
         super().__init__(family, type, proto, fileno)
         if fileno is None:
-            emit(f"socket({_family(self.family)}, {_kind(self.type)})")
+            record(self.fileno(), "socket", f"{_family(self.family)}, {_kind(self.type)}")
+
+    def _inward(self, call: str, args: str, fn: Callable[[], Any], show: Callable[[Any], str] | None = None) -> Any:
+        """A call that waits for something: printed when it returns, with what it got."""
+        fd = self.fileno()
+        try:
+            result = fn()
+        except OSError as exc:
+            record(fd, call, args, error=exc)
+            raise
+        record(fd, call, args, show(result) if show else None)
+        return result
+
+    def _outward(
+        self, call: str, args: str, fn: Callable[[], Any], show: Callable[[Any], str | None] | None = None
+    ) -> Any:
+        """A call that sends something out: printed as it starts; a result other than plain success after it."""
+        fd = self.fileno()
+        record(fd, call, args)
+        try:
+            result = fn()
+        except OSError as exc:
+            outcome(fd, call, error=exc)
+            raise
+        shown = show(result) if show else None
+        if shown is not None:
+            outcome(fd, call, shown)
+        return result
 
     # Connection set-up.
     def bind(self, address: Any) -> None:
-        _call(f"bind({fmt_sockaddr(address)})", lambda: super(TracedSocket, self).bind(address))
+        self._inward("bind", fmt_sockaddr(address), lambda: super(TracedSocket, self).bind(address))
 
     def listen(self, backlog: int = 128) -> None:
-        _call(f"listen({backlog})", lambda: super(TracedSocket, self).listen(backlog))
+        self._inward("listen", str(backlog), lambda: super(TracedSocket, self).listen(backlog))
 
     def connect(self, address: Any) -> None:
-        _call(f"connect({fmt_sockaddr(address)})", lambda: super(TracedSocket, self).connect(address))
+        self._outward("connect", fmt_sockaddr(address), lambda: super(TracedSocket, self).connect(address))
 
     def connect_ex(self, address: Any) -> int:
+        fd = self.fileno()
+        record(fd, "connect_ex", fmt_sockaddr(address))
         rc: int = super().connect_ex(address)
-        emit(f"connect_ex({fmt_sockaddr(address)}) -> {errno.errorcode.get(rc, rc) if rc else 0}")
+        outcome(fd, "connect_ex", str(errno.errorcode.get(rc, rc)) if rc else "0")
         return rc
 
     def accept(self) -> tuple[socket.socket, Any]:
@@ -143,7 +247,9 @@ class TracedSocket(socket.socket):
             fd, addr = self._accept()  # type: ignore[attr-defined]
             return TracedSocket(self.family, self.type, self.proto, fileno=fd), addr
 
-        result: tuple[socket.socket, Any] = _call("accept()", go, lambda r: fmt_sockaddr(r[1]))
+        result: tuple[socket.socket, Any] = self._inward(
+            "accept", "", go, lambda r: f"fd {r[0].fileno()} from {fmt_sockaddr(r[1])}"
+        )
         return result
 
     def setsockopt(self, level: int, optname: int, value: Any, optlen: Any = None) -> None:
@@ -151,61 +257,110 @@ class TracedSocket(socket.socket):
         on = _OPTS.get(level, {}).get(optname, str(optname))
         shown = value if isinstance(value, int) else repr(value)
         if optlen is None:
-            _call(
-                f"setsockopt({lv}, {on}, {shown})",
+            self._inward(
+                "setsockopt",
+                f"{lv}, {on}, {shown}",
                 lambda: super(TracedSocket, self).setsockopt(level, optname, value),
             )
         else:
-            _call(
-                f"setsockopt({lv}, {on}, {shown})",
+            self._inward(
+                "setsockopt",
+                f"{lv}, {on}, {shown}",
                 lambda: super(TracedSocket, self).setsockopt(level, optname, value, optlen),
             )
 
+    def getsockopt(self, level: int, optname: int, buflen: int | None = None) -> Any:
+        lv = _LEVELS.get(level, str(level))
+        on = _OPTS.get(level, {}).get(optname, str(optname))
+        if buflen is not None:
+            raw = super().getsockopt
+            return self._inward("getsockopt", f"{lv}, {on}, {buflen}", lambda: raw(level, optname, buflen))
+
+        def show(value: int) -> str:
+            if level == socket.SOL_SOCKET and optname == socket.SO_ERROR and value:
+                return str(errno.errorcode.get(value, value))
+            return str(value)
+
+        plain = super().getsockopt
+        return self._inward("getsockopt", f"{lv}, {on}", lambda: plain(level, optname), show)
+
+    def getsockname(self) -> Any:
+        return self._inward("getsockname", "", super().getsockname, fmt_sockaddr)
+
+    def getpeername(self) -> Any:
+        return self._inward("getpeername", "", super().getpeername, fmt_sockaddr)
+
+    def settimeout(self, value: float | None) -> None:
+        record(self.fileno(), "settimeout", repr(value))
+        super().settimeout(value)
+
+    def setblocking(self, flag: bool) -> None:
+        record(self.fileno(), "setblocking", repr(bool(flag)))
+        super().setblocking(flag)
+
     def shutdown(self, how: int) -> None:
-        _call(f"shutdown({_HOW.get(how, how)})", lambda: super(TracedSocket, self).shutdown(how))
+        self._outward("shutdown", _HOW.get(how, str(how)), lambda: super(TracedSocket, self).shutdown(how))
 
     def close(self) -> None:
-        if self.fileno() != -1:
-            emit("close()")
+        fd = self.fileno()
+        if fd != -1:
+            record(fd, "close", "")
         super().close()
 
     # Data.
     def recv(self, bufsize: int, flags: int = 0) -> bytes:
-        data: bytes = _call(
-            f"recv({bufsize})",
-            lambda: super(TracedSocket, self).recv(bufsize, flags),
-            lambda d: _nbytes(len(d)),
+        data: bytes = self._inward(
+            "recv", str(bufsize), lambda: super(TracedSocket, self).recv(bufsize, flags), lambda d: _nbytes(len(d))
         )
         return data
 
     def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
-        n: int = _call(
-            f"recv_into({nbytes or len(buffer)})",
+        n: int = self._inward(
+            "recv_into",
+            str(nbytes or len(buffer)),
             lambda: super(TracedSocket, self).recv_into(buffer, nbytes, flags),
             _nbytes,
         )
         return n
 
     def recvfrom(self, bufsize: int, flags: int = 0) -> tuple[bytes, Any]:
-        r: tuple[bytes, Any] = _call(
-            f"recvfrom({bufsize})",
+        r: tuple[bytes, Any] = self._inward(
+            "recvfrom",
+            str(bufsize),
             lambda: super(TracedSocket, self).recvfrom(bufsize, flags),
             lambda r: f"{len(r[0])} bytes from {fmt_sockaddr(r[1])}",
         )
         return r
 
     def send(self, data: Any, flags: int = 0) -> int:
-        n: int = _call(f"send({len(data)} bytes)", lambda: super(TracedSocket, self).send(data, flags), _nbytes)
+        size = len(data)
+        n: int = self._outward(
+            "send",
+            _nbytes(size),
+            lambda: super(TracedSocket, self).send(data, flags),
+            lambda n: None if n == size else f"{n} of {size} bytes",
+        )
         return n
 
     def sendall(self, data: Any, flags: int = 0) -> None:
-        _call(f"sendall({len(data)} bytes)", lambda: super(TracedSocket, self).sendall(data, flags))
+        self._outward("sendall", _nbytes(len(data)), lambda: super(TracedSocket, self).sendall(data, flags))
 
     def sendto(self, data: Any, *args: Any) -> int:
         addr = args[-1]
-        n: int = _call(
-            f"sendto({len(data)} bytes, {fmt_sockaddr(addr)})",
+        size = len(data)
+        n: int = self._outward(
+            "sendto",
+            f"{_nbytes(size)}, {fmt_sockaddr(addr)}",
             lambda: super(TracedSocket, self).sendto(data, *args),
+            lambda n: None if n == size else f"{n} of {size} bytes",
+        )
+        return n
+
+    def sendfile(self, file: Any, offset: int = 0, count: int | None = None) -> int:
+        n: int = self._outward(
+            "sendfile",
+            f"file fd {file.fileno()}, offset {offset}, {'to the end' if count is None else _nbytes(count)}",
+            lambda: super(TracedSocket, self).sendfile(file, offset, count),
             _nbytes,
         )
         return n

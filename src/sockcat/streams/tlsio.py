@@ -301,5 +301,5 @@ def handshake(
         err = network_error(exc, what)
         err.errno = errno.EPROTO
         raise err from None
-    _trace.emit(f"tls handshake -> {tls.version()} {tls.cipher()}")
+    _trace.emit(f"tls handshake -> {tls.version()} {tls.cipher()}", sock.fileno())
     return tls

@@ -273,7 +273,7 @@ def client_handshake(
         while core is None:
             core = hs.feed(wire.recv(RECV_SIZE))
         sock.settimeout(old)
-    _trace.emit(f"websocket handshake -> {addr.resource} {hs.subprotocol or ''}".rstrip())
+    _trace.emit(f"websocket handshake -> {addr.resource} {hs.subprotocol or ''}".rstrip(), sock.fileno())
     return WSChannel(sock, core, wire, ping=opts.ping)
 
 
