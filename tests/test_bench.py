@@ -63,8 +63,11 @@ def socat_echo(procs: list[Proc]) -> str:
 
 @contextlib.contextmanager
 def bad_server(behaviour: str) -> Iterator[str]:
-    """A TCP server in a thread that closes at once, resets, or accepts and never answers."""
+    """A TCP server in a thread that closes at once, resets (at once, or 0.2 s later with a small receive window
+    and reading nothing), or accepts and never answers."""
     lsock = socket.socket()
+    if behaviour == "small-reset":  # a small receive window (accepted sockets inherit it)
+        lsock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     lsock.bind(("127.0.0.1", 0))
     lsock.listen(128)
     lsock.settimeout(0.1)
@@ -82,6 +85,9 @@ def bad_server(behaviour: str) -> Iterator[str]:
             elif behaviour == "reset":
                 conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                 conn.close()
+            elif behaviour == "small-reset":  # reads nothing; reset 0.2 s later
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                threading.Timer(0.2, conn.close).start()
             elif behaviour == "first-silent" and held:  # the first connection never answers; the rest echo
                 held.append(conn)
                 threading.Thread(target=echo, args=(conn,), daemon=True).start()
@@ -248,6 +254,21 @@ def test_bad_server_rtt_is_bounded(behaviour: str) -> None:
     assert len(lines) == 1 and lines[0].startswith("sockcat: error: no round trip completed: "), err
     if behaviour == "silent":
         assert set(d["error_kinds"]) == {"timeout"}
+
+
+def test_throughput_counts_what_the_peer_acknowledged() -> None:
+    """A server that reads nothing and resets each connection after 0.2 s took, per connection, what its small
+    receive window holds: that is all that may count, not the megabytes queued on our side for it."""
+    with bad_server("small-reset") as addr:
+        res = run_sockcat("bench", "--mode", "throughput", addr, "-d", "1.5", "--warmup", "0.1", "--json")
+    err = res.stderr.decode()
+    assert "Traceback" not in err, err
+    if not res.stdout:  # nothing acknowledged at all: no figure, one error line
+        assert res.returncode == 1 and err.count("\n") == 1 and "connection reset by peer" in err, err
+        return
+    d = json.loads(res.stdout)
+    assert d["errors"] >= 2, d  # connections were reset and made again within the window
+    assert d["bytes"] <= (d["errors"] + 1) * 256 * 1024, d
 
 
 def test_request_count_run_with_a_request_never_answered() -> None:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
+import struct
 from collections import deque
 from collections.abc import Callable
 from time import perf_counter_ns
@@ -66,6 +68,13 @@ class _Session:
 
     def pause(self) -> None:
         """The window is over: stop reading (no more replies to count)."""
+
+    def window_start(self) -> None:
+        """The measured window starts (the upload marks what its peer has acknowledged so far)."""
+
+    def window_end(self) -> int:
+        """The measured window ended: bytes the peer acknowledged in it, for an upload that counts them."""
+        return 0
 
     def close(self) -> None:
         self.abort()
@@ -258,10 +267,31 @@ class _RttOne(_TransportSession, asyncio.Protocol):
         _pause_reading(self.transport)
 
 
-class _Upload(_TransportSession, asyncio.Protocol):
-    """Write ``size``-byte chunks while the transport is not paused (a discard server reads them)."""
+def _acked(sock: socket.socket | None) -> int | None:
+    """TCP's count of the bytes the peer acknowledged (``tcpi_bytes_acked``), None without one."""
+    if sock is None:
+        return None
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_LEN)
+    except OSError:
+        return None
+    return int(_BYTES_ACKED.unpack_from(info, _BYTES_ACKED_AT)[0]) if len(info) >= _TCP_INFO_LEN else None
 
-    __slots__ = ("closed", "expired", "paused", "transport", "w")
+
+# struct tcp_info (linux/tcp.h): u64 tcpi_bytes_acked follows 8 u8 fields, 24 u32 and two u64 pacing rates.
+_BYTES_ACKED_AT = 120
+_BYTES_ACKED = struct.Struct("=Q")
+_TCP_INFO_LEN = _BYTES_ACKED_AT + 8
+
+
+class _Upload(_TransportSession, asyncio.Protocol):
+    """Write ``size``-byte chunks while the transport is not paused (a discard server reads them).
+
+    Over TCP what counts is what the peer acknowledged (``tcpi_bytes_acked``), not what the kernel took from
+    us: a peer that resets every connection moved nothing, however much was buffered for it. Elsewhere (Unix
+    sockets) what the socket took is counted."""
+
+    __slots__ = ("base", "closed", "expired", "last", "paused", "tcp", "transport", "w")
 
     def __init__(self, w: _WorkerLike, closed: asyncio.Future[BaseException | None]) -> None:
         self.w = w
@@ -269,9 +299,19 @@ class _Upload(_TransportSession, asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.paused = False
         self.expired = False
+        self.tcp: socket.socket | None = None  # where TCP_INFO is read, if it can be
+        self.base: int | None = None  # acknowledged when the window started (or when this connection did)
+        self.last = 0  # acknowledged, last read
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         t = self.transport = cast(asyncio.Transport, transport)
+        sock = t.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            acked = _acked(sock)
+            if acked is not None:
+                self.tcp, self.last = sock, acked
+                if self.w.measuring:
+                    self.base = acked
         # No queue of our own, as iperf3: one write of --size bytes whenever the socket takes it.
         t.set_write_buffer_limits(high=0)
         self._fill()
@@ -279,13 +319,32 @@ class _Upload(_TransportSession, asyncio.Protocol):
     def _fill(self) -> None:
         w, t = self.w, self.transport
         chunk = w.msg
+        if self.tcp is not None and self.base is not None:
+            self.last = _acked(self.tcp) or self.last
         for _ in range(16):
             if self.paused or not w.sending or t is None or t.is_closing():
                 return
             t.write(chunk)
-            if w.measuring:
+            if w.measuring and self.tcp is None:
                 w.nbytes += len(chunk)
         w.loop.call_soon(self._fill)
+
+    def window_start(self) -> None:
+        if self.tcp is not None:
+            self.base = self.last = _acked(self.tcp) or self.last
+
+    def window_end(self) -> int:
+        if self.tcp is None or self.base is None:
+            return 0
+        self.last = _acked(self.tcp) or self.last
+        moved, self.base = self.last - self.base, None
+        return moved
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.w.measuring:  # cut off within the window: what was acknowledged by the last look counts
+            self.w.nbytes += self.window_end()
+        self.base = None
+        super().connection_lost(exc)
 
     def pause_writing(self) -> None:
         self.paused = True

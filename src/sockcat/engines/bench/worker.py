@@ -101,10 +101,14 @@ class _Worker:
         self.t0 = time.perf_counter()
         self.cpu0 = time.process_time()
         self.measuring = True
+        for session in self.sessions:
+            session.window_start()
 
     def finish(self) -> None:
         """End the measured window now (timer, or -n reached); idempotent. Connections stop reading at once."""
         if self.measuring:
+            for session in self.sessions:
+                self.nbytes += session.window_end()
             self.measuring = False
             self.result.seconds = time.perf_counter() - self.t0
             self.result.cpu_seconds = time.process_time() - self.cpu0
