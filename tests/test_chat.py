@@ -3,6 +3,7 @@ pure protocol on a fake wire."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 import pytest
-from conftest import TIMEOUT, Proc, require, sockcat
+from conftest import TIMEOUT, Proc, require, sockcat, wait_until
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -432,3 +433,37 @@ def test_room_lines_and_own_lines_keep_their_order_in_one_burst(broker: Callable
     assert late.line() == "<cat> after"
     assert a.line() == "* late joined"
     assert a.line() == "<cat> after"
+
+
+def test_a_page_of_mail_is_never_handed_out_twice_when_its_deletion_commits_mid_read(tmp_path: Path) -> None:
+    """The next page is read while the last one's deletion is being committed: the read's snapshot may predate
+    the commit while the writer has already forgotten those ids. Forced here: the deletion commits between the
+    query and the filter. The second page must still be the second page."""
+    store = ChatStore(tmp_path / "chat.sqlite3")
+    try:
+
+        async def fill() -> None:
+            for i in range(2 * store.quotas.page):
+                await store.store("wang", f"zhang{i % 2}", f"zhang{i % 2}", "o", f"m{i}")
+
+        asyncio.run(fill())
+        first = store.page("wang")
+        assert [text for _id, _s, text in first] == [f"m{i}" for i in range(store.quotas.page)]
+        real_query = store._query
+        busy, release = threading.Event(), threading.Event()
+        store.submit(lambda db: (busy.set(), release.wait(TIMEOUT)), lambda value, error: None)
+        assert busy.wait(TIMEOUT)  # the writer is held: the deletion below waits in its queue
+        store.delivered([r[0] for r in first])
+
+        def query_then_commit(sql: str, args: tuple[object, ...] = ()) -> list[object]:
+            rows = real_query(sql, args)  # the snapshot: the first page's rows still there
+            release.set()  # ...and now their deletion commits, and the writer forgets them
+            wait_until(lambda: not store._gone, "the deletion committed")
+            return rows
+
+        store._query = query_then_commit  # type: ignore[method-assign]
+        second = store.page("wang")
+        store._query = real_query  # type: ignore[method-assign]
+        assert [text for _id, _s, text in second] == [f"m{i}" for i in range(store.quotas.page, 2 * store.quotas.page)]
+    finally:
+        store.close()

@@ -245,20 +245,25 @@ class ChatStore:
 
     def page(self, recipient: str) -> list[tuple[int, str, str]]:
         """The next page of (id, sender, text) waiting for ``recipient``, oldest first."""
+        # What is delivered but not yet deleted is copied before the query: the writer thread may commit the
+        # deletion and forget those ids between the two, after the query's snapshot was taken (the first page
+        # was once handed out twice that way).
+        gone = set(self._gone)
         rows = self._query(
             "SELECT id, sender, text FROM mail WHERE recipient = ? ORDER BY id LIMIT ?",
-            (recipient, self.quotas.page + len(self._gone)),
+            (recipient, self.quotas.page + len(gone)),
         )
-        return [r for r in rows if r[0] not in self._gone][: self.quotas.page]
+        return [r for r in rows if r[0] not in gone][: self.quotas.page]
 
     def oldest(self, limit: int) -> list[tuple[int, str, str, str, str, str, float]]:
         """Up to ``limit`` waiting messages, oldest first, whoever they are for: (id, recipient, sender,
         sender_key, origin, text, created)."""
+        gone = set(self._gone)  # (before the query: see page)
         rows = self._query(
             "SELECT id, recipient, sender, sender_key, origin, text, created FROM mail ORDER BY id LIMIT ?",
-            (limit + len(self._gone),),
+            (limit + len(gone),),
         )
-        return [r for r in rows if r[0] not in self._gone][:limit]
+        return [r for r in rows if r[0] not in gone][:limit]
 
     async def remove(self, ids: list[int]) -> None:
         """Delete these messages (handed over elsewhere), committed on return."""
