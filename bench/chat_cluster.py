@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import functools
 import resource
 import shutil
@@ -24,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -200,6 +202,22 @@ def _loop(coro: Any) -> Any:
     return uvloop.run(coro)
 
 
+@contextlib.contextmanager
+def fresh_redis(tmp: str) -> Iterator[str]:
+    """A redis-server of this run's own on a free loopback port (no persistence): its URL, killed after."""
+    port = free_port()
+    redis_proc = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", tmp],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        wait_tcp(port, redis_proc)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        redis_proc.kill()
+        redis_proc.wait()
+
+
 def run(config: str, what: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     procs: list[subprocess.Popen[bytes]] = []
     redis_proc = None
@@ -297,33 +315,15 @@ def main() -> None:
 
         fails = []
         for _ in range(args.runs if args.failover else 0):
-            port = free_port()
-            redis_proc = subprocess.Popen(
-                ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", tmp],
-                stdout=subprocess.DEVNULL,
-            )
-            wait_tcp(port, redis_proc)
-            try:
-                fails.append(_loop(failover(f"redis://127.0.0.1:{port}/0", args.failover)))
-                print(f"failover {fails[-1]}", file=sys.stderr)
-            finally:
-                redis_proc.kill()
-                redis_proc.wait()
+            with fresh_redis(tmp) as url:
+                fails.append(_loop(failover(url, args.failover)))
+            print(f"failover {fails[-1]}", file=sys.stderr)
 
         scales = []
         for _ in range(args.runs if args.scale else 0):
-            port = free_port()
-            redis_proc = subprocess.Popen(
-                ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", tmp],
-                stdout=subprocess.DEVNULL,
-            )
-            wait_tcp(port, redis_proc)
-            try:
-                scales.append(_loop(scale(f"redis://127.0.0.1:{port}/0", args.scale, args.scale_brokers, 20)))
-                print(f"scale {scales[-1]}", file=sys.stderr)
-            finally:
-                redis_proc.kill()
-                redis_proc.wait()
+            with fresh_redis(tmp) as url:
+                scales.append(_loop(scale(url, args.scale, args.scale_brokers, 20)))
+            print(f"scale {scales[-1]}", file=sys.stderr)
 
     def med(config: str, what: str, key: str) -> float:
         return float(statistics.median(x[key] for x in results[(config, what)]))

@@ -79,13 +79,7 @@ def record(fd: int, call: str, args: str, result: str | None = None, error: OSEr
     if _out is None:
         return
     if _json:
-        obj: dict[str, Any] = {"fd": fd, "call": call, "args": args}
-        if result is not None:
-            obj["result"] = result
-        if error is not None:
-            obj["error"] = errno.errorcode.get(error.errno or 0, type(error).__name__)
-            obj["message"] = error.strerror or str(error)
-        _write(json.dumps(obj, ensure_ascii=False))
+        _write_json({"fd": fd, "call": call, "args": args}, result, error)
         return
     line = f"[fd {fd}] {call}({args})"
     if error is not None:
@@ -100,15 +94,18 @@ def outcome(fd: int, call: str, result: str | None = None, error: OSError | None
     if _out is None:
         return
     if _json:
-        obj: dict[str, Any] = {"fd": fd, "call": call}
-        if result is not None:
-            obj["result"] = result
-        if error is not None:
-            obj["error"] = errno.errorcode.get(error.errno or 0, type(error).__name__)
-            obj["message"] = error.strerror or str(error)
-        _write(json.dumps(obj, ensure_ascii=False))
+        _write_json({"fd": fd, "call": call}, result, error)
         return
     _write(f"[fd {fd}] {call} -> {_err(error) if error is not None else result}")
+
+
+def _write_json(obj: dict[str, Any], result: str | None, error: OSError | None) -> None:
+    if result is not None:
+        obj["result"] = result
+    if error is not None:
+        obj["error"] = errno.errorcode.get(error.errno or 0, type(error).__name__)
+        obj["message"] = error.strerror or str(error)
+    _write(json.dumps(obj, ensure_ascii=False))
 
 
 def splice(src: int, dst: int, count: int) -> int:
