@@ -35,9 +35,15 @@ def build_parser() -> Parser:
         prog=PROG,
         description="Sockets of every kind, one address syntax: connect, listen, relay, …",
         epilog="Addresses: tcp://HOST:PORT tcp4:// tcp6:// udp:// udp4:// udp6:// tls://HOST:PORT "
-        "unix:PATH unix:@ABSTRACT unixgram:PATH unixpacket:PATH - (stdio)",
+        "ws://HOST:PORT/PATH wss://… ws+unix:PATH unix:PATH unix:@ABSTRACT unixgram:PATH unixpacket:PATH - (stdio)",
     )
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    parser.add_argument(
+        "--completion",
+        choices=("bash", "zsh"),
+        action=_Completion,
+        help="print the shell completion script for bash or zsh, and exit (see docs/reference.md#commands)",
+    )
     global_options(parser, suppress=False)
     common = Parser(add_help=False)
     global_options(common, suppress=True)
@@ -51,6 +57,18 @@ def build_parser() -> Parser:
     scan.add_parser(sub, common)
     relay.add_parser(sub, common)
     return parser
+
+
+class _Completion(argparse.Action):
+    """``--completion SHELL``: the completion script shtab makes from this very parser, on stdout."""
+
+    def __call__(
+        self, parser: argparse.ArgumentParser, namespace: object, values: object, option: object = None
+    ) -> None:
+        import shtab  # (only for this option)
+
+        sys.stdout.write(shtab.complete(parser, shell=str(values)))
+        parser.exit()
 
 
 def _commands(parser: argparse.ArgumentParser) -> list[str]:
