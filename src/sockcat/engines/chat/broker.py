@@ -145,7 +145,7 @@ class Broker:
         a message over twice, never loses one). What Redis's quotas refuse stays here, for the next try."""
         moved_all = 0
         while rows := self.store.oldest(500):
-            moved = await cluster.adopt_mail(rows, self.store.quotas)
+            moved = await cluster.mail.adopt(rows, self.store.quotas)
             if moved:
                 await self.store.remove(moved)
                 moved_all += len(moved)
@@ -304,7 +304,7 @@ class Broker:
             cluster = self.cluster
             if cluster is not None and cluster.up and now >= cluster_expiry:
                 cluster_expiry = now + 3600
-                cluster.later(cluster.expire_mail(self.store.quotas.expiry))
+                cluster.later(cluster.mail.expire(self.store.quotas.expiry))
                 cluster.later(self._hand_over_mail(cluster))
             if now - last_expiry > 3600:
                 last_expiry = now

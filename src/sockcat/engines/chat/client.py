@@ -288,7 +288,7 @@ class Client(asyncio.Protocol):
         if self.unacked and t is not None and t.get_write_buffer_size() == 0:
             cluster = self.broker.cluster
             if cluster is not None and self.name is not None:
-                cluster.later(cluster.mail_delivered(proto.name_key(self.name), len(self.unacked)))
+                cluster.later(cluster.mail.delivered(proto.name_key(self.name), len(self.unacked)))
             else:
                 self.broker.store.delivered(self.unacked)
             self.unacked = []

@@ -35,6 +35,7 @@ from typing import Any
 
 from sockcat.core.errors import UsageError
 from sockcat.core.log import Log
+from sockcat.engines.chat.clustermail import ClusterMail
 from sockcat.net.pin import parse_pin, pin_mismatch
 
 NAME_LEASE = 5.0  # seconds a name stays held after its broker stopped renewing it
@@ -54,10 +55,6 @@ end
 return 0
 """
 # Drop the names whose leases ended from the online list and the display names.
-_MAIL = f"{_PREFIX}mail:"
-_MAIL_COUNTS = (_MAIL + "by-sender", _MAIL + "by-origin", _MAIL + "total")
-_MAILBOX = f"{_MAIL}box:"  # a recipient's mailbox: this and its name key (never one of the keys beside it)
-_MAILBOXES = _MAIL + "boxes"  # the names that have a mailbox
 _PRUNE = """
 local stale = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
 for _, key in ipairs(stale) do
@@ -65,61 +62,6 @@ for _, key in ipairs(stale) do
   redis.call('HDEL', KEYS[2], key)
 end
 return #stale
-"""
-# Keep a message for an offline name, within the quotas (KEYS: the mailbox, the sender and origin counts, the total,
-# the set of mailboxes; ARGV: the message, sender key, origin, the four quotas, the name). 0: kept; 1-4: which quota
-# said no.
-_STORE = """
-if redis.call('LLEN', KEYS[1]) >= tonumber(ARGV[4]) then return 1 end
-if tonumber(redis.call('HGET', KEYS[2], ARGV[2]) or '0') >= tonumber(ARGV[5]) then return 2 end
-if tonumber(redis.call('HGET', KEYS[3], ARGV[3]) or '0') >= tonumber(ARGV[6]) then return 3 end
-if tonumber(redis.call('GET', KEYS[4]) or '0') >= tonumber(ARGV[7]) then return 4 end
-redis.call('RPUSH', KEYS[1], ARGV[1])
-redis.call('SADD', KEYS[5], ARGV[8])
-redis.call('HINCRBY', KEYS[2], ARGV[2], 1)
-redis.call('HINCRBY', KEYS[3], ARGV[3], 1)
-redis.call('INCR', KEYS[4])
-return 0
-"""
-# These messages (ARGV, the page as read) reached their recipient: take them out of the head of the mailbox, and
-# out of the counts. One the expiry took out meanwhile is no longer at the head, and is passed over.
-_DELIVERED = """
-local gone = 0
-for _, raw in ipairs(ARGV) do
-  if redis.call('LINDEX', KEYS[1], 0) == raw then
-    redis.call('LPOP', KEYS[1])
-    local m = cjson.decode(raw)
-    redis.call('HINCRBY', KEYS[2], m.k, -1)
-    redis.call('HINCRBY', KEYS[3], m.o, -1)
-    redis.call('DECR', KEYS[4])
-    gone = gone + 1
-  end
-end
-return gone
-"""
-# Drop the messages kept since before ARGV[1] (a time), oldest first, from every mailbox (KEYS: the set of
-# mailboxes, the sender and origin counts, the total; ARGV[2]: the mailboxes' key prefix). An emptied mailbox leaves
-# the set. (The mailbox keys are made here, so this is for one Redis, not a Redis Cluster.)
-_EXPIRE = """
-local dropped = 0
-for _, name in ipairs(redis.call('SMEMBERS', KEYS[1])) do
-  local box = ARGV[2] .. name
-  while true do
-    local head = redis.call('LINDEX', box, 0)
-    if not head then
-      redis.call('SREM', KEYS[1], name)
-      break
-    end
-    local m = cjson.decode(head)
-    if m.c >= tonumber(ARGV[1]) then break end
-    redis.call('LPOP', box)
-    redis.call('HINCRBY', KEYS[2], m.k, -1)
-    redis.call('HINCRBY', KEYS[3], m.o, -1)
-    redis.call('DECR', KEYS[4])
-    dropped = dropped + 1
-  end
-end
-return dropped
 """
 # Renew the leases this broker holds, taking back those that lapsed while nobody else took them (a broker cut off
 # for a while); the names another broker took meanwhile are returned.
@@ -232,14 +174,11 @@ class Cluster:
         self.held: dict[str, str] = {}  # name key -> display name, the names this broker's users hold
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Future[Any]] = set()
-        self._pages: dict[str, list[Any]] = {}  # the mail page last read for each recipient, until delivered
         # (channel, payload, future for the count of receivers or None): one queue for room and direct lines
         self._outbox: asyncio.Queue[tuple[str, str, asyncio.Future[int] | None]] = asyncio.Queue()
         self._release = self.redis.register_script(_RELEASE)
-        self._store = self.redis.register_script(_STORE)
         self._prune = self.redis.register_script(_PRUNE)
-        self._delivered = self.redis.register_script(_DELIVERED)
-        self._expire = self.redis.register_script(_EXPIRE)
+        self.mail = ClusterMail(self.redis, self._call, log)
         self._renew = self.redis.register_script(_RENEW_SCRIPT)
 
     @staticmethod
@@ -453,73 +392,6 @@ class Cluster:
 
         result: bool | None = await self._call(run, None)
         return result
-
-    # --- offline mail ----------------------------------------------------------------------------------------------
-    def _mail_keys(self, recipient: str) -> list[str]:
-        return [_MAILBOX + recipient, *_MAIL_COUNTS]
-
-    async def store_mail(
-        self, recipient: str, sender: str, sender_key: str, origin: str, text: str, quotas: Any
-    ) -> int | None:
-        """Keep a message for ``recipient`` in Redis: 0 once Redis has it (and, with ``appendfsync always``, its
-        disk), 1-4 if a quota says no (recipient, sender, origin, total), None if Redis is down."""
-        message = json.dumps({"s": sender, "t": text, "k": sender_key, "o": origin, "c": time.time()})
-        limits = [quotas.per_recipient, quotas.per_sender, quotas.per_origin, quotas.total]
-        result: int | None = await self._call(
-            lambda: self._store(
-                keys=[*self._mail_keys(recipient), _MAILBOXES], args=[message, sender_key, origin, *limits, recipient]
-            ),
-            None,
-        )
-        return None if result is None else int(result)
-
-    async def mail_page(self, recipient: str, size: int) -> list[tuple[str, str]] | None:
-        """The oldest ``size`` messages waiting for ``recipient``: (sender, text) pairs; None if Redis is down."""
-
-        async def run() -> list[tuple[str, str]]:
-            raw = await self.redis.lrange(self._mail_keys(recipient)[0], 0, size - 1)
-            self._pages[recipient] = raw
-            page = []
-            for item in raw:
-                m = json.loads(item)
-                page.append((str(m["s"]), str(m["t"])))
-            return page
-
-        result: list[tuple[str, str]] | None = await self._call(run, None)
-        return result
-
-    async def mail_delivered(self, recipient: str, count: int) -> None:
-        """The first ``count`` messages of the page reached the recipient's socket: out of Redis."""
-        page = self._pages.pop(recipient, [])[:count]
-        if page:
-            await self._call(lambda: self._delivered(keys=self._mail_keys(recipient), args=page), 0)
-
-    async def adopt_mail(self, rows: list[tuple[int, str, str, str, str, str, float]], quotas: Any) -> list[int] | None:
-        """Keep messages of a broker's own store in Redis (``ChatStore.oldest``'s rows), with the time they were
-        first stored: the ids Redis took (a quota may refuse some), None if Redis is down."""
-        limits = [quotas.per_recipient, quotas.per_sender, quotas.per_origin, quotas.total]
-
-        async def run() -> list[int]:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for _id, recipient, sender, sender_key, origin, text, created in rows:
-                    message = json.dumps({"s": sender, "t": text, "k": sender_key, "o": origin, "c": created})
-                    keys = [*self._mail_keys(recipient), _MAILBOXES]
-                    await self._store(keys=keys, args=[message, sender_key, origin, *limits, recipient], client=pipe)
-                results = await pipe.execute()
-            return [row[0] for row, result in zip(rows, results, strict=True) if int(result) == 0]
-
-        result: list[int] | None = await self._call(run, None)
-        return result
-
-    async def expire_mail(self, age: float) -> int | None:
-        """Drop the messages kept for longer than ``age`` seconds, in every mailbox: how many (None: Redis is down)."""
-        result = await self._call(
-            lambda: self._expire(keys=[_MAILBOXES, *_MAIL_COUNTS], args=[time.time() - age, _MAILBOX]),
-            None,
-        )
-        if result:
-            self.log.info(f"cluster: {result} stored messages older than {age / 86400:g} days dropped")
-        return None if result is None else int(result)
 
     # --- protected names -------------------------------------------------------------------------------------------
     _DOWN = object()

@@ -61,7 +61,7 @@ async def keep(client: Client, cluster: Cluster, name: str, sender: str, text: s
     why = None
     if sent is not None:
         q = client.broker.store.quotas
-        refused = await cluster.store_mail(key, sender, proto.name_key(sender), client.origin, text, q)
+        refused = await cluster.mail.store(key, sender, proto.name_key(sender), client.origin, text, q)
         if refused == 0:
             client.send(proto.notice(f"{name} is offline; message stored"))
             return
@@ -81,7 +81,7 @@ async def mail_page(client: Client, cluster: Cluster, key: str, size: int) -> No
     if client.unacked:
         client.more_mail = True
         return
-    page = await cluster.mail_page(key, size)
+    page = await cluster.mail.page(key, size)
     if not page or client.name is None or proto.name_key(client.name) != key or client.lost:
         return
     for sender, text in page:
