@@ -204,7 +204,9 @@ def test_library_scan_sync_and_aio_leaves_no_descriptors(tcp_ports: tuple[list[i
     result = sockcat.scan("127.0.0.1", "1-2000," + _ports_arg(open_ports), timeout=TIMEOUT)
     assert set(open_ports) <= set(result.open)
     assert len(result.results) == len({*range(1, 2001), *open_ports})
-    assert len(os.listdir("/proc/self/fd")) == before
+    # none left open (fewer is no leak: in a test worker another test's object may be collected meanwhile,
+    # closing its socket: 19 against 20 once in a randomized run)
+    assert len(os.listdir("/proc/self/fd")) <= before
     got = asyncio.run(aio.scan("127.0.0.1", open_ports))
     assert got.open == sorted(open_ports) and got.to_dict()["counts"] == {"open": 3}
 
