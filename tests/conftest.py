@@ -271,6 +271,43 @@ def process_tcp_connections(pid: int) -> int:
     return sum(1 for r in _tcp_table() if r.inode in inodes and r.state != TCP_LISTEN)
 
 
+@contextlib.contextmanager
+def headless_chromium(profile: Path, *, phone: bool = False, width: int = 900, height: int = 1100) -> Iterator[Any]:
+    """Debian's Chromium, headless, driven by Selenium through chromium-driver: a fresh profile in ``profile``, no
+    network of its own; ``phone``: a 390 px wide phone screen (a desktop window cannot be made that narrow)."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = require("chromium")
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-proxy-server",
+        "--hide-scrollbars",
+        f"--user-data-dir={profile}",
+        f"--window-size={width},{height}",
+    ):
+        options.add_argument(flag)
+    if phone:
+        options.add_experimental_option(
+            "mobileEmulation", {"deviceMetrics": {"width": 390, "height": 844, "pixelRatio": 2}}
+        )
+    driver = webdriver.Chrome(service=Service(require("chromedriver")), options=options)
+    driver.set_page_load_timeout(TIMEOUT)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
 def fd_count(pid: int) -> int:
     """Open descriptors of process ``pid``."""
     return len(os.listdir(f"/proc/{pid}/fd"))

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import TIMEOUT, Proc, require, sockcat
+from conftest import TIMEOUT, Proc, headless_chromium, require, sockcat
 
 from sockcat import Address
 
@@ -22,37 +22,8 @@ pytestmark = pytest.mark.timeout(120)
 
 @pytest.fixture
 def browser(tmp_path: Path) -> Iterator[Any]:
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    chromium = require("chromium")
-    driver_path = require("chromedriver")
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for flag in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-proxy-server",
-        f"--user-data-dir={tmp_path / 'profile'}",
-    ):
-        options.add_argument(flag)
-    # a phone's screen (a desktop window cannot be made that narrow)
-    options.add_experimental_option(
-        "mobileEmulation", {"deviceMetrics": {"width": 390, "height": 844, "pixelRatio": 2}}
-    )
-    driver = webdriver.Chrome(service=Service(driver_path), options=options)
-    driver.set_page_load_timeout(TIMEOUT)
-    try:
+    with headless_chromium(tmp_path / "profile", phone=True) as driver:
         yield driver
-    finally:
-        driver.quit()
 
 
 def test_chromium_joins_gets_stored_mail_and_talks_with_nc(procs: list[Proc], browser: Any, tmp_path: Path) -> None:

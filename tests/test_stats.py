@@ -15,12 +15,10 @@ from sockcat.core.stats import (
     Latency,
     WorkerResult,
     exact_percentile,
-    format_bits,
-    format_bytes,
-    format_us,
     merge,
     rank,
 )
+from sockcat.core.units import format_bits, format_bytes, format_us
 
 values = st.lists(st.integers(min_value=0, max_value=2**40), min_size=1, max_size=400)
 percentile = st.sampled_from([0.0, 1.0, 25.0, 50.0, 75.0, 90.0, 99.0, 99.9, 99.99, 100.0])

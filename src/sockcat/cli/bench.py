@@ -44,6 +44,9 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
         "--workers", type=positive, default=1, metavar="N", help="client processes (default 1; at most 4 per CPU)"
     )
     b.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    b.add_argument(
+        "--report", metavar="FILE.html", help="also write the run as one self-contained HTML page (pictures inline)"
+    )
     g = b.add_argument_group("connection options")
     g.add_argument("-w", "--connect-timeout", type=seconds, metavar="S", help="give up connecting after S (5)")
     g.add_argument("-s", "--source", metavar="ADDR", help="bind to ADDR before connecting")
@@ -111,7 +114,22 @@ def run(args: argparse.Namespace, log: Log) -> None:
         sys.stdout.flush()
     else:
         print_table(result)
+    if args.report:
+        _write_report(args.report, result)
     _verdict(result, log)
+
+
+def _write_report(path: str, result: BenchResult) -> None:
+    import time
+
+    from sockcat.core.benchreport import render
+
+    page = render(result, when=time.strftime("%Y-%m-%d %H:%M:%S %Z"))
+    try:
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(page)
+    except OSError as exc:
+        raise SockcatError(f"--report {path}: {exc.strerror or exc}") from None
 
 
 def _verdict(result: BenchResult, log: Log) -> None:
@@ -139,7 +157,7 @@ class _ProgressLine:
         self.last: tuple[float, int, int] | None = None
 
     def update(self, phase: str, left: float, requests: int, nbytes: int) -> None:
-        from sockcat.core.stats import format_bits
+        from sockcat.core.units import format_bits
 
         now = time.monotonic()
         text = f"[bold]{phase}[/bold]  {left:4.1f} s left"
@@ -157,7 +175,7 @@ class _ProgressLine:
 
 
 def print_table(result: BenchResult, file: Any = None) -> None:
-    from sockcat.core.stats import format_bits, format_bytes, format_us
+    from sockcat.core.units import format_bits, format_bytes, format_us
 
     """A result for people: a two-column rich table on stdout."""
     from rich.console import Console

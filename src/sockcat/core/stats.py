@@ -14,7 +14,6 @@ Values are integers (``bench`` records nanoseconds); results report microseconds
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -139,6 +138,21 @@ class Histogram:
     def copy(self) -> Histogram:
         h = Histogram(self._p, self._max_bits())
         h.merge(self)
+        return h
+
+    def since(self, earlier: list[int]) -> Histogram:
+        """The values counted since the counters were ``earlier`` (a copy of :attr:`counts`), as a histogram of
+        their own (its min and max are bucket bounds: the exact ones were not kept)."""
+        h = Histogram(self._p, self._max_bits())
+        counts = h._counts
+        for i, (now, then) in enumerate(zip(self._counts, earlier, strict=True)):
+            if now != then:
+                counts[i] = now - then
+        filled = [i for i, n in enumerate(counts) if n]
+        if filled:
+            h.count = sum(counts)
+            h.low, h.max = self.bucket_bounds(filled[0])[0], self.bucket_bounds(filled[-1])[1]
+            h.total = sum(counts[i] * sum(self.bucket_bounds(i)) // 2 for i in filled)
         return h
 
     def _max_bits(self) -> int:
@@ -294,6 +308,8 @@ class WorkerResult:
     cpu_seconds: float = 0.0
     connections: int = 0
     histogram: Histogram = field(default_factory=Histogram)
+    # each second of the window (the last one may be shorter): (seconds since the start, requests, latencies)
+    series: list[tuple[float, int, Histogram]] = field(default_factory=list)
 
     def add_error(self, kind: str, message: str | None = None) -> None:
         self.errors[kind] = self.errors.get(kind, 0) + 1
@@ -310,6 +326,7 @@ class WorkerResult:
             "cpu_seconds": self.cpu_seconds,
             "connections": self.connections,
             "histogram": self.histogram.to_dict(),
+            "series": [[t, n, h.to_dict()] for t, n, h in self.series],
         }
 
     @classmethod
@@ -323,6 +340,7 @@ class WorkerResult:
             cpu_seconds=float(data["cpu_seconds"]),
             connections=int(data["connections"]),
             histogram=Histogram.from_dict(data["histogram"]),
+            series=[(float(t), int(n), Histogram.from_dict(h)) for t, n, h in data.get("series", [])],
         )
 
 
@@ -358,6 +376,7 @@ class BenchResult:
     client_cpu_seconds: float
     client_cpu_percent: float
     histogram: Histogram | None = None
+    series: tuple[dict[str, Any], ...] = ()  # per second: t (end of the second, s), rate (/s), p99_us (None: none)
 
     @property
     def client_saturated(self) -> bool:
@@ -392,6 +411,7 @@ class BenchResult:
             "warmup": self.warmup,
             "client_cpu_seconds": round(self.client_cpu_seconds, 3),
             "client_cpu_percent": round(self.client_cpu_percent, 1),
+            "series": [dict(x) for x in self.series],
         }
         if self.mode == "throughput":
             out["reverse"] = self.reverse
@@ -427,6 +447,7 @@ def merge(
         cpu += part.cpu_seconds
         if part.seconds > 0:
             busiest = max(busiest, 100.0 * part.cpu_seconds / part.seconds)
+    series = _merge_series([part.series for part in parts], mode)
     # no completed round trip: no latency to report (null in --json, never a 0.0 that reads like a fast server)
     latency = Latency.from_histogram(hist) if mode != "throughput" and requests > 0 else None
     return BenchResult(
@@ -450,34 +471,23 @@ def merge(
         client_cpu_seconds=cpu,
         client_cpu_percent=busiest,
         histogram=hist if mode != "throughput" else None,
+        series=series,
     )
 
 
-def format_bytes(n: float) -> str:
-    """``1.5 MiB`` style (binary units)."""
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
-        n /= 1024
-    raise AssertionError("unreachable")
-
-
-def format_bits(bytes_per_second: float) -> str:
-    """``9.41 Gbit/s`` style (decimal units, like iperf3)."""
-    bits = bytes_per_second * 8
-    for unit in ("bit/s", "kbit/s", "Mbit/s", "Gbit/s"):
-        if abs(bits) < 1000 or unit == "Gbit/s":
-            return f"{bits:.2f} {unit}"
-        bits /= 1000
-    raise AssertionError("unreachable")
-
-
-def format_us(us: float) -> str:
-    """A latency in the most readable unit: ``850 µs``, ``1.21 ms``, ``2.5 s``."""
-    if not math.isfinite(us):
-        return "-"
-    if us < 1000:
-        return f"{us:.0f} µs" if us >= 10 else f"{us:.1f} µs"
-    if us < 1_000_000:
-        return f"{us / 1000:.2f} ms"
-    return f"{us / 1_000_000:.2f} s"
+def _merge_series(parts: list[list[tuple[float, int, Histogram]]], mode: str) -> tuple[dict[str, Any], ...]:
+    """The workers' seconds added up, second by second: rate per second, and the p99 of that second's samples."""
+    out: list[dict[str, Any]] = []
+    before = 0.0
+    for i in range(max((len(p) for p in parts), default=0)):
+        slices = [p[i] for p in parts if i < len(p)]
+        t = max(s[0] for s in slices)
+        requests = sum(s[1] for s in slices)
+        hist = Histogram()
+        for s in slices:
+            hist.merge(s[2])
+        p99 = round(hist.percentile(99.0) / 1000, 3) if mode != "throughput" and hist.count else None
+        span = t - before
+        out.append({"t": round(t, 3), "rate": round(requests / span, 3) if span > 0 else 0.0, "p99_us": p99})
+        before = t
+    return tuple(out)

@@ -76,6 +76,10 @@ class _Session:
         """The measured window ended: bytes the peer acknowledged in it, for an upload that counts them."""
         return 0
 
+    def moved(self) -> int:
+        """Bytes the peer acknowledged so far in the window, for an upload that counts them (not in nbytes yet)."""
+        return 0
+
     def close(self) -> None:
         self.abort()
 
@@ -332,6 +336,12 @@ class _Upload(_TransportSession, asyncio.Protocol):
     def window_start(self) -> None:
         if self.tcp is not None:
             self.base = self.last = _acked(self.tcp) or self.last
+
+    def moved(self) -> int:
+        if self.tcp is None or self.base is None:
+            return 0
+        self.last = _acked(self.tcp) or self.last
+        return self.last - self.base
 
     def window_end(self) -> int:
         if self.tcp is None or self.base is None:

@@ -68,6 +68,8 @@ class _Worker:
         self._ready: asyncio.Event | None = None
         self._setup_sem: asyncio.Semaphore | None = None
         self.connected = 0
+        self._ticker: asyncio.TimerHandle | None = None
+        self._slice_from: tuple[float, int, list[int]] = (0.0, 0, [])
 
     @property
     def requests(self) -> int:
@@ -103,10 +105,34 @@ class _Worker:
         self.measuring = True
         for session in self.sessions:
             session.window_start()
+        self._slice_from = (0.0, 0, list(self.hist.counts))
+        if self._loop is not None:  # (a worker driven by hand, as a unit test does, has no loop and no series)
+            self._ticker = self._loop.call_later(1.0, self._tick)
+
+    def _moved_so_far(self) -> int:
+        """Requests in the window so far (throughput: ``size``-byte messages the peer took)."""
+        if self.plan.mode == "throughput":
+            return (self.nbytes + sum(s.moved() for s in self.sessions)) // self.size
+        return sum(self.hist.counts)
+
+    def _tick(self, final: bool = False) -> None:
+        """One second of the window (or its last part): its requests and latencies join ``result.series``."""
+        t = time.perf_counter() - self.t0
+        then, done_then, counts_then = self._slice_from
+        if final and t - then < 0.05:  # (a last sliver would show a rate out of a handful of samples)
+            return
+        done = self._moved_so_far()
+        self.result.series.append((t, done - done_then, self.hist.since(counts_then)))
+        self._slice_from = (t, done, list(self.hist.counts))
+        if not final:
+            self._ticker = self.loop.call_later(1.0, self._tick)
 
     def finish(self) -> None:
         """End the measured window now (timer, or -n reached); idempotent. Connections stop reading at once."""
         if self.measuring:
+            if self._ticker is not None:
+                self._ticker.cancel()
+                self._tick(final=True)
             for session in self.sessions:
                 self.nbytes += session.window_end()
             self.measuring = False

@@ -1,0 +1,217 @@
+"""``bench --report FILE.html``: one self-contained page of a run (docs/reference.md#bench).
+
+Pure: a :class:`~sockcat.core.stats.BenchResult` in, HTML text out. The page has no script and fetches nothing:
+its pictures are inline SVG drawn here, its style is inline CSS. Every text that came from the command line
+(the address above all) is escaped.
+
+- The latency histogram: the run's samples in log-spaced bins (a bench histogram's own buckets, gathered into about
+  60 bins between the fastest and the slowest sample), with p50, p90, p99 and p99.9 marked.
+- The run second by second: the rate as bars, the p99 of each second as a line on its own scale.
+- The parameters and the figures, as ``bench`` prints them.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+
+from sockcat.core.stats import BenchResult, Histogram
+from sockcat.core.units import format_bits, format_bytes, format_us
+
+_W, _H = 760, 260  # each picture's size
+_PAD_L, _PAD_R, _PAD_T, _PAD_B = 84, 64, 16, 40
+_BINS = 60
+_MARKS = (("p50", 50.0, "#2b7a2b"), ("p90", 90.0, "#b07d00"), ("p99", 99.0, "#c2410c"), ("p99.9", 99.9, "#9f1239"))
+_CSS = """
+body { font: 15px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 800px; color: #1f2328; padding: 0 1em; }
+h1 { font-size: 1.4em; margin-bottom: 0.2em; } h2 { font-size: 1.1em; margin-top: 1.6em; }
+.sub { color: #57606a; margin-top: 0; word-break: break-all; }
+table { border-collapse: collapse; margin: 0.5em 0; } td, th { padding: 2px 14px 2px 0; text-align: left; }
+td.n { text-align: right; font-variant-numeric: tabular-nums; }
+svg { display: block; max-width: 100%; height: auto; background: #fbfbfc; border: 1px solid #d0d7de; }
+svg text { font: 11px system-ui, sans-serif; fill: #57606a; }
+.none { color: #57606a; font-style: italic; }
+"""
+
+
+def render(result: BenchResult, *, when: str = "") -> str:
+    """The report page for ``result`` (``when``: the run's date and time, as the caller words it)."""
+    e = html.escape
+    title = f"sockcat bench: {result.mode} to {result.address}"
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; style-src 'unsafe-inline'\">",
+        f"<title>{e(title)}</title><style>{_CSS}</style></head><body>",
+        f"<h1>sockcat bench: {e(result.mode)}</h1>",
+        f'<p class="sub">{e(result.address)}{" · " + e(when) if when else ""}</p>',
+        _figures(result),
+    ]
+    if result.histogram is not None and result.histogram.count:
+        parts += ['<h2 id="latency">Latency</h2>', _histogram_svg(result.histogram)]
+    parts += ['<h2 id="seconds">Second by second</h2>', _series_svg(result)]
+    parts += ['<h2 id="parameters">Parameters</h2>', _parameters(result), "</body></html>"]
+    return "\n".join(parts) + "\n"
+
+
+def _figures(r: BenchResult) -> str:
+    rows: list[tuple[str, str]] = []
+    if r.mode == "throughput":
+        rows.append(("throughput", f"{format_bits(r.bytes_per_second)} ({format_bytes(r.bytes_per_second)}/s)"))
+        rows.append(("moved", format_bytes(r.bytes)))
+    else:
+        rows.append(("rate", f"{r.rate:,.0f} {'connections' if r.mode == 'connect' else 'round trips'}/s"))
+        rows.append(("requests", f"{r.requests:,}"))
+        if r.latency is not None:
+            lat = r.latency.to_dict()
+            for key in ("p50", "p90", "p99", "p999", "max"):
+                rows.append((f"latency {key}", format_us(lat[key])))
+    rows.append(("errors", f"{r.errors}" + (f" ({_kinds(r.error_kinds)})" if r.errors else "")))
+    rows.append(("client CPU", f"{r.client_cpu_percent:.0f}% of one core"))
+    return _table(rows, 'id="figures"')
+
+
+def _parameters(r: BenchResult) -> str:
+    rows = [
+        ("mode", r.mode),
+        ("address", r.address),
+        ("connections", str(r.connections)),
+        ("size", f"{r.size:,} B"),
+        ("window", f"{r.seconds:.2f} s after {r.warmup:g} s of warm-up"),
+        ("workers", str(r.workers)),
+    ]
+    if r.mode == "rtt":
+        rows.append(("pipeline", str(r.pipeline)))
+    if r.mode == "throughput":
+        rows.append(("direction", "download (reverse)" if r.reverse else "upload"))
+    return _table(rows, 'id="parameters-table"')
+
+
+def _kinds(kinds: dict[str, int]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted(kinds.items()))
+
+
+def _table(rows: list[tuple[str, str]], attrs: str) -> str:
+    e = html.escape
+    body = "".join(f'<tr><th scope="row">{e(k)}</th><td class="n">{e(v)}</td></tr>' for k, v in rows)
+    return f"<table {attrs}>{body}</table>"
+
+
+def _svg(inner: list[str], label: str, ident: str) -> str:
+    return (
+        f'<svg id="{ident}" xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {_W} {_H}" role="img" '
+        f'aria-label="{html.escape(label)}">' + "".join(inner) + "</svg>"
+    )
+
+
+def _histogram_svg(h: Histogram) -> str:
+    """Samples per log-spaced bin between min and max (µs on a log axis), with the percentiles marked."""
+    lo_us, hi_us = max(h.min / 1000, 0.001), max(h.max / 1000, 0.002)
+    if hi_us <= lo_us * 1.01:
+        hi_us = lo_us * 1.5
+    a, b = math.log10(lo_us), math.log10(hi_us)
+    bins = [0] * _BINS
+    for index, n in h.buckets().items():
+        low, high = h.bucket_bounds(index)
+        mid = max((low + high) / 2 / 1000, lo_us)
+        k = min(_BINS - 1, max(0, int((math.log10(mid) - a) / (b - a) * _BINS)))
+        bins[k] += n
+    top = max(bins) or 1
+    plot_w, plot_h = _W - _PAD_L - _PAD_R, _H - _PAD_T - _PAD_B
+
+    def x_of(us: float) -> float:
+        return _PAD_L + (math.log10(max(us, lo_us)) - a) / (b - a) * plot_w
+
+    out: list[str] = []
+    bar_w = plot_w / _BINS
+    for k, n in enumerate(bins):
+        if n:
+            bh = n / top * plot_h
+            out.append(
+                f'<rect class="bin" x="{_PAD_L + k * bar_w:.1f}" y="{_PAD_T + plot_h - bh:.1f}" '
+                f'width="{max(bar_w - 1, 1):.1f}" height="{bh:.1f}" fill="#6e9fd6"><title>{n:,} samples</title></rect>'
+            )
+    out += _axes(plot_w, plot_h, f"{top:,}", "samples")
+    for us in _log_ticks(lo_us, hi_us):
+        x = x_of(us)
+        out.append(f'<text x="{x:.1f}" y="{_H - 22}" text-anchor="middle">{html.escape(format_us(us))}</text>')
+    out.append(f'<text x="{_PAD_L + plot_w / 2:.0f}" y="{_H - 6}" text-anchor="middle">latency (log scale)</text>')
+    for i, (name, q, color) in enumerate(_MARKS):
+        us = h.percentile(q) / 1000
+        x = x_of(us)
+        out.append(
+            f'<line class="mark" x1="{x:.1f}" x2="{x:.1f}" y1="{_PAD_T}" y2="{_PAD_T + plot_h}" stroke="{color}" '
+            f'stroke-width="1.5" stroke-dasharray="4 3"/>'
+            f'<text x="{x + 3:.1f}" y="{_PAD_T + 12 + 13 * i}" style="fill:{color}">{name} {html.escape(format_us(us))}'
+            "</text>"
+        )
+    return _svg(out, "latency histogram with percentiles", "histogram")
+
+
+def _series_svg(r: BenchResult) -> str:
+    series = list(r.series)
+    if not series:
+        return '<p class="none">The window was shorter than a second: no per-second figures.</p>'
+    plot_w, plot_h = _W - _PAD_L - _PAD_R, _H - _PAD_T - _PAD_B
+    top_rate = max(s["rate"] for s in series) or 1.0
+    p99s = [s["p99_us"] for s in series if s["p99_us"] is not None]
+    top_p99 = max(p99s) if p99s else 0.0
+    end = series[-1]["t"] or 1.0
+    out: list[str] = []
+    before = 0.0
+    for s in series:
+        x0, x1 = _PAD_L + before / end * plot_w, _PAD_L + s["t"] / end * plot_w
+        bh = s["rate"] / top_rate * plot_h
+        out.append(
+            f'<rect class="second" x="{x0 + 1:.1f}" y="{_PAD_T + plot_h - bh:.1f}" width="{max(x1 - x0 - 2, 1):.1f}" '
+            f'height="{bh:.1f}" fill="#9cc3e6"><title>{s["t"]:g} s: {s["rate"]:,.0f}/s</title></rect>'
+        )
+        before = s["t"]
+    rate_label = "MiB/s" if r.mode == "throughput" else "per second"
+    top_label = f"{top_rate * r.size / 1048576:,.0f}" if r.mode == "throughput" else f"{top_rate:,.0f}"
+    out += _axes(plot_w, plot_h, top_label, rate_label)
+    if top_p99 > 0:
+        points = []
+        before = 0.0
+        for s in series:
+            if s["p99_us"] is not None:
+                x = _PAD_L + (before + s["t"]) / 2 / end * plot_w
+                points.append(f"{x:.1f},{_PAD_T + plot_h - s['p99_us'] / top_p99 * plot_h:.1f}")
+            before = s["t"]
+        line = " ".join(points)
+        out.append(f'<polyline id="p99-line" points="{line}" fill="none" stroke="#c2410c" stroke-width="2"/>')
+        out.append(
+            f'<text x="{_W - _PAD_R + 4}" y="{_PAD_T + 10}" style="fill:#c2410c">'
+            f"{html.escape(format_us(top_p99))}</text>"
+            f'<text x="{_W - _PAD_R + 4}" y="{_PAD_T + 24}" style="fill:#c2410c">p99</text>'
+        )
+    out.append(f'<text x="{_PAD_L + plot_w / 2:.0f}" y="{_H - 6}" text-anchor="middle">seconds into the window</text>')
+    for k in range(int(end) + 1):
+        x = _PAD_L + k / end * plot_w
+        out.append(f'<text x="{x:.1f}" y="{_H - 22}" text-anchor="middle">{k}</text>')
+    return _svg(out, "rate and p99 per second", "series")
+
+
+def _axes(plot_w: float, plot_h: float, top: str, unit: str) -> list[str]:
+    base = _PAD_T + plot_h
+    return [
+        f'<line x1="{_PAD_L}" x2="{_PAD_L + plot_w}" y1="{base}" y2="{base}" stroke="#8c959f"/>',
+        f'<line x1="{_PAD_L}" x2="{_PAD_L}" y1="{_PAD_T}" y2="{base}" stroke="#8c959f"/>',
+        f'<text x="{_PAD_L - 6}" y="{_PAD_T + 10}" text-anchor="end">{html.escape(top)}</text>',
+        f'<text x="{_PAD_L - 6}" y="{_PAD_T + 24}" text-anchor="end">{html.escape(unit)}</text>',
+        f'<text x="{_PAD_L - 6}" y="{base}" text-anchor="end">0</text>',
+    ]
+
+
+def _log_ticks(lo: float, hi: float) -> list[float]:
+    """1-2-5 steps between ``lo`` and ``hi`` (at most about eight of them)."""
+    ticks: list[float] = []
+    for exp in range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1):
+        for m in (1, 2, 5):
+            v = m * 10.0**exp
+            if lo <= v <= hi:
+                ticks.append(v)
+    if len(ticks) > 8:
+        ticks = [t for t in ticks if math.log10(t).is_integer()] or ticks[:: len(ticks) // 8 + 1]
+    return ticks
