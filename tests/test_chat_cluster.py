@@ -173,6 +173,23 @@ def test_a_name_is_one_connections_in_the_whole_cluster(redis: Redis, procs: lis
             u.close()
 
 
+def test_a_burst_of_joins_never_takes_a_name_another_broker_holds(redis: Redis, procs: list[Proc]) -> None:
+    """150 clients ask broker B at once for the names 150 users hold on broker A. Every one is refused: the burst
+    queues for Redis connections instead of failing (redis-py's "Too many connections" once made the cluster look
+    unreachable, and B then gave the names out locally)."""
+    _a, pa = broker(procs, redis.url)
+    b, pb = broker(procs, redis.url)
+    holders = [join(pa, f"h{i}") for i in range(150)]
+    rivals = [User(pb) for _ in range(150)]
+    for i, rival in enumerate(rivals):
+        rival.send(f"h{i}")
+    answers = [rival.line() for rival in rivals]
+    assert answers == [f"! h{i} is taken; your name?" for i in range(150)], {a for a in answers if "taken" not in a}
+    assert b.stderr_count("unreachable") == 0
+    for u in [*holders, *rivals]:
+        u.close()
+
+
 def test_a_killed_brokers_names_are_free_after_the_lease(redis: Redis, procs: list[Proc]) -> None:
     a, pa = broker(procs, redis.url)
     _b, pb = broker(procs, redis.url)

@@ -40,6 +40,7 @@ from sockcat.net.pin import parse_pin, pin_mismatch
 
 NAME_LEASE = 5.0  # seconds a name stays held after its broker stopped renewing it
 _RENEW = NAME_LEASE / 3
+_CALLS = 32  # Redis calls in flight at once (more wait their turn)
 _PREFIX = "sockcat:"
 _SEP = "\x00"
 _ROOM = f"{_PREFIX}room"  # the channel of every broker's room lines: NODE, _SEP, then lines separated by \n
@@ -165,9 +166,21 @@ class Cluster:
                 extra.update(
                     ssl_cert_reqs="none", ssl_check_hostname=False, connection_class=_pinned_connection(parse_pin(pin))
                 )
-        self.redis: Any = aredis.from_url(
-            self.url, socket_timeout=2.0, socket_connect_timeout=2.0, health_check_interval=1, **extra
+        # A bounded pool that makes a caller wait for a free connection rather than fail ("Too many connections":
+        # a burst of 200 joins once made the cluster look unreachable, and names were then given out locally).
+        # Calls queue for one of _CALLS slots before their 2 s time-out starts, so waiting behind a burst never
+        # counts as Redis being down; the pool has room beyond them for the subscriber, publisher and renewals.
+        pool = aredis.BlockingConnectionPool.from_url(
+            self.url,
+            max_connections=_CALLS + 8,
+            timeout=None,
+            socket_timeout=2.0,
+            socket_connect_timeout=2.0,
+            health_check_interval=1,
+            **extra,
         )
+        self.redis: Any = aredis.Redis(connection_pool=pool)
+        self._slots = asyncio.Semaphore(_CALLS)
         self.up = False
         self._known = False  # (the first state, up or not, is logged too)
         self._resubscribe = False
@@ -278,12 +291,15 @@ class Cluster:
     async def _call(self, what: Callable[[], Awaitable[Any]], default: Any) -> Any:
         if not self.up:
             return default
-        try:
-            async with asyncio.timeout(2.0):
-                return await what()
-        except Exception as exc:
-            self._state(False, str(exc) or type(exc).__name__)
-            return default
+        async with self._slots:  # (queueing behind other calls is not Redis's time)
+            if not self.up:
+                return default
+            try:
+                async with asyncio.timeout(2.0):
+                    return await what()
+            except Exception as exc:
+                self._state(False, str(exc) or type(exc).__name__)
+                return default
 
     # --- names -----------------------------------------------------------------------------------------------------
     async def claim(self, key: str, display: str) -> bool | None:
