@@ -43,11 +43,11 @@ async def claim(client: Client, name: str) -> None:
         if again is not None:
             client._refused(again)
         return
-    everyone = await b.cluster.who() if held else None
+    everyone = await b.cluster.online_count() if held else None
     if client.lost or client.closing:
         b.cluster.later(b.cluster.release(key))
         return
-    client._took(name, len(everyone) if everyone else None)
+    client._took(name, everyone or None)
     if held is None:
         client.send(proto.notice("the cluster is unreachable: your name is checked on this broker only for now"))
 
