@@ -46,10 +46,25 @@ async def connect_split(ports: list[int], clients: int) -> list[Receiver]:
     for i, r in enumerate(out):
         assert r.transport is not None
         r.transport.write(f"c{i}\n".encode())
-    await asyncio.sleep(2.0)  # join notices settle, across brokers too (not counted)
+    await _joined_and_quiet(out)  # (not counted)
     for r in out:
         r.lines, r.buf, r.seen, r.bad = 0, b"", {}, 0
     return out
+
+
+async def _joined_and_quiet(rs: list[Receiver]) -> float:
+    """Until every client has its "* hello" line, then until the join notices (each join is announced to everyone,
+    across brokers too) have stopped for a second: when that quiet began, in seconds from now."""
+    t0 = time.perf_counter()
+    while any(r.lines == 0 for r in rs):
+        await asyncio.sleep(0.01)
+    total, quiet_since = -1, time.perf_counter()
+    while time.perf_counter() - quiet_since < 1.0:
+        now_total = sum(r.lines for r in rs)
+        if now_total != total:
+            total, quiet_since = now_total, time.perf_counter()
+        await asyncio.sleep(0.05)
+    return quiet_since - t0
 
 
 async def flood(ports: list[int], clients: int, senders: int, lines: int) -> dict[str, Any]:
@@ -134,14 +149,8 @@ async def scale(redis_url: str, clients: int, brokers: int, lines: int) -> dict[
         while any(r.lines == 0 for r in rs):  # each one's "* hello" line
             await asyncio.sleep(0.01)
         joined = time.perf_counter() - t0
-        total, quiet_since = -1, time.perf_counter()
-        while time.perf_counter() - quiet_since < 1.0:  # the join notices: until nothing has come for a second
-            now_total = sum(r.lines for r in rs)
-            if now_total != total:
-                total, quiet_since = now_total, time.perf_counter()
-            await asyncio.sleep(0.05)
-        settled = quiet_since - t0
-        notices = total - clients  # (without the hello lines)
+        settled = joined + await _joined_and_quiet(rs)
+        notices = sum(r.lines for r in rs) - clients  # (without the hello lines)
         held = [len(range(b, clients, brokers)) for b in range(brokers)]
         per_client = [(rss(p.pid) - b0) / n for p, b0, n in zip(procs, before, held, strict=True)]
         for r in rs:
