@@ -89,17 +89,22 @@ async def latency(ports: list[int], clients: int, seconds: float) -> dict[str, A
     return result
 
 
-async def failover(redis_url: str, clients: int) -> dict[str, Any]:
-    """``clients`` users on broker A; A is killed (SIGKILL); each user reconnects at once to broker B under the same
-    name, retrying while the name is still held. Seconds from the kill until every user is back and hears a line."""
-    ports = [free_port(), free_port()]
-    procs = []
+async def _brokers(redis_url: str, count: int, clients: int) -> tuple[list[int], list[subprocess.Popen[bytes]]]:
+    """``count`` brokers on one Redis, room for ``clients`` each, all subscribed: their ports and processes."""
+    ports, procs = [free_port() for _ in range(count)], []
     for port in ports:
         argv = ["sockcat", "-q", "chat", f"tcp://127.0.0.1:{port}", "--db", ":memory:", "--line-rate", "0"]
         p = subprocess.Popen([*argv, "--max-conns", str(clients + 10), "--cluster", redis_url])
         procs.append(p)
         wait_tcp(port, p)
-    await asyncio.sleep(1.0)  # both brokers subscribed
+    await asyncio.sleep(1.0)  # every broker subscribed
+    return ports, procs
+
+
+async def failover(redis_url: str, clients: int) -> dict[str, Any]:
+    """``clients`` users on broker A; A is killed (SIGKILL); each user reconnects at once to broker B under the same
+    name, retrying while the name is still held. Seconds from the kill until every user is back and hears a line."""
+    ports, procs = await _brokers(redis_url, 2, clients)
     try:
         first = [await _join(ports[0], f"u{i}") for i in range(clients)]
         killed = time.perf_counter()
@@ -127,14 +132,8 @@ async def scale(redis_url: str, clients: int, brokers: int, lines: int) -> dict[
     client it holds; then one sender per broker writes ``lines`` lines and every client must get every other
     sender's lines, exactly."""
     loop = asyncio.get_running_loop()
-    ports, procs = [free_port() for _ in range(brokers)], []
+    ports, procs = await _brokers(redis_url, brokers, clients)
     try:
-        for port in ports:
-            argv = ["sockcat", "-q", "chat", f"tcp://127.0.0.1:{port}", "--db", ":memory:", "--line-rate", "0"]
-            p = subprocess.Popen([*argv, "--max-conns", str(clients + 10), "--cluster", redis_url])
-            procs.append(p)
-            wait_tcp(port, p)
-        await asyncio.sleep(1.0)  # every broker subscribed
         before = [rss(p.pid) for p in procs]
         t0 = time.perf_counter()
         rs: list[Receiver] = []
