@@ -497,8 +497,9 @@ class Proc:
         try:
             rc = self.p.wait(timeout)
         except subprocess.TimeoutExpired:
+            where = where_it_hangs(self.p.pid)
             self.kill()
-            raise
+            raise AssertionError(f"{self.args} still running after {timeout} s; its threads:\n{where}") from None
         # stderr is complete once the reader saw EOF (a grandchild that kept the pipe open may delay that)
         self._reader.join(min(timeout, 2.0))
         return rc
@@ -540,6 +541,49 @@ class Proc:
         if self.p.poll() is None:
             self.p.kill()
             self.p.wait(5)
+
+
+_SYSCALLS = {
+    0: "read",
+    1: "write",
+    7: "poll",
+    23: "select",
+    35: "nanosleep",
+    43: "accept",
+    45: "recvfrom",
+    202: "futex",
+    230: "clock_nanosleep",
+    232: "epoll_wait",
+    270: "pselect6",
+    271: "ppoll",
+    288: "accept4",
+}
+
+
+def where_it_hangs(pid: int) -> str:
+    """What each thread of a process that should have ended is doing: its name, state and system call from /proc,
+    then every thread's C stack from gdb (a main thread in ``accept`` sleeps through a signal; one in a futex
+    is stuck on a lock or the GIL)."""
+    lines = []
+    for task in sorted(Path(f"/proc/{pid}/task").glob("*"), key=lambda t: int(t.name)):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            comm = (task / "comm").read_text().strip()
+            state = (task / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            call = (task / "syscall").read_text().split()[0]
+            name = _SYSCALLS.get(int(call), call) if call.lstrip("-").isdigit() else call
+            blocked = next(x.split()[1] for x in (task / "status").read_text().splitlines() if x.startswith("SigBlk"))
+            lines.append(f"  {task.name} {comm!r} state {state} in {name} (blocked signals {blocked})")
+    if shutil.which("gdb"):
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            bt = subprocess.run(
+                ["gdb", "-batch", "-nx", "-p", str(pid), "-ex", "thread apply all bt 10"],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                stdin=subprocess.DEVNULL,
+            ).stdout
+            lines += [ln for ln in bt.splitlines() if ln.startswith(("Thread", "#"))]
+    return "\n".join(lines)
 
 
 def _write_all(fd: int, data: bytes) -> None:
