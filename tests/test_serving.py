@@ -5,11 +5,12 @@ from __future__ import annotations
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
-from conftest import Proc, run_sockcat, sockcat
+from conftest import TIMEOUT, Proc, run_sockcat, sockcat
 
 SERVERS = {
     "serve": lambda a: ["serve", "echo", a],
@@ -148,3 +149,59 @@ def test_listen_keep_open_times_out_silent_peers(procs: list[Proc], extra: list[
         if extra:
             assert talker.recv(16) == b"still here\n"
     assert p.p.poll() is None
+
+
+# A signal that lands after the main thread's last bytecode and before its blocking call interrupts nothing: Python's
+# handler is pending while the call blocks. PyErr_SetInterruptEx, called from another thread once the main thread
+# blocks, leaves a process in exactly that state (the C-level handler's work done, no system call cut short).
+_PENDING_WHILE_BLOCKED = """
+import ctypes, signal, socket, sys, threading
+from sockcat.serving.process import handled_promptly
+from sockcat.serving.scaffold import stopped_by_signals
+
+CALLS = {"accept": (43, 288), "lock": (202,)}[sys.argv[1]]
+
+def in_call():  # the system call the main thread is blocked in ("running" when it is not in one)
+    call = open(f"/proc/self/task/{threading.main_thread().native_id}/syscall").read().split()[0]
+    return int(call) if call.isdigit() else None
+
+def pend_when_blocked():
+    while not (blocking.is_set() and in_call() in CALLS):
+        threading.Event().wait(0.01)
+    ctypes.pythonapi.PyErr_SetInterruptEx(ctypes.c_int(signal.SIGTERM))
+
+class Ended(BaseException):
+    pass
+
+def end(signum, frame):
+    raise Ended()
+
+blocking = threading.Event()
+threading.Thread(target=pend_when_blocked, daemon=True).start()
+if sys.argv[1] == "accept":
+    with stopped_by_signals():
+        with socket.create_server(("127.0.0.1", 0)) as s:
+            blocking.set()
+            s.accept()
+else:
+    try:
+        with handled_promptly({signal.SIGTERM: end}):
+            lock = threading.Lock()
+            lock.acquire()
+            blocking.set()
+            lock.acquire()
+    except Ended:
+        pass
+print("ended")
+"""
+
+
+@pytest.mark.parametrize("blocked_in", ["accept", "lock"])
+def test_a_stop_signal_pending_while_the_main_thread_blocks_still_ends_it(blocked_in: str) -> None:
+    p = subprocess.run(
+        [sys.executable, "-c", _PENDING_WHILE_BLOCKED, blocked_in],
+        capture_output=True,
+        timeout=TIMEOUT,
+        stdin=subprocess.DEVNULL,
+    )
+    assert (p.returncode, p.stdout, p.stderr) == (0, b"ended\n", b"")

@@ -22,6 +22,7 @@ from sockcat.cli import bench, chat, connect, listen, relay, scan, serve, transf
 from sockcat.cli.common import EXIT_USAGE, Parser, global_options
 from sockcat.core.errors import AddressError, SockcatError, UsageError, describe
 from sockcat.core.log import PROG, Log
+from sockcat.serving.process import handled_promptly
 
 EXIT_OK, EXIT_FAILURE, EXIT_INTERRUPTED = 0, 1, 130
 
@@ -97,15 +98,18 @@ def run(argv: Sequence[str] | None = None) -> int:
     if func is None:
         log.error(f"a COMMAND is required: {', '.join(_commands(parser))} (see '{PROG} --help')")
         return EXIT_USAGE
-    old_term = signal.signal(signal.SIGTERM, _on_sigterm)
     as_json = bool(getattr(args, "trace_json", False))
     tracing = bool(getattr(args, "trace", False)) or as_json
     if tracing:
         from sockcat.net.trace import set_trace
 
         set_trace(sys.stderr, as_json=as_json)
+    handlers: dict[signal.Signals, Callable[[int, FrameType | None], None]] = {signal.SIGTERM: _on_sigterm}
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # (not when started with ^C ignored)
+        handlers[signal.SIGINT] = signal.default_int_handler
     try:
-        func(args, log)
+        with handled_promptly(handlers):
+            func(args, log)
         return EXIT_OK
     except (SockcatError, OSError) as exc:  # each error says its exit status (usage errors: 2)
         log.error(str(exc) if isinstance(exc, SockcatError) else _os_message(exc))
@@ -123,7 +127,6 @@ def run(argv: Sequence[str] | None = None) -> int:
             from sockcat.net.trace import set_trace
 
             set_trace(None)
-        signal.signal(signal.SIGTERM, old_term)
 
 
 def _ensure_stdio() -> None:

@@ -40,6 +40,7 @@ from sockcat.serving.process import (
     STOP_SIGNALS,
     die_with_parent,
     end_workers,
+    handled_promptly,
     new_runner,
     raise_nofile_limit,
     start_thread,
@@ -255,14 +256,11 @@ def _stop(signum: int, frame: object) -> None:
 @contextlib.contextmanager
 def stopped_by_signals() -> Iterator[None]:
     """SIGTERM or SIGHUP ends the block quietly (exit 0) for a server that runs in this thread."""
-    previous = {signum: signal.signal(signum, _stop) for signum in (signal.SIGTERM, signal.SIGHUP)}
     try:
-        yield
+        with handled_promptly({signal.SIGTERM: _stop, signal.SIGHUP: _stop}):
+            yield
     except Stopped:
         return
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
 
 
 def serve_in_threads(
