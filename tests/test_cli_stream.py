@@ -614,7 +614,9 @@ def test_trace_shows_socket_calls(procs: list[Proc]) -> None:
     assert f"{on} shutdown(SHUT_WR)" in err
     assert f"{on} getpeername() -> ('127.0.0.1', {port})" in err
     # stdin and stdout are pipes here: the bytes move with splice, shown as that, on their descriptors
-    assert any(re.fullmatch(rf"\[fd 0\] splice\(0 -> {fd.group(1)}, \d+\) -> 3 bytes", line) for line in err), err
+    # (into the socket it sends: printed as it starts, its result after)
+    sent = next(i for i, line in enumerate(err) if re.fullmatch(rf"\[fd 0\] splice\(0 -> {fd.group(1)}, \d+\)", line))
+    assert "[fd 0] splice -> 3 bytes" in err[sent + 1 :], err
     assert any(re.fullmatch(rf"{re.escape(on)} splice\({fd.group(1)} -> 1, \d+\) -> 3 bytes", line) for line in err)
     assert err[-1] == f"{on} close()"
     assert err.index(f"{on} connect(('127.0.0.1', {port}))") < err.index(f"{on} shutdown(SHUT_WR)")
@@ -628,7 +630,8 @@ def test_trace_prints_a_send_before_the_answer_it_brings(procs: list[Proc]) -> N
         client = run_sockcat("--trace", "connect", bound, input=b"ping\n")
         assert client.returncode == 0 and client.stdout == b"ping\n", client.stderr
         err = client.stderr.decode().splitlines()
-        sent = next(i for i, line in enumerate(err) if re.search(r"\] splice\(0 -> \d+, \d+\) -> 5 bytes", line))
+        sent = next(i for i, line in enumerate(err) if re.search(r"\] splice\(0 -> \d+, \d+\)$", line))
+        assert "[fd 0] splice -> 5 bytes" in err[sent + 1 :], err
         got = next(i for i, line in enumerate(err) if re.search(r"\] splice\(\d+ -> 1, \d+\) -> 5 bytes", line))
         assert sent < got, err
 

@@ -5,10 +5,11 @@ Tracing costs nothing when off: sockets are plain ``socket.socket`` objects then
 made on: ``[fd 5] socket(AF_INET6, SOCK_STREAM)``, ``[fd 5] bind(('::', 8080))``, ``[fd 6] recv(65536) -> 12
 bytes``, ``[fd 6] close()``.
 
-Order: a call that sends something out (connect, send, sendall, sendto, sendfile, shutdown, close) is printed as
-it starts, and its result, when it is not the plain success, on a line of its own after it (``[fd 6] sendall ->
-EPIPE (Broken pipe)``); a call that waits for something (accept, recv…) is printed when it returns, with what it
-got. So whatever a peer did in answer to a call is printed after that call, whichever thread made it.
+Order: a call that sends something out (connect, send, sendall, sendto, sendfile, a splice into a socket,
+shutdown, close) is printed as it starts, and its result, when it is not the plain success, on a line of its own
+after it (``[fd 6] sendall -> EPIPE (Broken pipe)``); a call that waits for something (accept, recv…) is printed
+when it returns, with what it got. So whatever a peer did in answer to a call is printed after that call,
+whichever thread made it.
 
 ``--trace-json`` prints the same calls as JSON objects, one per line: ``{"fd": 6, "call": "recv", "args":
 "65536", "result": "12 bytes"}`` (``error`` instead of ``result`` for a failure, named by its errno; ``note`` for a
@@ -21,7 +22,9 @@ import contextlib
 import errno
 import json
 import os
+import select
 import socket
+import stat
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -109,13 +112,28 @@ def _write_json(obj: dict[str, Any], result: str | None, error: OSError | None) 
 
 
 def splice(src: int, dst: int, count: int) -> int:
-    """``os.splice``, traced: ``[fd SRC] splice(SRC -> DST, COUNT) -> N bytes``."""
+    """``os.splice``, traced. Into a socket it sends, so it is printed as it starts (once ``src`` has bytes to
+    give: ``[fd SRC] splice(SRC -> DST, COUNT)``) and its result after (``[fd SRC] splice -> N bytes``); into a
+    pipe or a file it is printed when it returns: ``[fd SRC] splice(SRC -> DST, COUNT) -> N bytes``."""
+    args = f"{src} -> {dst}, {count}"
+    if not stat.S_ISSOCK(os.fstat(dst).st_mode):
+        try:
+            n = os.splice(src, dst, count)
+        except OSError as exc:
+            record(src, "splice", args, error=exc)
+            raise
+        record(src, "splice", args, f"{n} bytes")
+        return n
+    ready = select.poll()
+    ready.register(src, select.POLLIN)
+    ready.poll()  # (the splice would wait here too)
+    record(src, "splice", args)
     try:
         n = os.splice(src, dst, count)
     except OSError as exc:
-        record(src, "splice", f"{src} -> {dst}, {count}", error=exc)
+        outcome(src, "splice", error=exc)
         raise
-    record(src, "splice", f"{src} -> {dst}, {count}", f"{n} bytes")
+    outcome(src, "splice", f"{n} bytes")
     return n
 
 
