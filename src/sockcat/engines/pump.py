@@ -320,6 +320,7 @@ def _splice(
                 return True
             counter.add(n)
     r, w = os.pipe()
+    _trace.record(r, "pipe", "", f"read end {r}, write end {w}")  # (socket to socket: through a pipe)
     try:
         grow_pipe(w)
         first = True

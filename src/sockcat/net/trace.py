@@ -347,6 +347,15 @@ class TracedSocket(socket.socket):
         )
         return r
 
+    def recvfrom_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> tuple[int, Any]:
+        r: tuple[int, Any] = self._inward(
+            "recvfrom_into",
+            str(nbytes or len(buffer)),
+            lambda: super(TracedSocket, self).recvfrom_into(buffer, nbytes, flags),
+            lambda r: f"{r[0]} bytes from {fmt_sockaddr(r[1])}",
+        )
+        return r
+
     def send(self, data: Any, flags: int = 0) -> int:
         size = len(data)
         n: int = self._outward(

@@ -17,6 +17,7 @@ from sockcat.core.address import Address
 from sockcat.core.errors import NetworkError, Timeout, UsageError, network_error, tls_reason
 from sockcat.core.framing import DEFAULT_MAX_LINE, ReceiveBuffer, to_bytes
 from sockcat.core.websocket import WsOptions
+from sockcat.net import trace as _trace
 from sockcat.net.options import SockOpt
 from sockcat.net.proxy import Proxy
 from sockcat.net.sockets import (
@@ -427,8 +428,12 @@ def shutdown_write(sock: socket.socket) -> None:
 
     ``SSLSocket.shutdown`` would drop the TLS layer, so the TCP half-close goes to the plain socket call.
     """
-    if isinstance(sock, ssl.SSLSocket):
-        send_close_notify(sock)
+    if not isinstance(sock, ssl.SSLSocket):
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_WR)  # (a traced socket shows it)
+        return
+    send_close_notify(sock)
+    _trace.record(sock.fileno(), "shutdown", "SHUT_WR")
     with contextlib.suppress(OSError):
         socket.socket.shutdown(sock, socket.SHUT_WR)
 
