@@ -4,9 +4,10 @@ A document is read top to bottom, as a reader would work through it, in one dire
 
 * a ```` ```console ```` block holds commands (``$ ...``), each followed by the output it must print (stdout and
   stderr, however they interleave). ``...`` in an expected line stands for any text. A command that ends in ``&``
-  runs in the background, and the next command waits until the address it names is bound, as a reader would wait
-  for the ``listening on`` line. Where two threads print at once (a command copies both directions side by side),
-  the block is marked ```` ```console any-order ````: the same lines, in any order;
+  runs in the background, and the next command waits until the address it names is bound and, when its stderr
+  goes to a file, until the ``listening on`` line is there, as a reader would wait for it. Where two threads
+  print at once (a command copies both directions side by side), the block is marked
+  ```` ```console any-order ````: the same lines, in any order;
 * a ```` ```pycon ```` block runs as a doctest (``...`` matches any text), every block of the document in one
   namespace, as in one interpreter session.
 
@@ -31,7 +32,7 @@ import pytest
 from conftest import TCP_LISTEN, TIMEOUT, tcp_sockets, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
-DOCUMENTS = [ROOT / "docs" / "tutorial.md"]
+DOCUMENTS = [ROOT / "docs" / "tutorial.md", ROOT / "docs" / "zh" / "tutorial.md"]
 _DONE = "__tutorial_command_done__"
 
 
@@ -170,6 +171,9 @@ def _wait_bound(command: str) -> None:
         wait_until(path.exists, f"{path} is bound")
     else:
         raise AssertionError(f"a background command must name the address it serves: {command!r}")
+    if log := re.search(r"\b2>\s*(\S+)", command):  # its stderr goes to a file: wait for the line there too
+        path = Path(log.group(1))
+        wait_until(lambda: path.exists() and "listening on" in path.read_text(), f"'listening on' in {path}")
 
 
 def _udp_bound(port: int) -> bool:
