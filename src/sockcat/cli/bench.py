@@ -120,8 +120,6 @@ def run(args: argparse.Namespace, log: Log) -> None:
 
 
 def _write_report(path: str, result: BenchResult) -> None:
-    import time
-
     from sockcat.core.benchreport import render
 
     page = render(result, when=time.strftime("%Y-%m-%d %H:%M:%S %Z"))
@@ -144,7 +142,9 @@ def _verdict(result: BenchResult, log: Log) -> None:
 
 
 class _ProgressLine:
-    """A one-line live display on stderr (a terminal only): phase, time left, current rate."""
+    """A one-line live display on stderr (a terminal only): the phase, the seconds since the start and those left in
+    the phase, the rate since the last update, and the p99 of the last whole second (``measuring  2.5 s, 3.0 s left
+    41,233 /s  p99 1.21 ms``)."""
 
     def __init__(self, mode: str) -> None:
         from rich.console import Console
@@ -155,18 +155,21 @@ class _ProgressLine:
         self.live = Live("", console=self.console, transient=True, auto_refresh=False)
         self.live.start()
         self.last: tuple[float, int, int] | None = None
+        self.start = time.monotonic()
 
-    def update(self, phase: str, left: float, requests: int, nbytes: int) -> None:
-        from sockcat.core.units import format_bits
+    def update(self, phase: str, left: float, requests: int, nbytes: int, p99_us: float | None = None) -> None:
+        from sockcat.core.units import format_bits, format_us
 
         now = time.monotonic()
-        text = f"[bold]{phase}[/bold]  {left:4.1f} s left"
+        text = f"[bold]{phase}[/bold]  {now - self.start:.1f} s, {left:.1f} s left"
         if phase == "measuring" and self.last is not None and now > self.last[0]:
             dt = now - self.last[0]
             if self.mode == "throughput":
                 text += f"  {format_bits((nbytes - self.last[2]) / dt)}"
             else:
                 text += f"  {(requests - self.last[1]) / dt:,.0f} /s"
+        if p99_us is not None:
+            text += f"  p99 {format_us(p99_us)}"
         self.last = (now, requests, nbytes)
         self.live.update(text, refresh=True)
 

@@ -83,9 +83,9 @@ async def _worker_async(plan: BenchPlan, connections: int, limit: int | None, pi
         await worker.close()
         return
 
-    def send_progress(phase: str, left: float, requests: int, nbytes: int) -> None:
+    def send_progress(phase: str, left: float, requests: int, nbytes: int, p99_us: float | None) -> None:
         with contextlib.suppress(OSError):
-            pipe.send(("progress", phase, left, requests, nbytes))
+            pipe.send(("progress", phase, left, requests, nbytes, p99_us))
 
     part = await worker.run(max(0.0, float(msg[1]) - time.monotonic()), send_progress if report else None)
     pipe.send(("done", part.to_dict()))
@@ -113,7 +113,7 @@ def _run_forked(plan: BenchPlan, progress: Progress | None) -> BenchResult:
             procs.append(p)
             pipes.append(parent_end)
         if progress is not None:
-            progress("connecting", plan.connect_timeout, 0, 0)
+            progress("connecting", plan.connect_timeout, 0, 0, None)
         # 1. every worker connected (or one failed: then the run is over)
         deadline = time.monotonic() + plan.connect_timeout * 2 + 10.0
         waiting = set(range(len(pipes)))
@@ -136,7 +136,7 @@ def _run_forked(plan: BenchPlan, progress: Progress | None) -> BenchResult:
         window = plan.warmup + (plan.duration if plan.duration is not None else 0.0)
         hard = None if plan.duration is None else start + window + plan.timeout + 10.0
         parts: dict[int, WorkerResult] = {}
-        latest: dict[int, tuple[str, float, int, int]] = {}
+        latest: dict[int, tuple[str, float, int, int, float | None]] = {}
         while len(parts) < len(pipes):
             live = [pipes[i] for i in range(len(pipes)) if i not in parts]
             timeout = None if hard is None else max(0.0, hard - time.monotonic())
@@ -147,14 +147,16 @@ def _run_forked(plan: BenchPlan, progress: Progress | None) -> BenchResult:
                 i = pipes.index(end)
                 msg = _recv(end)
                 if msg[0] == "progress" and progress is not None:
-                    latest[i] = (msg[1], msg[2], msg[3], msg[4])
+                    latest[i] = (msg[1], msg[2], msg[3], msg[4], msg[5])
                     phases = {v[0] for v in latest.values()}
                     phase = "measuring" if "measuring" in phases else next(iter(phases))
+                    p99s = [v[4] for v in latest.values() if v[4] is not None]
                     progress(
                         phase,
                         max(v[1] for v in latest.values()),
                         sum(v[2] for v in latest.values()),
                         sum(v[3] for v in latest.values()),
+                        max(p99s) if p99s else None,  # (the slowest worker's: p99s do not merge)
                     )
                 elif msg[0] == "done":
                     parts[i] = WorkerResult.from_dict(msg[1])

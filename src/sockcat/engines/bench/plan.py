@@ -26,8 +26,10 @@ DEFAULT_CONNECT_TIMEOUT = 5.0
 MAX_UDP_PAYLOAD = 65507
 RECV_SIZE = 256 * 1024
 
-Progress = Callable[[str, float, int, int], None]
-"""``progress(phase, seconds_left_in_phase, requests, bytes)``; phase is connecting, warm-up or measuring."""
+Progress = Callable[[str, float, int, int, "float | None"], None]
+"""``progress(phase, seconds_left_in_phase, requests, bytes, p99_us)``; phase is connecting, warm-up or measuring;
+``p99_us`` is the p99 latency of the last whole second of the window, in microseconds (None before the first
+second ends, and in throughput mode)."""
 
 
 @dataclass(frozen=True)

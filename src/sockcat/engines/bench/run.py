@@ -103,7 +103,7 @@ def run_plan(plan: BenchPlan, progress: Progress | None = None) -> BenchResult:
     async def main() -> BenchResult:
         _on_sigterm(terminated)
         if progress is not None:
-            progress("connecting", plan.connect_timeout, 0, 0)
+            progress("connecting", plan.connect_timeout, 0, 0, None)
         return await _run_here(plan, progress)
 
     previous = signal.getsignal(signal.SIGTERM)

@@ -127,6 +127,13 @@ class _Worker:
         if not final:
             self._ticker = self.loop.call_later(1.0, self._tick)
 
+    def last_p99(self) -> float | None:
+        """The p99 of the last whole second of the window, in µs (None before one ended, or without samples)."""
+        if self.plan.mode == "throughput" or not self.result.series:
+            return None
+        h = self.result.series[-1][2]
+        return h.percentile(99) / 1000 if h.count else None
+
     def finish(self) -> None:
         """End the measured window now (timer, or -n reached); idempotent. Connections stop reading at once."""
         if self.measuring:
@@ -469,10 +476,10 @@ class _Worker:
         while True:
             now = time.monotonic()
             if not self.measuring:
-                progress("warm-up", max(0.0, plan.warmup - (now - start)), 0, 0)
+                progress("warm-up", max(0.0, plan.warmup - (now - start)), 0, 0, None)
             else:
                 left = 0.0 if plan.duration is None else max(0.0, plan.duration - (time.perf_counter() - self.t0))
-                progress("measuring", left, self.requests, self.nbytes or self.requests * self.size)
+                progress("measuring", left, self.requests, self.nbytes or self.requests * self.size, self.last_p99())
             await asyncio.sleep(PROGRESS_INTERVAL)
 
     async def close(self) -> None:
