@@ -53,6 +53,7 @@ def build_parser() -> Parser:
     listen.add_parser(sub, common)
     serve.add_parser(sub, common)
     bench.add_parser(sub, common)
+    bench.add_report_parser(sub, common)
     chat.add_parser(sub, common)
     transfer.add_parsers(sub, common)
     scan.add_parser(sub, common)

@@ -122,12 +122,68 @@ def run(args: argparse.Namespace, log: Log) -> None:
 def _write_report(path: str, result: BenchResult) -> None:
     from sockcat.core.benchreport import render
 
-    page = render(result, when=time.strftime("%Y-%m-%d %H:%M:%S %Z"))
+    _write_page(path, render(result, when=time.strftime("%Y-%m-%d %H:%M:%S %Z")), "--report")
+
+
+def _write_page(path: str, page: str, option: str) -> None:
     try:
         with open(path, "w", encoding="utf-8") as f:
             f.write(page)
     except OSError as exc:
-        raise SockcatError(f"--report {path}: {exc.strerror or exc}") from None
+        raise SockcatError(f"{option} {path}: {exc.strerror or exc}") from None
+
+
+# --- bench-report: several runs' --json on one page -------------------------------------------------------------
+
+_MAX_JSON = 64 << 20  # bytes read from one results file
+
+
+def add_report_parser(sub: Any, common: argparse.ArgumentParser) -> None:
+    r = sub.add_parser(
+        "bench-report",
+        parents=[common],
+        help="compare bench runs: their --json results on one HTML page",
+        description="Write one self-contained HTML page comparing bench runs of one mode: their figures side by side "
+        "(with ratios to the first), each run's latency percentiles, and the rate and p99 of every second. Each "
+        "FILE holds what `bench --json` printed: one run per line.",
+    )
+    r.add_argument("files", nargs="+", metavar="FILE.json")
+    r.add_argument("-o", "--output", required=True, metavar="FILE.html", help="the page to write")
+    r.set_defaults(func=run_report)
+
+
+def run_report(args: argparse.Namespace, log: Log) -> None:
+    import json
+    from pathlib import Path
+
+    from sockcat.core.benchreport import MAX_RUNS, render_comparison, run_from_json
+
+    runs = []
+    for name in args.files:
+        try:
+            with open(name, "rb") as f:
+                text = f.read(_MAX_JSON + 1)
+        except OSError as exc:
+            raise SockcatError(f"{name}: {exc.strerror or exc}") from None
+        if len(text) > _MAX_JSON:
+            raise SockcatError(f"{name}: larger than {_MAX_JSON >> 20} MiB")
+        lines = [line for line in text.splitlines() if line.strip()]
+        if not lines:
+            raise SockcatError(f"{name}: no bench --json result in it")
+        for k, line in enumerate(lines, 1):
+            label = Path(name).name + (f" #{k}" if len(lines) > 1 else "")
+            try:
+                runs.append(run_from_json(label, json.loads(line)))
+            except ValueError as exc:  # (json's errors are ValueErrors too)
+                raise SockcatError(f"{name}, line {k}: not a bench --json result: {exc}") from None
+    if len(runs) > MAX_RUNS:
+        raise UsageError(f"at most {MAX_RUNS} runs on one page, not {len(runs)}")
+    try:
+        page = render_comparison(runs)
+    except ValueError as exc:
+        raise SockcatError(str(exc)) from None
+    _write_page(args.output, page, "-o")
+    log.info(f"wrote {args.output}: {len(runs)} runs")
 
 
 def _verdict(result: BenchResult, log: Log) -> None:

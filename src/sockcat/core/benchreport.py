@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import html
 import math
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 from sockcat.core.stats import BenchResult, Histogram
 from sockcat.core.units import format_bits, format_bytes, format_us
@@ -215,3 +217,195 @@ def _log_ticks(lo: float, hi: float) -> list[float]:
     if len(ticks) > 8:
         ticks = [t for t in ticks if math.log10(t).is_integer()] or ticks[:: len(ticks) // 8 + 1]
     return ticks
+
+
+# --- several runs on one page (``sockcat bench-report A.json B.json -o cmp.html``) ---------------------------------
+
+MAX_RUNS = 12
+_COLORS = ("#1f6feb", "#c2410c", "#2b7a2b", "#8250df", "#b07d00", "#9f1239", "#0e7490", "#57606a")
+_LADDER = (("p50", "p50"), ("p90", "p90"), ("p99", "p99"), ("p99.9", "p999"), ("max", "max"))
+_MAX_SERIES = 100_000
+
+
+@dataclass(frozen=True)
+class Run:
+    """One ``bench --json`` object, checked: the figures a comparison shows."""
+
+    label: str
+    mode: str
+    address: str
+    connections: int
+    seconds: float
+    rate: float  # requests per second (throughput: bytes per second)
+    latency_us: dict[str, float] | None
+    errors: int
+    series: list[tuple[float, float, float | None]]  # (t, rate, p99_us)
+
+
+def run_from_json(label: str, obj: object) -> Run:
+    """A :class:`Run` from one parsed ``bench --json`` object; ``ValueError`` naming what is wrong with it (a file
+    handed in is checked by type and bound like anything from outside)."""
+    if not isinstance(obj, dict):
+        raise ValueError("not a JSON object")
+    mode = obj.get("mode")
+    if mode not in ("rtt", "connect", "throughput"):
+        raise ValueError(f"mode {mode!r} is none of rtt, connect, throughput")
+    address = obj.get("address")
+    if not isinstance(address, str) or len(address) > 2048:
+        raise ValueError("no address")
+    latency = obj.get("latency_us")
+    lat: dict[str, float] | None = None
+    if mode != "throughput" and isinstance(latency, dict) and latency.get("p50") is not None:
+        lat = {key: _number(latency.get(key), f"latency_us.{key}") for _, key in _LADDER}
+    series_in = obj.get("series", [])
+    if not isinstance(series_in, list) or len(series_in) > _MAX_SERIES:
+        raise ValueError("series is not a list of at most 100,000 seconds")
+    series: list[tuple[float, float, float | None]] = []
+    for s in series_in:
+        if not isinstance(s, dict):
+            raise ValueError("a series entry is not an object")
+        p99 = s.get("p99_us")
+        series.append((_number(s.get("t"), "series t"), _number(s.get("rate"), "series rate"),
+                       None if p99 is None else _number(p99, "series p99_us")))  # fmt: skip
+    rate = _number(obj.get("bytes_per_second" if mode == "throughput" else "rate"), "rate")
+    if mode == "throughput":  # per second, in bytes, as the rate above
+        size = _number(obj.get("size"), "size")
+        series = [(t, r * size, None) for t, r, _ in series]
+    return Run(
+        label=label,
+        mode=mode,
+        address=address,
+        connections=int(_number(obj.get("connections"), "connections")),
+        seconds=_number(obj.get("seconds"), "seconds"),
+        rate=rate,
+        latency_us=lat,
+        errors=int(_number(obj.get("errors", 0), "errors")),
+        series=series,
+    )
+
+
+def _number(v: object, what: str) -> float:
+    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v < 0 or v > 1e18:
+        raise ValueError(f"{what} is not a number of the right size: {v!r}"[:200])
+    return float(v)
+
+
+def render_comparison(runs: Sequence[Run]) -> str:
+    """One page comparing ``runs`` (2 to :data:`MAX_RUNS` of one mode): their figures side by side with each one's
+    ratio to the first, the latency percentiles of each on one log scale, and the rate and p99 of every second."""
+    if not 1 <= len(runs) <= MAX_RUNS:
+        raise ValueError(f"compare 1 to {MAX_RUNS} runs")
+    modes = {r.mode for r in runs}
+    if len(modes) > 1:
+        raise ValueError(f"runs of different modes ({', '.join(sorted(modes))}) do not compare")
+    e = html.escape
+    mode = runs[0].mode
+    title = f"sockcat bench: {len(runs)} {mode} runs compared"
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; style-src 'unsafe-inline'\">",
+        f"<title>{e(title)}</title><style>{_CSS}</style></head><body>",
+        f"<h1>{e(title)}</h1>",
+        '<p class="sub">Ratios are to the first run.</p>',
+        _legend(runs),
+        _comparison_table(runs),
+    ]
+    if mode != "throughput" and any(r.latency_us for r in runs):
+        parts += ['<h2 id="latency">Latency percentiles</h2>', _ladder_svg(runs)]
+    unit = "bytes per second" if mode == "throughput" else "per second"
+    parts += [f'<h2 id="seconds">Rate, second by second ({unit})</h2>', _lines_svg(runs, 1, "rates", "rate")]
+    if mode != "throughput":
+        parts += ['<h2 id="p99s">p99, second by second</h2>', _lines_svg(runs, 2, "p99s", "p99 per second")]
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"
+
+
+def _color(i: int) -> str:
+    return _COLORS[i % len(_COLORS)]
+
+
+def _legend(runs: Sequence[Run]) -> str:
+    items = "".join(
+        f'<li class="run"><span style="color:{_color(i)}">&#9632;</span> {html.escape(r.label)} '
+        f'<span class="sub">{html.escape(r.address)}, {r.connections} connections, {r.seconds:.1f} s</span></li>'
+        for i, r in enumerate(runs)
+    )
+    return f'<ul id="legend">{items}</ul>'
+
+
+def _comparison_table(runs: Sequence[Run]) -> str:
+    e = html.escape
+    first = runs[0]
+
+    def cell(i: int, v: float, base: float, text: str) -> str:
+        ratio = f" ({v / base:.2f}×)" if base > 0 and i > 0 else ""
+        return f'<td class="n">{e(text)}{ratio}</td>'
+
+    head = "".join(f'<th scope="col" style="color:{_color(i)}">{e(r.label)}</th>' for i, r in enumerate(runs))
+    rate_text = format_bits if first.mode == "throughput" else (lambda v: f"{v:,.0f}/s")
+    rates = "".join(cell(i, r.rate, first.rate, rate_text(r.rate)) for i, r in enumerate(runs))
+    rows = [f'<tr><th scope="row">rate</th>{rates}']
+    lats = [r.latency_us for r in runs if r.latency_us]
+    if len(lats) == len(runs):
+        for name, key in _LADDER:
+            row = "".join(cell(i, lat[key], lats[0][key], format_us(lat[key])) for i, lat in enumerate(lats))
+            rows.append(f'<tr><th scope="row">{name}</th>{row}')
+    rows.append('<tr><th scope="row">errors</th>' + "".join(f'<td class="n">{r.errors}</td>' for r in runs))
+    body = "</tr>".join(rows) + "</tr>"
+    return f'<table id="comparison"><tr><th></th>{head}</tr>{body}</table>'
+
+
+def _ladder_svg(runs: Sequence[Run]) -> str:
+    """Each run's p50 … max on one log scale: a line per run."""
+    values = [v for r in runs if r.latency_us for v in r.latency_us.values() if v > 0]
+    lo, hi = (min(values), max(values)) if values else (1.0, 10.0)
+    if hi <= lo * 1.01:
+        hi = lo * 1.5
+    a, b = math.log10(lo), math.log10(hi)
+    plot_w, plot_h = _W - _PAD_L - _PAD_R, _H - _PAD_T - _PAD_B
+    base = _PAD_T + plot_h
+    out = [
+        f'<line x1="{_PAD_L}" x2="{_PAD_L + plot_w}" y1="{base}" y2="{base}" stroke="#8c959f"/>',
+        f'<line x1="{_PAD_L}" x2="{_PAD_L}" y1="{_PAD_T}" y2="{base}" stroke="#8c959f"/>',
+    ]  # (a log scale: no 0 at the bottom)
+    step = plot_w / (len(_LADDER) - 1)
+    for k, (name, _) in enumerate(_LADDER):
+        out.append(f'<text x="{_PAD_L + k * step:.1f}" y="{_H - 22}" text-anchor="middle">{name}</text>')
+    for us in _log_ticks(lo, hi):
+        y = _PAD_T + plot_h - (math.log10(us) - a) / (b - a) * plot_h
+        out.append(f'<text x="{_PAD_L - 6}" y="{y + 4:.1f}" text-anchor="end">{html.escape(format_us(us))}</text>')
+    for i, r in enumerate(runs):
+        if not r.latency_us:
+            continue
+        ys = [_PAD_T + plot_h - (math.log10(max(r.latency_us[key], lo)) - a) / (b - a) * plot_h for _, key in _LADDER]
+        points = " ".join(f"{_PAD_L + k * step:.1f},{y:.1f}" for k, y in enumerate(ys))
+        out.append(f'<polyline class="run" points="{points}" fill="none" stroke="{_color(i)}" stroke-width="2"/>')
+    return _svg(out, "latency percentiles of each run", "ladder")
+
+
+def _lines_svg(runs: Sequence[Run], column: int, ident: str, label: str) -> str:
+    """One line per run through its seconds: the rate (``column`` 1) or the p99 (2), against the seconds."""
+    plot_w, plot_h = _W - _PAD_L - _PAD_R, _H - _PAD_T - _PAD_B
+    end = max((r.series[-1][0] for r in runs if r.series), default=0.0) or 1.0
+    top = max((s[column] or 0.0 for r in runs for s in r.series), default=0.0) or 1.0
+    top_text = format_us(top) if column == 2 else f"{top:,.0f}"
+    out = _axes(plot_w, plot_h, top_text, "p99" if column == 2 else "")
+    for i, r in enumerate(runs):
+        points, before = [], 0.0
+        for s in r.series:
+            v = s[column]
+            if v is not None:
+                x = _PAD_L + (before + s[0]) / 2 / end * plot_w
+                points.append(f"{x:.1f},{_PAD_T + plot_h - v / top * plot_h:.1f}")
+            before = s[0]
+        if points:
+            out.append(
+                f'<polyline class="run" points="{" ".join(points)}" fill="none" stroke="{_color(i)}" '
+                f'stroke-width="2"><title>{html.escape(r.label)}</title></polyline>'
+            )
+    out.append(f'<text x="{_PAD_L + plot_w / 2:.0f}" y="{_H - 6}" text-anchor="middle">seconds into the window</text>')
+    for k in range(int(end) + 1):
+        out.append(f'<text x="{_PAD_L + k / end * plot_w:.1f}" y="{_H - 22}" text-anchor="middle">{k}</text>')
+    return _svg(out, label, ident)

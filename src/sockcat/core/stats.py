@@ -311,6 +311,11 @@ class WorkerResult:
     # each second of the window (the last one may be shorter): (seconds since the start, requests, latencies)
     series: list[tuple[float, int, Histogram]] = field(default_factory=list)
 
+    def last_p99(self) -> float | None:
+        """The p99 of the last second in :attr:`series`, in µs (None before one, or without samples)."""
+        h = self.series[-1][2] if self.series else None
+        return h.percentile(99) / 1000 if h is not None and h.count else None
+
     def add_error(self, kind: str, message: str | None = None) -> None:
         self.errors[kind] = self.errors.get(kind, 0) + 1
         if self.first_error is None and message:

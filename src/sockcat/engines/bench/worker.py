@@ -1,6 +1,5 @@
-"""A worker: one process's share of the run on one asyncio loop. It opens the connections (the first alone),
-keeps each slot connected with a growing back-off, runs connect mode, and owns the measured window, the
-request time-outs, the progress reports and the close."""
+"""A worker: one process's share of the run on one asyncio loop. It opens the connections (the first alone), keeps
+each slot connected with a growing back-off, runs connect mode, and owns the window, time-outs, progress and close."""
 
 from __future__ import annotations
 
@@ -126,13 +125,6 @@ class _Worker:
         self._slice_from = (t, done, list(self.hist.counts))
         if not final:
             self._ticker = self.loop.call_later(1.0, self._tick)
-
-    def last_p99(self) -> float | None:
-        """The p99 of the last whole second of the window, in µs (None before one ended, or without samples)."""
-        if self.plan.mode == "throughput" or not self.result.series:
-            return None
-        h = self.result.series[-1][2]
-        return h.percentile(99) / 1000 if h.count else None
 
     def finish(self) -> None:
         """End the measured window now (timer, or -n reached); idempotent. Connections stop reading at once."""
@@ -479,7 +471,8 @@ class _Worker:
                 progress("warm-up", max(0.0, plan.warmup - (now - start)), 0, 0, None)
             else:
                 left = 0.0 if plan.duration is None else max(0.0, plan.duration - (time.perf_counter() - self.t0))
-                progress("measuring", left, self.requests, self.nbytes or self.requests * self.size, self.last_p99())
+                moved = self.nbytes or self.requests * self.size
+                progress("measuring", left, self.requests, moved, self.result.last_p99())
             await asyncio.sleep(PROGRESS_INTERVAL)
 
     async def close(self) -> None:
