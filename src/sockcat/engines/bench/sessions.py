@@ -107,6 +107,20 @@ class _TransportSession(_Session):
     def connection_lost(self, exc: Exception | None) -> None:
         _settle(self.closed, exc)
 
+    def first_write(self, send: Callable[[], None]) -> None:
+        """Call ``send`` (the connection's first write) one loop iteration after ``connection_made``.
+
+        uvloop's libuv batches the epoll change that starts reading a new transport until its next poll. A write
+        that fails at once (a peer that reset) closes the descriptor before the batch goes out, and libuv then
+        aborts the whole process (SIGABRT, exit 134, nothing said). One iteration later the change is made."""
+
+        def go() -> None:
+            t = self.transport
+            if t is not None and not t.is_closing() and self.w.sending:
+                send()
+
+        self.w.loop.call_soon(go)
+
     def close(self) -> None:
         if self.transport is not None:
             self.transport.close()
@@ -145,9 +159,11 @@ class _RttStream(_TransportSession, asyncio.Protocol):
         if not w.sending:
             _pause_reading(t)
             return
-        now = perf_counter_ns()
-        self.sent.extend([now] * w.pipeline)
-        t.write(w.burst)
+        self.first_write(self._start)
+
+    def _start(self) -> None:
+        self.sent.extend([perf_counter_ns()] * self.w.pipeline)
+        self.write(self.w.burst)  # type: ignore[misc]
 
     def data_received(self, data: bytes) -> None:
         n = self.pending + len(data)
@@ -233,8 +249,11 @@ class _RttOne(_TransportSession, asyncio.Protocol):
         if not self.w.sending:
             _pause_reading(t)
             return
+        self.first_write(self._start)
+
+    def _start(self) -> None:
         self.t0 = perf_counter_ns()
-        t.write(self.msg)
+        self.write(self.msg)  # type: ignore[misc]
 
     def data_received(self, data: bytes) -> None:
         n = self.pending + len(data)
@@ -318,7 +337,7 @@ class _Upload(_TransportSession, asyncio.Protocol):
                     self.base = acked
         # No queue of our own, as iperf3: one write of --size bytes whenever the socket takes it.
         t.set_write_buffer_limits(high=0)
-        self._fill()
+        self.first_write(self._fill)
 
     def _fill(self) -> None:
         w, t = self.w, self.transport
