@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import hashlib
 import itertools
+import json
 import os
 import re
 import signal
@@ -561,3 +562,65 @@ def test_every_service_over_every_kind(procs: list[Proc], short_tmp: Path, servi
             if datagram:
                 s.sendall(b"?")
             assert DAYTIME_RE.fullmatch(s.recv(65536) if datagram else _recv_some(s, 200))
+
+
+# --- --trace of the connections the event loop serves --------------------------------------------------------------
+
+
+def _normalised(lines: list[str]) -> list[str]:
+    """Trace lines with the first descriptor (the listener) shown as L, any other as C, and ports hidden."""
+    listener = re.match(r"\[fd (\d+)\]", lines[0]) if lines else None
+    out = []
+    for line in lines:
+        line = re.sub(r"fd (\d+)", lambda m: "fd L" if listener and m.group(1) == listener.group(1) else "fd C", line)
+        out.append(re.sub(r"\('127\.0\.0\.1', \d+\)", "(PEER)", line))
+    return out
+
+
+def test_trace_shows_each_served_connection_with_its_number(procs: list[Proc]) -> None:
+    """serve's connections are read and written by the event loop: their calls are shown where the protocol sees
+    them, in order, each connection numbered on its accept line."""
+    p = Proc(sockcat("--trace", "serve", "echo", "tcp://127.0.0.1:0"))
+    procs.append(p)
+    addr = p.read_listening()
+    for n in (1, 2):
+        assert client(sockcat("connect", addr), b"hi\n") == b"hi\n"
+        p.wait_stderr("close()", count=n)
+    assert p.terminate() == 0
+    lines = [line for line in p.stderr_all() if line.startswith("[fd")]
+    assert _normalised(lines) == [
+        "[fd L] socket(AF_INET, SOCK_STREAM)",
+        "[fd L] setsockopt(SOL_SOCKET, SO_REUSEADDR, 1)",
+        "[fd L] bind((PEER))",
+        "[fd L] getsockname() -> (PEER)",
+        "[fd L] listen(4096)",
+        "[fd L] setblocking(False)",
+        "[fd L] accept() -> fd C from (PEER), connection 1",
+        "[fd C] recv() -> 3 bytes",
+        "[fd C] send(3 bytes)",
+        "[fd C] recv() -> 0 bytes",
+        "[fd C] close()",
+        "[fd L] accept() -> fd C from (PEER), connection 2",  # (its descriptor may be the first's again)
+        "[fd C] recv() -> 3 bytes",
+        "[fd C] send(3 bytes)",
+        "[fd C] recv() -> 0 bytes",
+        "[fd C] close()",
+    ], lines
+
+
+def test_trace_json_of_a_chat_connection(procs: list[Proc]) -> None:
+    p = Proc(sockcat("--trace-json", "chat", "tcp://127.0.0.1:0", "--db", ":memory:"))
+    procs.append(p)
+    addr = p.read_listening()
+    with socket.create_connection(("127.0.0.1", port_of(addr)), timeout=10) as c:
+        c.recv(4096)  # the greeting
+        c.sendall(b"/nick wang\n")
+        c.recv(4096)
+    p.wait_stderr('"call": "close"')
+    assert p.terminate() == 0
+    calls = [json.loads(line) for line in p.stderr_all() if line.startswith("{")]
+    accept = next(c for c in calls if c["call"] == "accept")
+    assert accept["result"].endswith(", connection 1")
+    fd = int(accept["result"].split()[1])
+    mine = [(c["call"], c.get("args"), c.get("result")) for c in calls if c["fd"] == fd]
+    assert mine[0][0] == "send" and ("recv", "", "11 bytes") in mine and mine[-1] == ("close", "", None), mine

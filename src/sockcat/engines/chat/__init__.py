@@ -27,6 +27,8 @@ from sockcat.engines.chat.broker import Broker, ChatOptions
 from sockcat.engines.chat.client import Client
 from sockcat.engines.chat.store import ChatStore, Quotas, default_db
 from sockcat.engines.chat.web import Names, WsGate
+from sockcat.net import trace as _trace
+from sockcat.net.traceloop import traced_factory
 from sockcat.serving.scaffold import Bound, Settings, serve_on_loop
 from sockcat.serving.tls_accept import TlsAcceptor
 from sockcat.streams.sync import Listener
@@ -86,10 +88,11 @@ class ChatService:
                     return WsGate(broker, scheme, self.opts.ws, names, False, cache, pending)
                 return Client(broker, scheme)
 
+            make = traced_factory(factory, b.sock.fileno()) if _trace.tracing() else factory
             if b.address.is_unix:
-                server = await loop.create_unix_server(factory, sock=b.sock)
+                server = await loop.create_unix_server(make, sock=b.sock)
             else:
-                server = await loop.create_server(factory, sock=b.sock)
+                server = await loop.create_server(make, sock=b.sock)
             self.servers.append(server)
 
     async def stop(self, grace: float) -> None:

@@ -42,7 +42,9 @@ from sockcat.engines.services.common import (
 from sockcat.engines.services.packets import _DatagramService, _PacketService
 from sockcat.engines.services.stream import _STREAM
 from sockcat.engines.services.websocket import WsService
+from sockcat.net import trace as _trace
 from sockcat.net.sockets import SockOpts, bind_socket, norm_opts
+from sockcat.net.traceloop import traced_factory
 from sockcat.serving.process import new_runner
 from sockcat.serving.scaffold import Bound, Settings, serve_on_loop
 from sockcat.serving.tls_accept import TlsAcceptor
@@ -106,6 +108,8 @@ class ServiceServer:
             def factory() -> asyncio.BaseProtocol:
                 return WsService(shared, service, resource, ws)
 
+        if _trace.tracing():  # each connection's calls shown where the protocol sees them
+            factory = traced_factory(factory, self.socket.fileno())
         if addr.is_unix:
             self._server = await loop.create_unix_server(factory, sock=self.socket, backlog=self.opts.backlog)
         elif addr.is_tls and self.opts.ssl_context is not None:  # admitted before the handshake, counted during it
