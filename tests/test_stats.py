@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pytest
@@ -204,9 +205,13 @@ def test_inlined_recording_equals_record(lat: list[int], pipeline: int) -> None:
     clock = [10**12]
     real = _sessions.perf_counter_ns
     _sessions.perf_counter_ns = lambda: clock[0]  # type: ignore[assignment]
+    loop = asyncio.new_event_loop()  # (only to run the first write, which waits one iteration of it)
+    w._loop = loop
     try:
         t = _FakeTransport()
         session.connection_made(t)  # type: ignore[arg-type]
+        loop.run_until_complete(asyncio.sleep(0))
+        assert t.written, "the first request went out"
         for v in lat:
             clock[0] += v
             session.data_received(b"x" * (4 * pipeline) if pipeline > 1 else b"xx")  # a whole burst / half a reply
@@ -214,6 +219,8 @@ def test_inlined_recording_equals_record(lat: list[int], pipeline: int) -> None:
                 session.data_received(b"yy")
     finally:
         _sessions.perf_counter_ns = real  # type: ignore[assignment]
+        w._loop = None
+        loop.close()
     w.finish()
     assert t.paused  # the window's end stops reading
     expected = Histogram()
