@@ -39,13 +39,8 @@ svg text { font: 11px system-ui, sans-serif; fill: #57606a; }
 def render(result: BenchResult, *, when: str = "") -> str:
     """The report page for ``result`` (``when``: the run's date and time, as the caller words it)."""
     e = html.escape
-    title = f"sockcat bench: {result.mode} to {result.address}"
     parts = [
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; style-src 'unsafe-inline'\">",
-        f"<title>{e(title)}</title><style>{_CSS}</style></head><body>",
+        _head(f"sockcat bench: {result.mode} to {result.address}"),
         f"<h1>sockcat bench: {e(result.mode)}</h1>",
         f'<p class="sub">{e(result.address)}{" · " + e(when) if when else ""}</p>',
         _figures(result),
@@ -55,6 +50,16 @@ def render(result: BenchResult, *, when: str = "") -> str:
     parts += ['<h2 id="seconds">Second by second</h2>', _series_svg(result)]
     parts += ['<h2 id="parameters">Parameters</h2>', _parameters(result), "</body></html>"]
     return "\n".join(parts) + "\n"
+
+
+def _head(title: str) -> str:
+    """The page's head: a policy that lets nothing run or load, the inline style, the title; ``<body>`` opened."""
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">\n'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+        "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; style-src 'unsafe-inline'\">\n"
+        f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>"
+    )
 
 
 def _figures(r: BenchResult) -> str:
@@ -302,11 +307,7 @@ def render_comparison(runs: Sequence[Run]) -> str:
     mode = runs[0].mode
     title = f"sockcat bench: {len(runs)} {mode} runs compared"
     parts = [
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; style-src 'unsafe-inline'\">",
-        f"<title>{e(title)}</title><style>{_CSS}</style></head><body>",
+        _head(title),
         f"<h1>{e(title)}</h1>",
         '<p class="sub">Ratios are to the first run.</p>',
         _legend(runs),
