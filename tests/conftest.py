@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import random
 import select
 import shutil
 import signal
@@ -50,11 +51,33 @@ def require(tool: str) -> str:
     return path
 
 
+def _ephemeral_ports() -> range:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low, high = (int(v) for v in f.read().split())
+    except (OSError, ValueError):
+        low, high = 32768, 60999
+    return range(low, high + 1)
+
+
+_EPHEMERAL = _ephemeral_ports()
+
+
 def free_port(kind: int = socket.SOCK_STREAM, host: str = "127.0.0.1") -> int:
+    """A port nothing is bound to, for a peer that must be told its port before it starts. Taken below the kernel's
+    ephemeral range: a port from that range, free now, could be any outgoing connection's by the time the peer
+    binds it (a proxy in the stream conformance suite once failed so, 'Address already in use')."""
     fam = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(fam, kind) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+    low = max(1024, _EPHEMERAL.start - 12000) if _EPHEMERAL.start > 13024 else 10000
+    for _ in range(200):
+        port = random.randrange(low, _EPHEMERAL.start)
+        with socket.socket(fam, kind) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+            return port
+    raise AssertionError("no free port below the ephemeral range")
 
 
 def wait_port(port: int, host: str = "127.0.0.1", timeout: float = TIMEOUT) -> None:
