@@ -205,8 +205,10 @@ def read_pipe(stream: Any, size: int, timeout: float = TIMEOUT) -> bytes:
 
 
 def tcp_inodes(*, local: int | None = None, remote: int | None = None) -> list[int]:
-    """Inodes of the TCP sockets (in any state but closed) with this ``local`` and/or ``remote`` port."""
-    return [r.inode for r in _tcp_table() if local in (None, r.local) and remote in (None, r.remote)]
+    """Inodes of the TCP sockets a process holds (in any state but closed) with this ``local`` and/or ``remote``
+    port. Rows no process holds (inode 0: TIME_WAIT, or not accepted yet) are left out: an earlier test's
+    TIME_WAIT row can carry the same port number, and once made a relay test wait for a third socket for ever."""
+    return [r.inode for r in _tcp_table() if r.inode and local in (None, r.local) and remote in (None, r.remote)]
 
 
 def peer_queues(sock: socket.socket) -> tuple[int, int]:

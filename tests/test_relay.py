@@ -1102,13 +1102,18 @@ def test_client_data_and_reset_arriving_together_reset_upstream(
     relay = start_relay("tcp://127.0.0.1:0", up.url, *mode)
     s = relay.connect()
     wait_until(lambda: up.accepted, "the upstream accepts the relay's connection")
-    client_end = tcp_inodes(local=relay.port, remote=s.getsockname()[1])
-    upstream_end = tcp_inodes(remote=up.port)
-    wait_until(
-        lambda: {*client_end, *upstream_end} <= epoll_readers(relay.pid) and len(client_end + upstream_end) == 2,
-        "the relay is watching both sockets",
-        timeout=TIMEOUT,
-    )
+    seen: list[object] = []
+
+    def watching_both() -> bool:
+        ends = tcp_inodes(local=relay.port, remote=s.getsockname()[1]) + tcp_inodes(remote=up.port)
+        readers = epoll_readers(relay.pid)
+        seen[:] = [ends, readers]
+        return len(ends) == 2 and set(ends) <= readers
+
+    try:
+        wait_until(watching_both, "the relay is watching both sockets", timeout=TIMEOUT)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; last seen: the two ends' inodes, the relay's epoll readers: {seen}") from None
     # Freeze the relay so that the request and the RST both wait in its socket when it looks next.
     os.kill(relay.pid, signal.SIGSTOP)
     try:
