@@ -166,6 +166,19 @@ def test_a_hostile_address_in_a_result_is_escaped() -> None:
     assert "<script>" not in page and "&lt;script&gt;" in page and "&lt;b&gt;x&lt;/b&gt;.json" in page
 
 
+def test_a_result_claiming_a_huge_window_gets_a_few_ticks_not_one_per_second() -> None:
+    """A results file may claim any number of seconds (up to the 1e18 bound): the seconds axis has ten ticks at most,
+    whatever it claims. It used to draw one label per second: a file claiming 1e9 s never rendered."""
+    for end in (3.0, 10.0, 3600.0, 1e9, 1e17):
+        obj = {"mode": "rtt", "address": "tcp://h:7", "connections": 1, "seconds": end, "rate": 1.0,
+               "series": [{"t": end / 2, "rate": 1, "p99_us": 5}, {"t": end, "rate": 2, "p99_us": 7}]}  # fmt: skip
+        page = render_comparison([run_from_json("f.json", obj)])
+        ticks = re.findall(r'text-anchor="middle">([\d.e+]+)</text>', page.split('id="rates"')[1].split("</svg>")[0])
+        assert 2 <= len(ticks) <= 11 and float(ticks[-1]) <= end, (end, ticks)
+    short = render_comparison([run_from_json("f.json", dict(obj, series=[{"t": 3.0, "rate": 1, "p99_us": 5}]))])
+    assert re.findall(r'text-anchor="middle">(\d+)</text>', short.split('id="rates"')[1])[:4] == ["0", "1", "2", "3"]
+
+
 @settings(max_examples=200, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     st.recursive(

@@ -13,6 +13,7 @@ its pictures are inline SVG drawn here, its style is inline CSS. Every text that
 from __future__ import annotations
 
 import html
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from sockcat.core.units import format_bits, format_bytes, format_us
 
 _W, _H = 760, 260  # each picture's size
 _PAD_L, _PAD_R, _PAD_T, _PAD_B = 84, 64, 16, 40
+_PLOT_W, _PLOT_H = _W - _PAD_L - _PAD_R, _H - _PAD_T - _PAD_B  # the plot inside the axes
 _BINS = 60
 _MARKS = (("p50", 50.0, "#2b7a2b"), ("p90", 90.0, "#b07d00"), ("p99", 99.0, "#c2410c"), ("p99.9", 99.9, "#9f1239"))
 _CSS = """
@@ -125,7 +127,7 @@ def _histogram_svg(h: Histogram) -> str:
         k = min(_BINS - 1, max(0, int((math.log10(mid) - a) / (b - a) * _BINS)))
         bins[k] += n
     top = max(bins) or 1
-    plot_w, plot_h = _W - _PAD_L - _PAD_R, _H - _PAD_T - _PAD_B
+    plot_w, plot_h = _PLOT_W, _PLOT_H
 
     def x_of(us: float) -> float:
         return _PAD_L + (math.log10(max(us, lo_us)) - a) / (b - a) * plot_w
@@ -160,7 +162,7 @@ def _series_svg(r: BenchResult) -> str:
     series = list(r.series)
     if not series:
         return '<p class="none">The window was shorter than a second: no per-second figures.</p>'
-    plot_w, plot_h = _W - _PAD_L - _PAD_R, _H - _PAD_T - _PAD_B
+    plot_w, plot_h = _PLOT_W, _PLOT_H
     top_rate = max(s["rate"] for s in series) or 1.0
     p99s = [s["p99_us"] for s in series if s["p99_us"] is not None]
     top_p99 = max(p99s) if p99s else 0.0
@@ -179,36 +181,59 @@ def _series_svg(r: BenchResult) -> str:
     top_label = f"{top_rate * r.size / 1048576:,.0f}" if r.mode == "throughput" else f"{top_rate:,.0f}"
     out += _axes(plot_w, plot_h, top_label, rate_label)
     if top_p99 > 0:
-        points = []
-        before = 0.0
-        for s in series:
-            if s["p99_us"] is not None:
-                x = _PAD_L + (before + s["t"]) / 2 / end * plot_w
-                points.append(f"{x:.1f},{_PAD_T + plot_h - s['p99_us'] / top_p99 * plot_h:.1f}")
-            before = s["t"]
-        line = " ".join(points)
+        line = _points([(s["t"], s["p99_us"]) for s in series], end, top_p99)
         out.append(f'<polyline id="p99-line" points="{line}" fill="none" stroke="#c2410c" stroke-width="2"/>')
         out.append(
             f'<text x="{_W - _PAD_R + 4}" y="{_PAD_T + 10}" style="fill:#c2410c">'
             f"{html.escape(format_us(top_p99))}</text>"
             f'<text x="{_W - _PAD_R + 4}" y="{_PAD_T + 24}" style="fill:#c2410c">p99</text>'
         )
-    out.append(f'<text x="{_PAD_L + plot_w / 2:.0f}" y="{_H - 6}" text-anchor="middle">seconds into the window</text>')
-    for k in range(int(end) + 1):
-        x = _PAD_L + k / end * plot_w
-        out.append(f'<text x="{x:.1f}" y="{_H - 22}" text-anchor="middle">{k}</text>')
+    out += _time_axis(end)
     return _svg(out, "rate and p99 per second", "series")
 
 
-def _axes(plot_w: float, plot_h: float, top: str, unit: str) -> list[str]:
+def _axis_lines(plot_w: float, plot_h: float) -> list[str]:
     base = _PAD_T + plot_h
     return [
         f'<line x1="{_PAD_L}" x2="{_PAD_L + plot_w}" y1="{base}" y2="{base}" stroke="#8c959f"/>',
         f'<line x1="{_PAD_L}" x2="{_PAD_L}" y1="{_PAD_T}" y2="{base}" stroke="#8c959f"/>',
+    ]
+
+
+def _axes(plot_w: float, plot_h: float, top: str, unit: str) -> list[str]:
+    """Both axis lines, the top value with its unit, and 0 at the bottom (a linear scale)."""
+    base = _PAD_T + plot_h
+    return [
+        *_axis_lines(plot_w, plot_h),
         f'<text x="{_PAD_L - 6}" y="{_PAD_T + 10}" text-anchor="end">{html.escape(top)}</text>',
         f'<text x="{_PAD_L - 6}" y="{_PAD_T + 24}" text-anchor="end">{html.escape(unit)}</text>',
         f'<text x="{_PAD_L - 6}" y="{base}" text-anchor="end">0</text>',
     ]
+
+
+def _points(values: list[tuple[float, float | None]], end: float, top: float) -> str:
+    """A polyline's points: one per second that has a value (``(end of the second, value)``), at the middle of the
+    second, the value scaled so that ``top`` is the top of the picture."""
+    points, before = [], 0.0
+    for t, v in values:
+        if v is not None:
+            x = _PAD_L + (before + t) / 2 / end * _PLOT_W
+            points.append(f"{x:.1f},{_PAD_T + _PLOT_H - v / top * _PLOT_H:.1f}")
+        before = t
+    return " ".join(points)
+
+
+def _time_axis(end: float) -> list[str]:
+    """The seconds axis under a picture of ``end`` seconds: its title, and ticks a 1-2-5 step apart, ten at most
+    (a run of an hour, or a results file that claims 10^9 seconds, gets a few labels, not one per second)."""
+    step, factors = 1.0, itertools.cycle((2.0, 2.5, 2.0))
+    while end / step > 10:
+        step *= next(factors)
+    out = [f'<text x="{_PAD_L + _PLOT_W / 2:.0f}" y="{_H - 6}" text-anchor="middle">seconds into the window</text>']
+    for k in range(int(end / step) + 1):
+        x = _PAD_L + k * step / end * _PLOT_W
+        out.append(f'<text x="{x:.1f}" y="{_H - 22}" text-anchor="middle">{k * step:g}</text>')
+    return out
 
 
 def _log_ticks(lo: float, hi: float) -> list[float]:
@@ -365,12 +390,8 @@ def _ladder_svg(runs: Sequence[Run]) -> str:
     if hi <= lo * 1.01:
         hi = lo * 1.5
     a, b = math.log10(lo), math.log10(hi)
-    plot_w, plot_h = _W - _PAD_L - _PAD_R, _H - _PAD_T - _PAD_B
-    base = _PAD_T + plot_h
-    out = [
-        f'<line x1="{_PAD_L}" x2="{_PAD_L + plot_w}" y1="{base}" y2="{base}" stroke="#8c959f"/>',
-        f'<line x1="{_PAD_L}" x2="{_PAD_L}" y1="{_PAD_T}" y2="{base}" stroke="#8c959f"/>',
-    ]  # (a log scale: no 0 at the bottom)
+    plot_w, plot_h = _PLOT_W, _PLOT_H
+    out = _axis_lines(plot_w, plot_h)  # (a log scale: no 0 at the bottom)
     step = plot_w / (len(_LADDER) - 1)
     for k, (name, _) in enumerate(_LADDER):
         out.append(f'<text x="{_PAD_L + k * step:.1f}" y="{_H - 22}" text-anchor="middle">{name}</text>')
@@ -388,25 +409,16 @@ def _ladder_svg(runs: Sequence[Run]) -> str:
 
 def _lines_svg(runs: Sequence[Run], column: int, ident: str, label: str) -> str:
     """One line per run through its seconds: the rate (``column`` 1) or the p99 (2), against the seconds."""
-    plot_w, plot_h = _W - _PAD_L - _PAD_R, _H - _PAD_T - _PAD_B
+    plot_w, plot_h = _PLOT_W, _PLOT_H
     end = max((r.series[-1][0] for r in runs if r.series), default=0.0) or 1.0
     top = max((s[column] or 0.0 for r in runs for s in r.series), default=0.0) or 1.0
     top_text = format_us(top) if column == 2 else f"{top:,.0f}"
     out = _axes(plot_w, plot_h, top_text, "p99" if column == 2 else "")
     for i, r in enumerate(runs):
-        points, before = [], 0.0
-        for s in r.series:
-            v = s[column]
-            if v is not None:
-                x = _PAD_L + (before + s[0]) / 2 / end * plot_w
-                points.append(f"{x:.1f},{_PAD_T + plot_h - v / top * plot_h:.1f}")
-            before = s[0]
+        points = _points([(s[0], s[column]) for s in r.series], end, top)
         if points:
             out.append(
-                f'<polyline class="run" points="{" ".join(points)}" fill="none" stroke="{_color(i)}" '
+                f'<polyline class="run" points="{points}" fill="none" stroke="{_color(i)}" '
                 f'stroke-width="2"><title>{html.escape(r.label)}</title></polyline>'
             )
-    out.append(f'<text x="{_PAD_L + plot_w / 2:.0f}" y="{_H - 6}" text-anchor="middle">seconds into the window</text>')
-    for k in range(int(end) + 1):
-        out.append(f'<text x="{_PAD_L + k / end * plot_w:.1f}" y="{_H - 22}" text-anchor="middle">{k}</text>')
-    return _svg(out, label, ident)
+    return _svg(out + _time_axis(end), label, ident)
