@@ -156,9 +156,9 @@ def run_report(args: argparse.Namespace, log: Log) -> None:
     import json
     from pathlib import Path
 
-    from sockcat.core.benchreport import MAX_RUNS, render_comparison, run_from_json
+    from sockcat.core.benchreport import MAX_RUNS, Run, render_comparison, run_from_json
 
-    runs = []
+    runs: list[Run] = []
     for name in args.files:
         try:
             with open(name, "rb") as f:
@@ -172,12 +172,12 @@ def run_report(args: argparse.Namespace, log: Log) -> None:
             raise SockcatError(f"{name}: no bench --json result in it")
         for k, line in enumerate(lines, 1):
             label = Path(name).name + (f" #{k}" if len(lines) > 1 else "")
+            if len(runs) == MAX_RUNS:  # (before parsing the rest: a file may hold a million lines)
+                raise UsageError(f"at most {MAX_RUNS} runs on one page; {name} line {k} is one more")
             try:
                 runs.append(run_from_json(label, json.loads(line)))
             except ValueError as exc:  # (json's errors are ValueErrors too)
                 raise SockcatError(f"{name}, line {k}: not a bench --json result: {exc}") from None
-    if len(runs) > MAX_RUNS:
-        raise UsageError(f"at most {MAX_RUNS} runs on one page, not {len(runs)}")
     try:
         page = render_comparison(runs)
     except ValueError as exc:
