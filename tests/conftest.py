@@ -204,6 +204,15 @@ def read_pipe(stream: Any, size: int, timeout: float = TIMEOUT) -> bytes:
     return got
 
 
+def udp_bound(port: int) -> bool:
+    """Whether a UDP socket on this host is bound to ``port`` (IPv4 or IPv6), from /proc/net/udp and udp6."""
+    for name in ("/proc/net/udp", "/proc/net/udp6"):
+        for row in Path(name).read_text().splitlines()[1:]:
+            if int(row.split()[1].rsplit(":", 1)[1], 16) == port:
+                return True
+    return False
+
+
 def tcp_inodes(*, local: int | None = None, remote: int | None = None) -> list[int]:
     """Inodes of the TCP sockets a process holds (in any state but closed) with this ``local`` and/or ``remote``
     port. Rows no process holds (inode 0: TIME_WAIT, or not accepted yet) are left out: an earlier test's

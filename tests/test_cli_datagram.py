@@ -19,7 +19,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import TIMEOUT, Proc, free_port, port_of, require, run_sockcat, sockcat
+from conftest import TIMEOUT, Proc, free_port, port_of, require, run_sockcat, sockcat, udp_bound
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -78,14 +78,6 @@ def finish_stderr(p: Proc, timeout: float = TIMEOUT) -> tuple[int, list[str]]:
     rc = p.wait(timeout)
     assert p.p.stderr is not None
     return rc, p.stderr_lines + p.p.stderr.read().decode(errors="replace").splitlines()
-
-
-def udp_bound(port: int) -> bool:
-    for name in ("/proc/net/udp", "/proc/net/udp6"):
-        for row in Path(name).read_text().splitlines()[1:]:
-            if int(row.split()[1].rsplit(":", 1)[1], 16) == port:
-                return True
-    return False
 
 
 def unix_bound(path: str) -> bool:

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import TCP_LISTEN, TIMEOUT, tcp_sockets, wait_until
+from conftest import TCP_LISTEN, TIMEOUT, tcp_sockets, udp_bound, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCUMENTS = [ROOT / "docs" / "tutorial.md", ROOT / "docs" / "zh" / "tutorial.md"]
@@ -165,7 +165,7 @@ def _wait_bound(command: str) -> None:
         wait_until(lambda: tcp_sockets(port, state=TCP_LISTEN), f"port {port} listens")
     elif m := re.search(r"\budp6?://\S*:(\d+)", command):
         port = int(m.group(1))
-        wait_until(lambda: _udp_bound(port), f"udp port {port} is bound")
+        wait_until(lambda: udp_bound(port), f"udp port {port} is bound")
     elif m := re.search(r"\bunix\w*:([^\s'\"]+)", command):
         path = Path(m.group(1))
         wait_until(path.exists, f"{path} is bound")
@@ -174,14 +174,6 @@ def _wait_bound(command: str) -> None:
     if log := re.search(r"\b2>\s*(\S+)", command):  # its stderr goes to a file: wait for the line there too
         path = Path(log.group(1))
         wait_until(lambda: path.exists() and "listening on" in path.read_text(), f"'listening on' in {path}")
-
-
-def _udp_bound(port: int) -> bool:
-    for table in ("/proc/net/udp", "/proc/net/udp6"):
-        with open(table) as f:
-            if any(int(row.split()[1].rsplit(":", 1)[1], 16) == port for row in list(f)[1:]):
-                return True
-    return False
 
 
 @pytest.mark.parametrize("path", DOCUMENTS, ids=lambda p: str(p.relative_to(ROOT)))
