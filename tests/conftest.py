@@ -213,6 +213,12 @@ def udp_bound(port: int) -> bool:
     return False
 
 
+def port_bound(port: int, kind: int = socket.SOCK_STREAM) -> bool:
+    """Whether something on this host listens on TCP ``port`` (or has bound UDP ``port``), read from /proc/net.
+    Never by binding the port to see: for that moment the port is taken, and a peer binding it then fails."""
+    return bool(tcp_sockets(port, state=TCP_LISTEN)) if kind == socket.SOCK_STREAM else udp_bound(port)
+
+
 def tcp_inodes(*, local: int | None = None, remote: int | None = None) -> list[int]:
     """Inodes of the TCP sockets a process holds (in any state but closed) with this ``local`` and/or ``remote``
     port. Rows no process holds (inode 0: TIME_WAIT, or not accepted yet) are left out: an earlier test's

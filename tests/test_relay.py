@@ -35,6 +35,7 @@ from conftest import (
     epoll_readers,
     free_port,
     peer_queues,
+    port_bound,
     process_tcp_connections,
     queued_to_read,
     require,
@@ -320,17 +321,10 @@ def assert_closed_promptly(sock: socket.socket, within: float = 2.0) -> None:
     assert elapsed < within, f"closed after {elapsed:.2f} s"
 
 
-def wait_bound(port: int, kind: int = socket.SOCK_STREAM, host: str = "127.0.0.1", timeout: float = 10.0) -> None:
-    """Wait until something has bound ``host:port`` (without connecting: for one-shot servers like iperf3 -1)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket(socket.AF_INET, kind) as s:
-            try:
-                s.bind((host, port))
-            except OSError:
-                return
-        time.sleep(0.05)  # pacing the checks, not waiting for an event
-    raise AssertionError(f"nothing bound {host}:{port} after {timeout} s")
+def wait_bound(port: int, kind: int = socket.SOCK_STREAM, timeout: float = 10.0) -> None:
+    """Wait until something has bound port ``port`` (for one-shot servers like iperf3 -1, which a connection to
+    see would use up)."""
+    wait_until(lambda: port_bound(port, kind), f"something bound port {port}", timeout)
 
 
 def wait_unix(path: Path, timeout: float = 10.0) -> None:

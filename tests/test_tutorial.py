@@ -21,6 +21,7 @@ import os
 import re
 import select
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -29,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import TCP_LISTEN, TIMEOUT, tcp_sockets, udp_bound, wait_until
+from conftest import TIMEOUT, port_bound, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCUMENTS = [ROOT / "docs" / "tutorial.md", ROOT / "docs" / "zh" / "tutorial.md"]
@@ -162,10 +163,10 @@ def _wait_bound(command: str) -> None:
     """Wait until the address a background command serves on is bound (tcp, udp or a Unix socket file)."""
     if m := re.search(r"\b(?:tcp6?|tls|wss?)://\S*:(\d+)", command):
         port = int(m.group(1))
-        wait_until(lambda: tcp_sockets(port, state=TCP_LISTEN), f"port {port} listens")
+        wait_until(lambda: port_bound(port), f"port {port} listens")
     elif m := re.search(r"\budp6?://\S*:(\d+)", command):
         port = int(m.group(1))
-        wait_until(lambda: udp_bound(port), f"udp port {port} is bound")
+        wait_until(lambda: port_bound(port, socket.SOCK_DGRAM), f"udp port {port} is bound")
     elif m := re.search(r"\bunix\w*:([^\s'\"]+)", command):
         path = Path(m.group(1))
         wait_until(path.exists, f"{path} is bound")
