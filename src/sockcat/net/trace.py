@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import itertools
 import json
 import os
 import select
@@ -31,6 +32,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, TextIO
 
 _lock = threading.Lock()
+_connections = itertools.count(1)
 _out: TextIO | None = None
 _json = False
 
@@ -65,6 +67,12 @@ def _write(text: str) -> None:
     with _lock:
         out.write(text + "\n")
         out.flush()
+
+
+def next_connection() -> int:
+    """The number of a connection a server accepted: 1, 2, … in the order they came, one count per process, shown
+    on its ``accept`` line so that a descriptor a later connection uses again is told apart."""
+    return next(_connections)
 
 
 def emit(line: str, fd: int | None = None) -> None:
@@ -263,7 +271,7 @@ class TracedSocket(socket.socket):
             return TracedSocket(self.family, self.type, self.proto, fileno=fd), addr
 
         result: tuple[socket.socket, Any] = self._inward(
-            "accept", "", go, lambda r: f"fd {r[0].fileno()} from {fmt_sockaddr(r[1])}"
+            "accept", "", go, lambda r: f"fd {r[0].fileno()} from {fmt_sockaddr(r[1])}, connection {next_connection()}"
         )
         return result
 

@@ -18,7 +18,9 @@ from typing import Any
 from sockcat.core.address import Address, show
 from sockcat.core.errors import describe, tls_reason
 from sockcat.core.log import Log
+from sockcat.net import trace as _trace
 from sockcat.net.sockets import to_address
+from sockcat.net.traceloop import traced_protocol
 from sockcat.streams.tlsio import TLS_HANDSHAKE_TIMEOUT
 
 # (address, handshakes under way) -> why the connection is refused, or None to admit it
@@ -79,9 +81,15 @@ class TlsAcceptor:
 
     async def _handshake(self, conn: socket.socket, address: Address | None, accepted: float) -> None:
         self.handshaking += 1
+        listen_fd = self.sock.fileno()
+
+        def protocol() -> asyncio.BaseProtocol:
+            made = self.factory(accepted)  # traced, shown from the handshake on (the accept was a traced call)
+            return traced_protocol(made, listen_fd, accept_line=False) if _trace.tracing() else made
+
         try:
             await asyncio.get_running_loop().connect_accepted_socket(
-                lambda: self.factory(accepted), conn, ssl=self.ctx, ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT
+                protocol, conn, ssl=self.ctx, ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT
             )
         except (TimeoutError, OSError) as exc:
             conn.close()

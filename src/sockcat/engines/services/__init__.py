@@ -108,17 +108,18 @@ class ServiceServer:
             def factory() -> asyncio.BaseProtocol:
                 return WsService(shared, service, resource, ws)
 
-        if _trace.tracing():  # each connection's calls shown where the protocol sees them
-            factory = traced_factory(factory, self.socket.fileno())
-        if addr.is_unix:
-            self._server = await loop.create_unix_server(factory, sock=self.socket, backlog=self.opts.backlog)
-        elif addr.is_tls and self.opts.ssl_context is not None:  # admitted before the handshake, counted during it
-            self._server = TlsAcceptor(
+        if addr.is_tls and self.opts.ssl_context is not None:  # admitted before the handshake, counted during it
+            self._server = TlsAcceptor(  # (traced, it traces its connections itself)
                 self.socket, addr.scheme, self.opts.ssl_context, lambda _accepted: factory(), shared.refuse, shared.log
             )
             self._server.start()
         else:
-            self._server = await loop.create_server(factory, sock=self.socket, backlog=self.opts.backlog)
+            if _trace.tracing():  # each connection's calls shown where the protocol sees them
+                factory = traced_factory(factory, self.socket.fileno())
+            if addr.is_unix:
+                self._server = await loop.create_unix_server(factory, sock=self.socket, backlog=self.opts.backlog)
+            else:
+                self._server = await loop.create_server(factory, sock=self.socket, backlog=self.opts.backlog)
         if self.opts.idle_timeout is not None:
             self._sweeper = asyncio.ensure_future(self._sweep(shared, self.opts.idle_timeout))
 
