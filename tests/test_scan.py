@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 
 import sockcat
 from sockcat import aio
+from sockcat.core.errors import UsageError
 from sockcat.engines.scan import parse_ports
 
 
@@ -214,6 +215,25 @@ def test_library_scan_sync_and_aio_leaves_no_descriptors(tcp_ports: tuple[list[i
 def test_all_ports_dash() -> None:
     assert parse_ports("-") == list(range(1, 65536))
     assert parse_ports(" 80, 22,8000-8002,22 ") == [22, 80, 8000, 8001, 8002]
+
+
+def test_a_range_may_leave_out_an_end() -> None:
+    """As in nmap: -1024 is 1-1024, 65533- runs to 65535, and - in a list is every port."""
+    assert parse_ports("-3,80") == [1, 2, 3, 80]
+    assert parse_ports("65533-, 7") == [7, 65533, 65534, 65535]
+    assert parse_ports("-,80") == list(range(1, 65536))
+    for bad in ("0-", "-0", "-70000", "--", "1-2-3"):
+        with pytest.raises(UsageError):
+            parse_ports(bad)
+
+
+def test_ports_starting_with_a_dash_are_ports_not_options() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+        r = run_sockcat("scan", "127.0.0.1", f"-3,{port}", "--json", "-w", "1")
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout)
+    assert (got["open"], got["ports"]) == ([port], 4)
 
 
 @given(st.sets(st.integers(1, 65535), min_size=1, max_size=40))

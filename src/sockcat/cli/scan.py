@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -20,11 +21,15 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
         parents=[common],
         help="scan HOST's ports: TCP connect scan, or --udp",
         description="TCP connect scan (connect_ex) of HOST, or a UDP probe scan with --udp. PORTS: a list like "
-        "22,80,8000-8100, or - for all. Every port gets a state: open, closed, filtered (TCP: no answer), "
+        "22,80,8000-8100; a range may leave out an end (-1024, 60000-; - is every port). Every port gets a "
+        "state: open, closed, filtered (TCP: no answer), "
         "open|filtered (UDP: no answer). The table lists the ports that are not closed.",
     )
     p.add_argument("host", metavar="HOST")
     p.add_argument("ports", metavar="PORTS")
+    # PORTS may start with a dash (-1024, -,80): such a word is PORTS, not an option. argparse reads a word this
+    # matcher matches as a positional one while the parser has no option that looks like it (none here).
+    p._negative_number_matcher = re.compile(r"^-[\d,\-]*$")
     p.add_argument("--udp", action="store_true", help="UDP: an empty datagram to each port (ICMP says closed)")
     p.add_argument("-w", "--timeout", type=seconds, default=1.0, metavar="S", help="wait per port (default 1)")
     p.add_argument("-c", "--concurrency", type=positive, metavar="N", help="ports probed at once (512; udp 64)")

@@ -48,21 +48,19 @@ def _port(text: str, proto: str) -> int:
 
 
 def parse_ports(text: str, proto: str = "tcp") -> list[int]:
-    """``22,80,8000-8100`` or ``ssh,http`` (any order, overlaps merged) or ``-`` for every port; sorted, without
-    duplicates."""
+    """``22,80,8000-8100`` or ``ssh,http`` (any order, overlaps merged); a range may leave out either end, as in
+    nmap (``-1024`` is 1-1024, ``60000-`` up to 65535, ``-`` every port); sorted, without duplicates."""
     text = text.strip()
-    if text == "-":
-        return list(range(1, 65536))
     if not text or len(text) > MAX_PORTS_TEXT:
         raise UsageError(f"bad ports {text[:40]!r}: want a list like 22,80,8000-8100, or - for all")
     ports: set[int] = set()
     for part in text.split(","):
-        lo_text, dash, hi_text = part.strip().partition("-")
-        if dash and not (lo_text.strip().isdigit() and hi_text.strip().isdigit()):
+        lo_text, dash, hi_text = (t.strip() for t in part.strip().partition("-"))
+        if dash and not all(t.isdigit() or not t for t in (lo_text, hi_text)):
             lo_text, dash = part.strip(), ""  # a service name with a dash in it (``x11-ssh``, say)
         try:
-            lo = _port(lo_text, proto)
-            hi = _port(hi_text, proto) if dash else lo
+            lo = _port(lo_text, proto) if lo_text or not dash else 1
+            hi = (_port(hi_text, proto) if hi_text else 65535) if dash else lo
         except ValueError as exc:
             raise UsageError(f"bad ports {text!r}: {exc}") from None
         if not (1 <= lo <= 65535 and 1 <= hi <= 65535):
