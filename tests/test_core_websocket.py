@@ -23,9 +23,9 @@ from sockcat.core.websocket import (
     Keepalive,
     WsCore,
     WsError,
-    WsOptions,
     answer,
 )
+from sockcat.core.wsoptions import WsOptions
 
 KINDS = [Opcode.BINARY, Opcode.TEXT, Opcode.PING]
 

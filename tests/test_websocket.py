@@ -25,7 +25,7 @@ from websockets.sync.server import serve as ws_serve
 
 import sockcat as sc
 from sockcat import Address
-from sockcat.core.websocket import WsOptions
+from sockcat.core.wsoptions import WsOptions
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -21,7 +21,7 @@ from sockcat.core.errors import (
 if TYPE_CHECKING:
     from sockcat.core.address import Address as Address
     from sockcat.core.stats import BenchResult as BenchResult
-    from sockcat.core.websocket import WsOptions as WsOptions
+    from sockcat.core.wsoptions import WsOptions as WsOptions
     from sockcat.engines.bench import bench as bench
     from sockcat.engines.relay import relay as relay
     from sockcat.engines.scan import ScanResult as ScanResult
@@ -52,7 +52,7 @@ _LAZY = {
     "Proxy": "sockcat.net.proxy",
     "ScanResult": "sockcat.engines.scan",
     "Stream": "sockcat.streams.sync",
-    "WsOptions": "sockcat.core.websocket",
+    "WsOptions": "sockcat.core.wsoptions",
     "bench": "sockcat.engines.bench",
     "connect": "sockcat.streams.sync",
     "connect_datagram": "sockcat.streams.datagram",

@@ -103,7 +103,7 @@ def run(args: argparse.Namespace, log: Log) -> None:
     if (args.origin or args.max_message) and not any(a.is_ws for a in addresses):
         raise UsageError("--origin/--max-message need a WebSocket address (ws://, wss:// or ws+unix:)")
     from sockcat.cli.common import check_origins
-    from sockcat.core.websocket import DEFAULT_MAX_MESSAGE, WsOptions
+    from sockcat.core.wsoptions import DEFAULT_MAX_MESSAGE, WsOptions
 
     check_origins(args.origin)
     opts.ws = WsOptions(

@@ -16,7 +16,7 @@ from sockcat.core.log import PROG
 
 if TYPE_CHECKING:
     from sockcat.core.address import Address
-    from sockcat.core.websocket import WsOptions
+    from sockcat.core.wsoptions import WsOptions
     from sockcat.net.proxy import Proxy
 
 EXIT_USAGE = 2
@@ -228,7 +228,7 @@ def check_origins(origins: list[str]) -> None:
 
 def ws_of(args: argparse.Namespace, *addrs: Address) -> WsOptions:
     """The WebSocket options given; any of them without a WebSocket address among ``addrs`` is a usage error."""
-    from sockcat.core.websocket import DEFAULT_MAX_MESSAGE, WsOptions
+    from sockcat.core.wsoptions import DEFAULT_MAX_MESSAGE, WsOptions
 
     given = [
         name

@@ -38,8 +38,8 @@ from websockets.typing import Origin, Subprotocol
 from websockets.uri import WebSocketURI
 
 from sockcat.core.untrusted import escape
+from sockcat.core.wsoptions import DEFAULT_MAX_MESSAGE, WsOptions
 
-DEFAULT_MAX_MESSAGE = 16 * 1024 * 1024  # bytes in one message, unless --max-message says otherwise
 MAX_SEND = 256 * 1024  # bytes in one message sockcat sends from a stream (peers bound messages: websockets at 1 MiB)
 _PROBE = 4096  # bytes of a large message test-compressed to decide whether to compress it
 _CLEAN_CLOSE = frozenset({1000, 1001, 1005})  # normal, going away, no status: a plain end of the stream
@@ -375,21 +375,6 @@ class HandshakeReader:
         data = bytes(self.reader.buffer)
         self.reader.buffer.clear()
         return data
-
-
-@dataclass(frozen=True)
-class WsOptions:
-    """What a WebSocket end may be told (docs/websocket.md): text mode, bounds, compression, subprotocols, the
-    client's extra headers, the listener's origins (None: any; a browser-less client, with no Origin, always
-    passes) and keepalive pings."""
-
-    text: bool = False
-    max_message: int = DEFAULT_MAX_MESSAGE
-    compress: bool = True
-    protocols: tuple[str, ...] = ()
-    headers: tuple[tuple[str, str], ...] = ()
-    origins: tuple[str, ...] | None = None
-    ping: float | None = None
 
 
 class ClientHandshake:

@@ -25,7 +25,7 @@ from sockcat.core.address import Address, show
 from sockcat.core.errors import UsageError, network_error
 from sockcat.core.hexdump import HexDumper
 from sockcat.core.log import SILENT, Log
-from sockcat.core.websocket import WsOptions
+from sockcat.core.wsoptions import WsOptions
 from sockcat.engines.pump import Counter, End, FdEnd, SockEnd, StreamEnd, TLSEnd, copy
 from sockcat.net.options import SockOpt
 from sockcat.net.proxy import Proxy
@@ -35,7 +35,6 @@ from sockcat.serving.process import start_thread
 from sockcat.streams.datagram import connect_datagram
 from sockcat.streams.sync import Stream
 from sockcat.streams.tlsio import handshake
-from sockcat.streams.wsio import client_handshake, server_handshake
 
 if TYPE_CHECKING:
     import ssl  # only TLS needs it: imported where TLS runs
@@ -212,6 +211,10 @@ def tls_server_end(sock: socket.socket, context: ssl.SSLContext, where: str) -> 
 
 def ws_client_end(sock: socket.socket, end: End, addr: Address, ws: WsOptions, timeout: float | None) -> StreamEnd:
     """A connected socket (``end``: plain or TLS) upgraded to a WebSocket client."""
+    from sockcat.streams.wsio import (
+        client_handshake,  # (websockets: loaded only for a WebSocket address, ~40 ms of start-up)
+    )
+
     tls = end.channel if isinstance(end, TLSEnd) else None
     chan = client_handshake(sock, tls, addr, ws, timeout=timeout)
     sock.settimeout(None)
@@ -221,6 +224,10 @@ def ws_client_end(sock: socket.socket, end: End, addr: Address, ws: WsOptions, t
 def ws_server_end(sock: socket.socket, end: End, listen: Address, ws: WsOptions, where: str) -> StreamEnd:
     """An accepted socket (``end``: plain or TLS) whose WebSocket upgrade was answered; ``.stream.request`` is
     the client's request."""
+    from sockcat.streams.wsio import (
+        server_handshake,  # (websockets: loaded only for a WebSocket address, ~40 ms of start-up)
+    )
+
     tls = end.channel if isinstance(end, TLSEnd) else None
     chan, ans = server_handshake(sock, tls, where, listen.resource, ws)
     sock.settimeout(None)

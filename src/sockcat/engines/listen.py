@@ -23,7 +23,7 @@ from sockcat.core.address import Address, show
 from sockcat.core.errors import NetworkError, UsageError, network_error
 from sockcat.core.log import Log
 from sockcat.core.untrusted import escape
-from sockcat.core.websocket import WsOptions, environment
+from sockcat.core.wsoptions import WsOptions
 from sockcat.engines.bridge import (
     DGRAM_MAX,
     BridgeOptions,
@@ -257,6 +257,10 @@ def _child_env(acc: _Accepted) -> dict[str, str]:
     env["SOCKCAT_PEER"] = escape(str(acc.peer)) if acc.peer and not acc.peer.is_unnamed else ""
     env["SOCKCAT_LOCAL"] = escape(str(acc.local)) if acc.local and not acc.local.is_unnamed else ""
     if acc.request is not None:
+        from sockcat.core.websocket import (
+            environment,  # (websockets: loaded only for a WebSocket address, ~40 ms of start-up)
+        )
+
         env.update(environment(acc.request))
     return env
 

@@ -22,7 +22,7 @@ from sockcat.core.address import Address
 from sockcat.core.errors import NetworkError, Timeout, UsageError, network_error, tls_reason
 from sockcat.core.eyeballs import Eyeballs
 from sockcat.core.framing import DEFAULT_MAX_LINE, ReceiveBuffer, to_bytes
-from sockcat.core.websocket import WsOptions
+from sockcat.core.wsoptions import WsOptions
 from sockcat.net import proxy as _proxy
 from sockcat.net.proxy import Proxy
 from sockcat.net.sockets import (

@@ -18,16 +18,8 @@ from websockets.http11 import Request
 from sockcat.core.address import Address
 from sockcat.core.errors import NetworkError, Timeout
 from sockcat.core.untrusted import escape
-from sockcat.core.websocket import (
-    ClientHandshake,
-    HandshakeReader,
-    Keepalive,
-    ServerAnswer,
-    WsCore,
-    WsError,
-    WsOptions,
-    answer,
-)
+from sockcat.core.websocket import ClientHandshake, HandshakeReader, Keepalive, ServerAnswer, WsCore, WsError, answer
+from sockcat.core.wsoptions import WsOptions
 from sockcat.streams.aio_tls import AioTLS
 from sockcat.streams.tlsio import drain_socket
 from sockcat.streams.wsio import RECV_SIZE, WS_HANDSHAKE_TIMEOUT, handshake_errors

@@ -13,7 +13,8 @@ from typing import Any, cast
 
 from sockcat.core.address import Address
 from sockcat.core.errors import NetworkError
-from sockcat.core.websocket import ClientHandshake, WsCore, WsError, WsOptions
+from sockcat.core.websocket import ClientHandshake, WsCore, WsError
+from sockcat.core.wsoptions import WsOptions
 
 _READ = 1 << 20
 

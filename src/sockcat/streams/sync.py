@@ -11,12 +11,12 @@ import socket
 import ssl
 from collections.abc import Iterator
 from types import TracebackType
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 from sockcat.core.address import Address
 from sockcat.core.errors import NetworkError, Timeout, UsageError, network_error, tls_reason
 from sockcat.core.framing import DEFAULT_MAX_LINE, ReceiveBuffer, to_bytes
-from sockcat.core.websocket import WsOptions
+from sockcat.core.wsoptions import WsOptions
 from sockcat.net import trace as _trace
 from sockcat.net.options import SockOpt
 from sockcat.net.proxy import Proxy
@@ -31,7 +31,9 @@ from sockcat.net.sockets import (
 )
 from sockcat.streams.fileio import stream_file
 from sockcat.streams.tlsio import TLSChannel, handshake
-from sockcat.streams.wsio import WSChannel, client_handshake, server_handshake
+
+if TYPE_CHECKING:
+    from sockcat.streams.wsio import WSChannel
 
 
 def _tls_client(
@@ -64,13 +66,19 @@ def connect(
     peer's certificate and host name unless ``ssl_context`` says otherwise. ``proxy``: connect through a SOCKS or
     HTTP CONNECT proxy (``socks5h://host:1080``, ``http://user:pw@host:3128``…; tcp, tls and ws addresses).
     A WebSocket address (``ws://``, ``wss://``, ``ws+unix:``) upgrades the connection with ``ws`` (text mode,
-    headers, subprotocols…: :class:`~sockcat.core.websocket.WsOptions`); the stream carries message payloads.
+    headers, subprotocols…: :class:`~sockcat.core.wsoptions.WsOptions`); the stream carries message payloads.
     """
     addr = Address.parse(address)
     ct = timeout if connect_timeout is None else connect_timeout
     sock = connect_socket(addr, timeout=ct, source=source, sockopts=sockopts, proxy=proxy)
     tls = _tls_client(sock, addr, ssl_context, sni, ct) if addr.is_tls else None
-    chan = client_handshake(sock, tls, addr, ws or WsOptions(), timeout=ct) if addr.is_ws else None
+    chan = None
+    if addr.is_ws:
+        from sockcat.streams.wsio import (
+            client_handshake,  # (websockets: loaded only for a WebSocket address, ~40 ms of start-up)
+        )
+
+        chan = client_handshake(sock, tls, addr, ws or WsOptions(), timeout=ct)
     sock.settimeout(timeout)
     return Stream(sock, addr.scheme, tls=tls, ws=chan)
 
@@ -125,6 +133,10 @@ class Listener:
             tls = handshake(conn, self.ssl_context, server_side=True, where=self.address)
         if not self.address.is_ws:
             return Stream(conn, self.address.scheme, tls=tls)
+        from sockcat.streams.wsio import (
+            server_handshake,  # (websockets: loaded only for a WebSocket address, ~40 ms of start-up)
+        )
+
         chan, ans = server_handshake(conn, tls, self.address, self.address.resource, self.ws)
         stream = Stream(conn, self.address.scheme, tls=tls, ws=chan)
         stream.request = ans.request

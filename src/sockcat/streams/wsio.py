@@ -21,16 +21,8 @@ from websockets.http11 import Request
 from sockcat.core.address import Address
 from sockcat.core.errors import NetworkError, Timeout, network_error
 from sockcat.core.untrusted import escape
-from sockcat.core.websocket import (
-    ClientHandshake,
-    HandshakeReader,
-    Keepalive,
-    ServerAnswer,
-    WsCore,
-    WsError,
-    WsOptions,
-    answer,
-)
+from sockcat.core.websocket import ClientHandshake, HandshakeReader, Keepalive, ServerAnswer, WsCore, WsError, answer
+from sockcat.core.wsoptions import WsOptions
 from sockcat.net import trace as _trace
 from sockcat.streams.tlsio import TLS_HANDSHAKE_TIMEOUT, TLSChannel, drain_socket
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from sockcat.core.address import Address
 from sockcat.core.errors import NetworkError, UsageError, describe, tls_reason
-from sockcat.core.websocket import WsOptions
+from sockcat.core.wsoptions import WsOptions
 from sockcat.net.options import SockOpt
 from sockcat.net.sockets import SockOpts, norm_opts
 

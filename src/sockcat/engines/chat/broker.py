@@ -26,7 +26,7 @@ from sockcat.core import chatproto as proto
 from sockcat.core.access import AccessPolicy
 from sockcat.core.address import Address
 from sockcat.core.log import SILENT, Log
-from sockcat.core.websocket import WsOptions
+from sockcat.core.wsoptions import WsOptions
 from sockcat.engines.chat.cluster import Cluster
 from sockcat.engines.chat.passwords import Guard
 from sockcat.engines.chat.store import ChatStore, Quotas

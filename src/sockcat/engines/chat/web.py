@@ -25,7 +25,8 @@ from typing import Any, cast
 
 from websockets.http11 import Request
 
-from sockcat.core.websocket import HandshakeReader, WsCore, WsError, WsOptions, answer
+from sockcat.core.websocket import HandshakeReader, WsCore, WsError, answer
+from sockcat.core.wsoptions import WsOptions
 from sockcat.engines.chat.broker import Broker
 from sockcat.engines.chat.client import Client
 from sockcat.streams.aio_wsproto import WsTransport, pass_on

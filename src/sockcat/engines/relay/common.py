@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from sockcat.core.access import AccessPolicy
 from sockcat.core.address import Address
 from sockcat.core.log import SILENT, Log
-from sockcat.core.websocket import WsOptions
+from sockcat.core.wsoptions import WsOptions
 from sockcat.net.options import SockOpt
 from sockcat.net.proxy import Proxy
 from sockcat.net.sockets import to_address

@@ -11,7 +11,7 @@ from typing import Any, Protocol
 from sockcat.core.access import AccessPolicy
 from sockcat.core.address import Address
 from sockcat.core.log import SILENT, Log
-from sockcat.core.websocket import WsOptions
+from sockcat.core.wsoptions import WsOptions
 from sockcat.net.options import SockOpt
 from sockcat.net.sockets import to_address
 from sockcat.serving.scaffold import DEFAULT_MAX_CONNS

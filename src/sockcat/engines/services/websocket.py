@@ -13,7 +13,8 @@ import asyncio
 from websockets.http11 import Request
 
 from sockcat.core.services import CHARGEN_CHUNK, daytime_line
-from sockcat.core.websocket import HandshakeReader, Keepalive, WsCore, WsError, WsOptions, answer
+from sockcat.core.websocket import HandshakeReader, Keepalive, WsCore, WsError, answer
+from sockcat.core.wsoptions import WsOptions
 from sockcat.engines.services.common import WRITE_HIGH_WATER, _Shared
 from sockcat.engines.services.stream import _Conn
 

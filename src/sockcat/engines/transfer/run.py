@@ -21,14 +21,13 @@ from sockcat.core.errors import NetworkError, SockcatError, UsageError, describe
 from sockcat.core.log import Log
 from sockcat.core.pake import make_code, normalize_code
 from sockcat.core.untrusted import escape
-from sockcat.core.websocket import WsOptions
+from sockcat.core.wsoptions import WsOptions
 from sockcat.engines.transfer.common import IDLE_TIMEOUT, Bar, Report, TransferError
 from sockcat.engines.transfer.recv import Receiver, recv_files
 from sockcat.engines.transfer.send import build_manifest, send_files
 from sockcat.serving.scaffold import Bound, Settings, serve_in_threads
 from sockcat.streams.sync import Stream, connect
 from sockcat.streams.tlsio import handshake
-from sockcat.streams.wsio import server_handshake
 
 CODE_ENV = "SOCKCAT_CODE"
 MAX_CONNS = 10_000
@@ -183,7 +182,13 @@ def _serve_one(
         try:
             tls = handshake(conn, opts.ssl_context, server_side=True, where=where) if opts.ssl_context else None
             # over WebSocket, file bytes go uncompressed (most files worth sending compress badly, and it costs CPU)
-            ws = server_handshake(conn, tls, where, where.resource, _WS)[0] if where.is_ws else None
+            ws = None
+            if where.is_ws:
+                from sockcat.streams.wsio import (
+                    server_handshake,  # (websockets: loaded only for a WebSocket address, ~40 ms of start-up)
+                )
+
+                ws = server_handshake(conn, tls, where, where.resource, _WS)[0]
         except NetworkError as exc:
             raise TransferError(exc.errno or 0, str(exc)) from None
         with Stream(conn, where.scheme, tls=tls, ws=ws) as stream:
