@@ -109,3 +109,12 @@ def test_every_public_name_still_imports() -> None:
     assert set(sockcat.__all__) <= set(dir(sockcat))
     with pytest.raises(AttributeError):
         sockcat.no_such_name  # noqa: B018
+
+
+def test_plain_connect_and_listen_load_neither_websockets_nor_asyncio() -> None:
+    """A tcp/unix/tls `connect` or one-shot `listen` starts without the websockets package (loaded for a WebSocket
+    address only) or asyncio (the event-loop servers' own): together about 80 ms of every start."""
+    code = "import sockcat.cli.connect, sockcat.cli.listen, sockcat.engines.bridge, sockcat.engines.listen"
+    loaded = _modules_after(code)
+    assert "sockcat.engines.bridge" in loaded
+    assert not {m for m in loaded if m.split(".")[0] in ("websockets", "asyncio")}

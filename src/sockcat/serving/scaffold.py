@@ -19,7 +19,6 @@ Two ways to serve: :func:`serve_on_loop` runs a :class:`Service` on one event lo
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import errno
 import os
@@ -215,6 +214,8 @@ def _run_loop(bound: list[Bound], settings: Settings, make: Callable[[], Service
 async def _until_signal(
     bound: list[Bound], settings: Settings, make: Callable[[], Service], got: list[int], children: list[int]
 ) -> None:
+    import asyncio  # (here: the threaded servers, a one-shot listen among them, start faster without it)
+
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
 
