@@ -12,10 +12,20 @@ import socket
 import ssl
 import subprocess
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from conftest import TIMEOUT, Proc, port_of, run_sockcat, sockcat
+
+# How every listener here starts: a TCP socket on 127.0.0.1 port 0 (the kernel picks a port, getsockname learns it).
+LISTENING = [
+    "[fd S1] socket(AF_INET, SOCK_STREAM)",
+    "[fd S1] setsockopt(SOL_SOCKET, SO_REUSEADDR, 1)",
+    "[fd S1] bind(('127.0.0.1', 0))",
+    "[fd S1] getsockname() -> ('127.0.0.1', P1)",
+    "[fd S1] listen(4096)",
+]
 
 
 def normalised(text: str) -> list[str]:
@@ -40,79 +50,68 @@ def normalised(text: str) -> list[str]:
     return out
 
 
-def answer_after_eof(listener: socket.socket) -> threading.Thread:
-    """A peer that reads one connection to its end, then answers ``answer:`` and what it read, and closes."""
+def serve_one(listener: socket.socket, handle: Callable[[socket.socket], None]) -> threading.Thread:
+    """A peer on a thread: accepts one connection, hands it to ``handle``, closes it."""
 
     def serve() -> None:
         conn, _ = listener.accept()
         with conn:
             conn.settimeout(TIMEOUT)
-            data = b""
-            while chunk := conn.recv(4096):
-                data += chunk
-            conn.sendall(b"answer:" + data)
+            handle(conn)
 
     t = threading.Thread(target=serve, daemon=True)
     t.start()
     return t
 
 
-def echo_one(listener: socket.socket) -> threading.Thread:
-    """A peer that echoes one connection, chunk by chunk, until its end."""
-
-    def serve() -> None:
-        conn, _ = listener.accept()
-        with conn:
-            conn.settimeout(TIMEOUT)
-            while chunk := conn.recv(4096):
-                conn.sendall(chunk)
-
-    t = threading.Thread(target=serve, daemon=True)
-    t.start()
-    return t
+def answer_after_eof(conn: socket.socket) -> None:
+    """Read the connection to its end, then answer ``answer:`` and what was read."""
+    data = b""
+    while chunk := conn.recv(4096):
+        data += chunk
+    conn.sendall(b"answer:" + data)
 
 
-def test_golden_connect_tcp() -> None:
-    with socket.create_server(("127.0.0.1", 0)) as listener:
-        peer = answer_after_eof(listener)
-        r = run_sockcat("--trace", "connect", f"tcp://127.0.0.1:{listener.getsockname()[1]}", input=b"question")
-        peer.join(TIMEOUT)
-    assert (r.returncode, r.stdout) == (0, b"answer:question"), r.stderr
-    assert normalised(r.stderr.decode()) == [
-        "[fd S1] socket(AF_INET, SOCK_STREAM)",
-        "[fd S1] settimeout(None)",
-        "[fd S1] connect(('127.0.0.1', P1))",
-        "[fd S1] getsockname() -> ('127.0.0.1', P2)",
-        "[fd S1] getpeername() -> ('127.0.0.1', P1)",
-        "[fd S1] settimeout(None)",
-        # stdin and stdout are pipes: the bytes move by splice, straight from one descriptor to the other
-        "[fd 0] splice(0 -> S1, 1048576)",
-        "[fd 0] splice -> 8 bytes",
-        "[fd 0] splice(0 -> S1, 1048576)",
-        "[fd 0] splice -> 0 bytes",
-        "[fd S1] shutdown(SHUT_WR)",
-        "[fd S1] splice(S1 -> 1, 1048576) -> 15 bytes",
-        "[fd S1] splice(S1 -> 1, 1048576) -> 0 bytes",
-        "[fd S1] close()",
-    ]
+def echo(conn: socket.socket) -> None:
+    """Echo chunk by chunk, until the end."""
+    while chunk := conn.recv(4096):
+        conn.sendall(chunk)
 
 
-def test_golden_connect_unix(short_tmp: Path) -> None:
-    path = str(short_tmp / "golden.sock")
-    with socket.socket(socket.AF_UNIX) as listener:
+@pytest.mark.parametrize("kind", ["tcp", "unix"])
+def test_golden_connect_stream(kind: str, short_tmp: Path) -> None:
+    if kind == "tcp":
+        listener = socket.create_server(("127.0.0.1", 0))
+        address = f"tcp://127.0.0.1:{listener.getsockname()[1]}"
+        made = [
+            "[fd S1] socket(AF_INET, SOCK_STREAM)",
+            "[fd S1] settimeout(None)",
+            "[fd S1] connect(('127.0.0.1', P1))",
+            "[fd S1] getsockname() -> ('127.0.0.1', P2)",
+            "[fd S1] getpeername() -> ('127.0.0.1', P1)",
+        ]
+    else:
+        path = str(short_tmp / "golden.sock")
+        listener = socket.socket(socket.AF_UNIX)
         listener.bind(path)
         listener.listen()
-        peer = answer_after_eof(listener)
-        r = run_sockcat("--trace", "connect", f"unix:{path}", input=b"question")
+        address = f"unix:{path}"
+        made = [
+            "[fd S1] socket(AF_UNIX, SOCK_STREAM)",
+            "[fd S1] settimeout(None)",
+            f"[fd S1] connect('{path}')",
+            "[fd S1] getsockname() -> ''",  # a client's Unix socket has no name
+            f"[fd S1] getpeername() -> '{path}'",
+        ]
+    with listener:
+        peer = serve_one(listener, answer_after_eof)
+        r = run_sockcat("--trace", "connect", address, input=b"question")
         peer.join(TIMEOUT)
     assert (r.returncode, r.stdout) == (0, b"answer:question"), r.stderr
     assert normalised(r.stderr.decode()) == [
-        "[fd S1] socket(AF_UNIX, SOCK_STREAM)",
+        *made,
         "[fd S1] settimeout(None)",
-        f"[fd S1] connect('{path}')",
-        "[fd S1] getsockname() -> ''",  # a client's Unix socket has no name
-        f"[fd S1] getpeername() -> '{path}'",
-        "[fd S1] settimeout(None)",
+        # stdin and stdout are pipes: the bytes move by splice, straight from one descriptor to the other
         "[fd 0] splice(0 -> S1, 1048576)",
         "[fd 0] splice -> 8 bytes",
         "[fd 0] splice(0 -> S1, 1048576)",
@@ -166,11 +165,7 @@ def test_golden_listen_tcp() -> None:
     out, err = p.communicate()
     assert (p.p.returncode, out) == (0, b"hello"), err
     assert normalised(err) == [
-        "[fd S1] socket(AF_INET, SOCK_STREAM)",
-        "[fd S1] setsockopt(SOL_SOCKET, SO_REUSEADDR, 1)",
-        "[fd S1] bind(('127.0.0.1', 0))",  # port 0: the kernel picks one...
-        "[fd S1] getsockname() -> ('127.0.0.1', P1)",  # ...and this is how it is learnt
-        "[fd S1] listen(4096)",
+        *LISTENING,
         "[fd S1] accept() -> fd S2 from ('127.0.0.1', P2), connection 1",
         "[fd S2] settimeout(None)",
         "[fd S2] getsockname() -> ('127.0.0.1', P1)",
@@ -186,7 +181,7 @@ def test_golden_listen_tcp() -> None:
 
 def test_golden_relayed_connection(procs: list[Proc]) -> None:
     with socket.create_server(("127.0.0.1", 0)) as upstream:
-        peer = echo_one(upstream)
+        peer = serve_one(upstream, echo)
         p = Proc(sockcat("--trace", "relay", "tcp://127.0.0.1:0", f"tcp://127.0.0.1:{upstream.getsockname()[1]}"))
         procs.append(p)
         port = port_of(p.read_listening())
@@ -201,11 +196,7 @@ def test_golden_relayed_connection(procs: list[Proc]) -> None:
         peer.join(TIMEOUT)
     assert p.terminate() == 0
     assert normalised("\n".join(p.stderr_all())) == [
-        "[fd S1] socket(AF_INET, SOCK_STREAM)",
-        "[fd S1] setsockopt(SOL_SOCKET, SO_REUSEADDR, 1)",
-        "[fd S1] bind(('127.0.0.1', 0))",
-        "[fd S1] getsockname() -> ('127.0.0.1', P1)",
-        "[fd S1] listen(4096)",
+        *LISTENING,
         "[fd S1] setblocking(False)",
         "[fd S1] accept() -> fd S2 from ('127.0.0.1', P2), connection 1",
         "[fd S1] accept() -> EAGAIN (Resource temporarily unavailable)",  # nobody else waits: back to the loop
@@ -255,11 +246,7 @@ def test_golden_served_tls_connection(ending: str, procs: list[Proc]) -> None:
     p.wait_stderr("close()")
     assert p.terminate() == 0
     assert normalised("\n".join(p.stderr_all())) == [
-        "[fd S1] socket(AF_INET, SOCK_STREAM)",
-        "[fd S1] setsockopt(SOL_SOCKET, SO_REUSEADDR, 1)",
-        "[fd S1] bind(('127.0.0.1', 0))",
-        "[fd S1] getsockname() -> ('127.0.0.1', P1)",
-        "[fd S1] listen(4096)",
+        *LISTENING,
         "[fd S1] setblocking(False)",
         "[fd S1] accept() -> fd S2 from ('127.0.0.1', P2), connection 1",
         "[fd S2] setblocking(False)",

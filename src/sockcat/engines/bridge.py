@@ -211,9 +211,8 @@ def tls_server_end(sock: socket.socket, context: ssl.SSLContext, where: str) -> 
 
 def ws_client_end(sock: socket.socket, end: End, addr: Address, ws: WsOptions, timeout: float | None) -> StreamEnd:
     """A connected socket (``end``: plain or TLS) upgraded to a WebSocket client."""
-    from sockcat.streams.wsio import (
-        client_handshake,  # (websockets: loaded only for a WebSocket address, ~40 ms of start-up)
-    )
+    # (websockets: loaded only for a WebSocket address, ~40 ms of start-up)
+    from sockcat.streams.wsio import client_handshake
 
     tls = end.channel if isinstance(end, TLSEnd) else None
     chan = client_handshake(sock, tls, addr, ws, timeout=timeout)
@@ -224,9 +223,8 @@ def ws_client_end(sock: socket.socket, end: End, addr: Address, ws: WsOptions, t
 def ws_server_end(sock: socket.socket, end: End, listen: Address, ws: WsOptions, where: str) -> StreamEnd:
     """An accepted socket (``end``: plain or TLS) whose WebSocket upgrade was answered; ``.stream.request`` is
     the client's request."""
-    from sockcat.streams.wsio import (
-        server_handshake,  # (websockets: loaded only for a WebSocket address, ~40 ms of start-up)
-    )
+    # (websockets: loaded only for a WebSocket address, ~40 ms of start-up)
+    from sockcat.streams.wsio import server_handshake
 
     tls = end.channel if isinstance(end, TLSEnd) else None
     chan, ans = server_handshake(sock, tls, where, listen.resource, ws)

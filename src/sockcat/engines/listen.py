@@ -257,9 +257,8 @@ def _child_env(acc: _Accepted) -> dict[str, str]:
     env["SOCKCAT_PEER"] = escape(str(acc.peer)) if acc.peer and not acc.peer.is_unnamed else ""
     env["SOCKCAT_LOCAL"] = escape(str(acc.local)) if acc.local and not acc.local.is_unnamed else ""
     if acc.request is not None:
-        from sockcat.core.websocket import (
-            environment,  # (websockets: loaded only for a WebSocket address, ~40 ms of start-up)
-        )
+        # (websockets: loaded only for a WebSocket address, ~40 ms of start-up)
+        from sockcat.core.websocket import environment
 
         env.update(environment(acc.request))
     return env

@@ -63,7 +63,7 @@ class _Tracing:
         if isinstance(exc, OSError):
             _trace.record(self.fd, "recv", "", error=exc)
         elif not (self.closed or self.ended):  # (TLS: a stream that ends without close_notify reaches no eof_received)
-            self.eof_received_line()
+            self.show_end()
         self.close()
         self.inner.connection_lost(exc)
 
@@ -72,12 +72,12 @@ class _Tracing:
             self.closed = True
             _trace.record(self.fd, "close", "")
 
-    def eof_received_line(self) -> None:
+    def show_end(self) -> None:
         self.ended = True
         _trace.record(self.fd, "recv", "", "0 bytes")
 
     def eof_received(self) -> bool | None:
-        self.eof_received_line()
+        self.show_end()
         result: bool | None = self.inner.eof_received()
         return result
 

@@ -74,9 +74,8 @@ def connect(
     tls = _tls_client(sock, addr, ssl_context, sni, ct) if addr.is_tls else None
     chan = None
     if addr.is_ws:
-        from sockcat.streams.wsio import (
-            client_handshake,  # (websockets: loaded only for a WebSocket address, ~40 ms of start-up)
-        )
+        # (websockets: loaded only for a WebSocket address, ~40 ms of start-up)
+        from sockcat.streams.wsio import client_handshake
 
         chan = client_handshake(sock, tls, addr, ws or WsOptions(), timeout=ct)
     sock.settimeout(timeout)
@@ -133,9 +132,8 @@ class Listener:
             tls = handshake(conn, self.ssl_context, server_side=True, where=self.address)
         if not self.address.is_ws:
             return Stream(conn, self.address.scheme, tls=tls)
-        from sockcat.streams.wsio import (
-            server_handshake,  # (websockets: loaded only for a WebSocket address, ~40 ms of start-up)
-        )
+        # (websockets: loaded only for a WebSocket address, ~40 ms of start-up)
+        from sockcat.streams.wsio import server_handshake
 
         chan, ans = server_handshake(conn, tls, self.address, self.address.resource, self.ws)
         stream = Stream(conn, self.address.scheme, tls=tls, ws=chan)

@@ -184,9 +184,8 @@ def _serve_one(
             # over WebSocket, file bytes go uncompressed (most files worth sending compress badly, and it costs CPU)
             ws = None
             if where.is_ws:
-                from sockcat.streams.wsio import (
-                    server_handshake,  # (websockets: loaded only for a WebSocket address, ~40 ms of start-up)
-                )
+                # (websockets: loaded only for a WebSocket address, ~40 ms of start-up)
+                from sockcat.streams.wsio import server_handshake
 
                 ws = server_handshake(conn, tls, where, where.resource, _WS)[0]
         except NetworkError as exc:
