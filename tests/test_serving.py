@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import TIMEOUT, Proc, run_sockcat, sockcat
+from conftest import TIMEOUT, Proc, accept_queue, run_sockcat, sockcat, wait_until
 
 SERVERS = {
     "serve": lambda a: ["serve", "echo", a],
@@ -33,6 +33,23 @@ def test_a_stop_signal_ends_every_server_and_removes_its_socket_file(
     p.p.send_signal(sig)
     assert p.wait() == (130 if sig == signal.SIGINT else 0)  # closing the terminal (HUP) is a clean stop too
     assert not path.exists()
+
+
+@pytest.mark.parametrize(
+    ("command", "scheme"), [(c, "tcp") for c in SERVERS] + [(c, "tls") for c in ("serve", "relay", "chat")]
+)
+def test_every_server_listens_with_the_one_backlog(procs: list[Proc], command: str, scheme: str) -> None:
+    """One backlog policy (4096, capped by somaxconn) for every server, whoever serves its connections: asyncio's
+    create_server lists the socket again with its own default of 100 unless told (chat had 100)."""
+    p = Proc(sockcat(*SERVERS[command](f"{scheme}://127.0.0.1:0")))
+    procs.append(p)
+    port = int(p.read_listening().rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT):  # once one is accepted, serving has begun
+        wait_until(lambda: accept_queue(port) == 0, "the server accepts")
+    ss = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True, timeout=TIMEOUT)
+    backlogs = {int(row.split()[2]) for row in ss.stdout.splitlines()}  # a listener's Send-Q is its backlog
+    somaxconn = int(Path("/proc/sys/net/core/somaxconn").read_text())
+    assert backlogs == {min(4096, somaxconn)}, ss.stdout
 
 
 @pytest.mark.parametrize("command", ["serve", "relay", "bench"])

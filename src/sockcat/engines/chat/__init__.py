@@ -27,8 +27,7 @@ from sockcat.engines.chat.broker import Broker, ChatOptions
 from sockcat.engines.chat.client import Client
 from sockcat.engines.chat.store import ChatStore, Quotas, default_db
 from sockcat.engines.chat.web import Names, WsGate
-from sockcat.net import trace as _trace
-from sockcat.net.traceloop import traced_factory
+from sockcat.serving.loopserver import start_stream_server
 from sockcat.serving.scaffold import Bound, Settings, serve_on_loop
 from sockcat.serving.tls_accept import TlsAcceptor
 from sockcat.streams.sync import Listener
@@ -57,7 +56,6 @@ class ChatService:
         self.servers: list[asyncio.AbstractServer | TlsAcceptor] = []
 
     async def start(self, bound: list[Bound]) -> None:
-        loop = asyncio.get_running_loop()
         broker = self.broker = Broker(self.store, self.opts)
         broker.start()
         names = Names(
@@ -65,35 +63,25 @@ class ChatService:
         )
         cache: list[Any] = [None, b""]
         pending: set[WsGate] = set()
+
+        def refuse(address: Address | None, handshaking: int) -> str | None:
+            return broker.refuse(address, len(broker.clients) + handshaking)
+
         for b in bound:
-            scheme = b.address.scheme
-            ws = b.address.is_ws
-            if b.address.is_tls and self.opts.ssl_context is not None:
+            ctx = self.opts.ssl_context if b.address.is_tls else None
 
-                def tls_client(accepted: float, scheme: str = scheme, ws: bool = ws) -> asyncio.BaseProtocol:
-                    if ws:
-                        return WsGate(broker, scheme, self.opts.ws, names, True, cache, pending)
-                    return Client(broker, scheme, accepted)
-
-                def refuse(address: Address | None, handshaking: int) -> str | None:
-                    return broker.refuse(address, len(broker.clients) + handshaking)
-
-                acceptor = TlsAcceptor(b.sock, scheme, self.opts.ssl_context, tls_client, refuse, self.opts.log)
-                acceptor.start()
-                self.servers.append(acceptor)
-                continue
-
-            def factory(scheme: str = scheme, ws: bool = ws) -> asyncio.BaseProtocol:
+            def client(
+                accepted: float | None,
+                scheme: str = b.address.scheme,
+                ws: bool = b.address.is_ws,
+                tls: bool = ctx is not None,
+            ) -> asyncio.BaseProtocol:
                 if ws:
-                    return WsGate(broker, scheme, self.opts.ws, names, False, cache, pending)
-                return Client(broker, scheme)
+                    return WsGate(broker, scheme, self.opts.ws, names, tls, cache, pending)
+                return Client(broker, scheme, accepted)
 
-            make = traced_factory(factory, b.sock.fileno()) if _trace.tracing() else factory
-            if b.address.is_unix:
-                server = await loop.create_unix_server(make, sock=b.sock)
-            else:
-                server = await loop.create_server(make, sock=b.sock)
-            self.servers.append(server)
+            admit = (ctx, refuse, self.opts.log) if ctx is not None else None  # (TLS: admitted before the handshake)
+            self.servers.append(await start_stream_server(b.sock, b.address, client, tls=admit))
 
     async def stop(self, grace: float) -> None:
         for server in self.servers:

@@ -42,9 +42,8 @@ from sockcat.engines.services.common import (
 from sockcat.engines.services.packets import _DatagramService, _PacketService
 from sockcat.engines.services.stream import _STREAM
 from sockcat.engines.services.websocket import WsService
-from sockcat.net import trace as _trace
 from sockcat.net.sockets import SockOpts, bind_socket, norm_opts
-from sockcat.net.traceloop import traced_factory
+from sockcat.serving.loopserver import start_stream_server
 from sockcat.serving.process import new_runner
 from sockcat.serving.scaffold import Bound, Settings, serve_on_loop
 from sockcat.serving.tls_accept import TlsAcceptor
@@ -84,7 +83,6 @@ class ServiceServer:
         self._closed = asyncio.Event()
 
     async def start(self) -> None:
-        loop = asyncio.get_running_loop()
         addr = self.address
         if addr.is_datagram:
             self._dgram = _DatagramService(self.service, self.socket, addr, self.opts)
@@ -108,18 +106,12 @@ class ServiceServer:
             def factory() -> asyncio.BaseProtocol:
                 return WsService(shared, service, resource, ws)
 
+        tls = None
         if addr.is_tls and self.opts.ssl_context is not None:  # admitted before the handshake, counted during it
-            self._server = TlsAcceptor(  # (traced, it traces its connections itself)
-                self.socket, addr.scheme, self.opts.ssl_context, lambda _accepted: factory(), shared.refuse, shared.log
-            )
-            self._server.start()
-        else:
-            if _trace.tracing():  # each connection's calls shown where the protocol sees them
-                factory = traced_factory(factory, self.socket.fileno())
-            if addr.is_unix:
-                self._server = await loop.create_unix_server(factory, sock=self.socket, backlog=self.opts.backlog)
-            else:
-                self._server = await loop.create_server(factory, sock=self.socket, backlog=self.opts.backlog)
+            tls = (self.opts.ssl_context, shared.refuse, shared.log)
+        self._server = await start_stream_server(
+            self.socket, addr, lambda _accepted: factory(), backlog=self.opts.backlog, tls=tls
+        )
         if self.opts.idle_timeout is not None:
             self._sweeper = asyncio.ensure_future(self._sweep(shared, self.opts.idle_timeout))
 
