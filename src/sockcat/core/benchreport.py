@@ -127,30 +127,29 @@ def _histogram_svg(h: Histogram) -> str:
         k = min(_BINS - 1, max(0, int((math.log10(mid) - a) / (b - a) * _BINS)))
         bins[k] += n
     top = max(bins) or 1
-    plot_w, plot_h = _PLOT_W, _PLOT_H
 
     def x_of(us: float) -> float:
-        return _PAD_L + (math.log10(max(us, lo_us)) - a) / (b - a) * plot_w
+        return _PAD_L + (math.log10(max(us, lo_us)) - a) / (b - a) * _PLOT_W
 
     out: list[str] = []
-    bar_w = plot_w / _BINS
+    bar_w = _PLOT_W / _BINS
     for k, n in enumerate(bins):
         if n:
-            bh = n / top * plot_h
+            bh = n / top * _PLOT_H
             out.append(
-                f'<rect class="bin" x="{_PAD_L + k * bar_w:.1f}" y="{_PAD_T + plot_h - bh:.1f}" '
+                f'<rect class="bin" x="{_PAD_L + k * bar_w:.1f}" y="{_PAD_T + _PLOT_H - bh:.1f}" '
                 f'width="{max(bar_w - 1, 1):.1f}" height="{bh:.1f}" fill="#6e9fd6"><title>{n:,} samples</title></rect>'
             )
-    out += _axes(plot_w, plot_h, f"{top:,}", "samples")
+    out += _axes(f"{top:,}", "samples")
     for us in _log_ticks(lo_us, hi_us):
         x = x_of(us)
         out.append(f'<text x="{x:.1f}" y="{_H - 22}" text-anchor="middle">{html.escape(format_us(us))}</text>')
-    out.append(f'<text x="{_PAD_L + plot_w / 2:.0f}" y="{_H - 6}" text-anchor="middle">latency (log scale)</text>')
+    out.append(f'<text x="{_PAD_L + _PLOT_W / 2:.0f}" y="{_H - 6}" text-anchor="middle">latency (log scale)</text>')
     for i, (name, q, color) in enumerate(_MARKS):
         us = h.percentile(q) / 1000
         x = x_of(us)
         out.append(
-            f'<line class="mark" x1="{x:.1f}" x2="{x:.1f}" y1="{_PAD_T}" y2="{_PAD_T + plot_h}" stroke="{color}" '
+            f'<line class="mark" x1="{x:.1f}" x2="{x:.1f}" y1="{_PAD_T}" y2="{_PAD_T + _PLOT_H}" stroke="{color}" '
             f'stroke-width="1.5" stroke-dasharray="4 3"/>'
             f'<text x="{x + 3:.1f}" y="{_PAD_T + 12 + 13 * i}" style="fill:{color}">{name} {html.escape(format_us(us))}'
             "</text>"
@@ -162,7 +161,6 @@ def _series_svg(r: BenchResult) -> str:
     series = list(r.series)
     if not series:
         return '<p class="none">The window was shorter than a second: no per-second figures.</p>'
-    plot_w, plot_h = _PLOT_W, _PLOT_H
     top_rate = max(s["rate"] for s in series) or 1.0
     p99s = [s["p99_us"] for s in series if s["p99_us"] is not None]
     top_p99 = max(p99s) if p99s else 0.0
@@ -170,16 +168,16 @@ def _series_svg(r: BenchResult) -> str:
     out: list[str] = []
     before = 0.0
     for s in series:
-        x0, x1 = _PAD_L + before / end * plot_w, _PAD_L + s["t"] / end * plot_w
-        bh = s["rate"] / top_rate * plot_h
+        x0, x1 = _PAD_L + before / end * _PLOT_W, _PAD_L + s["t"] / end * _PLOT_W
+        bh = s["rate"] / top_rate * _PLOT_H
         out.append(
-            f'<rect class="second" x="{x0 + 1:.1f}" y="{_PAD_T + plot_h - bh:.1f}" width="{max(x1 - x0 - 2, 1):.1f}" '
+            f'<rect class="second" x="{x0 + 1:.1f}" y="{_PAD_T + _PLOT_H - bh:.1f}" width="{max(x1 - x0 - 2, 1):.1f}" '
             f'height="{bh:.1f}" fill="#9cc3e6"><title>{s["t"]:g} s: {s["rate"]:,.0f}/s</title></rect>'
         )
         before = s["t"]
     rate_label = "MiB/s" if r.mode == "throughput" else "per second"
     top_label = f"{top_rate * r.size / 1048576:,.0f}" if r.mode == "throughput" else f"{top_rate:,.0f}"
-    out += _axes(plot_w, plot_h, top_label, rate_label)
+    out += _axes(top_label, rate_label)
     if top_p99 > 0:
         line = _points([(s["t"], s["p99_us"]) for s in series], end, top_p99)
         out.append(f'<polyline id="p99-line" points="{line}" fill="none" stroke="#c2410c" stroke-width="2"/>')
@@ -192,19 +190,19 @@ def _series_svg(r: BenchResult) -> str:
     return _svg(out, "rate and p99 per second", "series")
 
 
-def _axis_lines(plot_w: float, plot_h: float) -> list[str]:
-    base = _PAD_T + plot_h
+def _axis_lines() -> list[str]:
+    base = _PAD_T + _PLOT_H
     return [
-        f'<line x1="{_PAD_L}" x2="{_PAD_L + plot_w}" y1="{base}" y2="{base}" stroke="#8c959f"/>',
+        f'<line x1="{_PAD_L}" x2="{_PAD_L + _PLOT_W}" y1="{base}" y2="{base}" stroke="#8c959f"/>',
         f'<line x1="{_PAD_L}" x2="{_PAD_L}" y1="{_PAD_T}" y2="{base}" stroke="#8c959f"/>',
     ]
 
 
-def _axes(plot_w: float, plot_h: float, top: str, unit: str) -> list[str]:
+def _axes(top: str, unit: str) -> list[str]:
     """Both axis lines, the top value with its unit, and 0 at the bottom (a linear scale)."""
-    base = _PAD_T + plot_h
+    base = _PAD_T + _PLOT_H
     return [
-        *_axis_lines(plot_w, plot_h),
+        *_axis_lines(),
         f'<text x="{_PAD_L - 6}" y="{_PAD_T + 10}" text-anchor="end">{html.escape(top)}</text>',
         f'<text x="{_PAD_L - 6}" y="{_PAD_T + 24}" text-anchor="end">{html.escape(unit)}</text>',
         f'<text x="{_PAD_L - 6}" y="{base}" text-anchor="end">0</text>',
@@ -321,7 +319,7 @@ def _number(v: object, what: str) -> float:
 
 
 def render_comparison(runs: Sequence[Run]) -> str:
-    """One page comparing ``runs`` (2 to :data:`MAX_RUNS` of one mode): their figures side by side with each one's
+    """One page comparing ``runs`` (1 to :data:`MAX_RUNS`, of one mode): their figures side by side with each one's
     ratio to the first, the latency percentiles of each on one log scale, and the rate and p99 of every second."""
     if not 1 <= len(runs) <= MAX_RUNS:
         raise ValueError(f"compare 1 to {MAX_RUNS} runs")
@@ -390,18 +388,17 @@ def _ladder_svg(runs: Sequence[Run]) -> str:
     if hi <= lo * 1.01:
         hi = lo * 1.5
     a, b = math.log10(lo), math.log10(hi)
-    plot_w, plot_h = _PLOT_W, _PLOT_H
-    out = _axis_lines(plot_w, plot_h)  # (a log scale: no 0 at the bottom)
-    step = plot_w / (len(_LADDER) - 1)
+    out = _axis_lines()  # (a log scale: no 0 at the bottom)
+    step = _PLOT_W / (len(_LADDER) - 1)
     for k, (name, _) in enumerate(_LADDER):
         out.append(f'<text x="{_PAD_L + k * step:.1f}" y="{_H - 22}" text-anchor="middle">{name}</text>')
     for us in _log_ticks(lo, hi):
-        y = _PAD_T + plot_h - (math.log10(us) - a) / (b - a) * plot_h
+        y = _PAD_T + _PLOT_H - (math.log10(us) - a) / (b - a) * _PLOT_H
         out.append(f'<text x="{_PAD_L - 6}" y="{y + 4:.1f}" text-anchor="end">{html.escape(format_us(us))}</text>')
     for i, r in enumerate(runs):
         if not r.latency_us:
             continue
-        ys = [_PAD_T + plot_h - (math.log10(max(r.latency_us[key], lo)) - a) / (b - a) * plot_h for _, key in _LADDER]
+        ys = [_PAD_T + _PLOT_H - (math.log10(max(r.latency_us[key], lo)) - a) / (b - a) * _PLOT_H for _, key in _LADDER]
         points = " ".join(f"{_PAD_L + k * step:.1f},{y:.1f}" for k, y in enumerate(ys))
         out.append(f'<polyline class="run" points="{points}" fill="none" stroke="{_color(i)}" stroke-width="2"/>')
     return _svg(out, "latency percentiles of each run", "ladder")
@@ -409,11 +406,10 @@ def _ladder_svg(runs: Sequence[Run]) -> str:
 
 def _lines_svg(runs: Sequence[Run], column: int, ident: str, label: str) -> str:
     """One line per run through its seconds: the rate (``column`` 1) or the p99 (2), against the seconds."""
-    plot_w, plot_h = _PLOT_W, _PLOT_H
     end = max((r.series[-1][0] for r in runs if r.series), default=0.0) or 1.0
     top = max((s[column] or 0.0 for r in runs for s in r.series), default=0.0) or 1.0
     top_text = format_us(top) if column == 2 else f"{top:,.0f}"
-    out = _axes(plot_w, plot_h, top_text, "p99" if column == 2 else "")
+    out = _axes(top_text, "p99" if column == 2 else "")
     for i, r in enumerate(runs):
         points = _points([(s[0], s[column]) for s in r.series], end, top)
         if points:
